@@ -1,0 +1,381 @@
+"""The ``anomjax`` command: ``fit``, ``test``, ``predict``, ``list``, ``demo``.
+
+Every error a user can cause (bad paths, bad data, unknown names, missing weights) prints
+one clear line on stderr and exits with status 2; ``ANOMJAX_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from anomjax.checkpoint import (
+    THRESHOLD_FILE,
+    RunError,
+    load_config,
+    load_run,
+    save_run,
+    write_json,
+)
+from anomjax.evaluate import evaluate, padded_batches, peak_rss_mb
+from anomjax.methods.base import make_method, method_class, method_names
+
+METRIC_KEYS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap",
+               "pixel_aupro")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+class UsageError(Exception):
+    """A command-line mistake, reported as one line."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``anomjax`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("anomjax: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001  (every user error becomes one line)
+        if not _is_user_error(err) or os.environ.get("ANOMJAX_DEBUG"):
+            raise
+        print(f"anomjax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(prog="anomjax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="fit or train a method on one category's normal images")
+    fit.add_argument("--method", required=True, help="method name (see `anomjax list`)")
+    _add_data_args(fit)
+    fit.add_argument("--backbone", help="backbone name (default: the method's)")
+    fit.add_argument("--backbone-weights", help="weights file for the backbone")
+    fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a method hyper-parameter, e.g. coreset_ratio=0.01")
+    fit.add_argument("--out", required=True, help="run directory to write")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--batch-size", type=int, default=16)
+    fit.add_argument("--epochs", type=int, help="training epochs (methods that train)")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue training from the latest checkpoint in --out")
+    fit.set_defaults(handler=cmd_fit)
+
+    test = sub.add_parser("test", help="evaluate a fitted run on a category's test split")
+    test.add_argument("run_dir")
+    test.add_argument("--data", required=True, help="one category's folder")
+    test.add_argument("--layout", help="dataset layout (default: detected)")
+    test.add_argument("--batch-size", type=int, default=16)
+    test.add_argument("--json", help="write the metrics to this JSON file")
+    test.add_argument("--maps", help="folder for maps.npz")
+    test.add_argument("--overlays", help="folder for overlay PNGs")
+    test.set_defaults(handler=cmd_test)
+
+    predict = sub.add_parser("predict", help="score new images with a fitted run")
+    predict.add_argument("run_dir")
+    predict.add_argument("paths", nargs="+", help="image files or folders")
+    predict.add_argument("--out", required=True, help="folder for heat maps and scores.csv")
+    predict.add_argument("--threshold", type=float,
+                         help="image threshold (default: the one `anomjax test` chose)")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.set_defaults(handler=cmd_predict)
+
+    lister = sub.add_parser("list", help="list methods, backbones and dataset layouts")
+    lister.set_defaults(handler=cmd_list)
+
+    demo = sub.add_parser("demo", help="synthetic data -> PatchCore on Lite0 -> metrics")
+    demo.add_argument("--out", default="anomjax-demo", help="folder for data, runs, overlays")
+    demo.add_argument("--image-size", type=int, default=128)
+    demo.add_argument("--categories", help="comma-separated synthetic categories (default all)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="one category's folder")
+    parser.add_argument("--layout", help="dataset layout (default: detected)")
+    parser.add_argument("--image-size", type=int, default=256, help="resize to N x N")
+    parser.add_argument("--crop", type=int, help="then centre-crop to M x M")
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from anomjax.data import open_dataset
+
+    fields = _method_fields(args.method, args.backbone, args.backbone_weights)
+    method = make_method(args.method, _parse_sets(args.set), **fields)
+    dataset = open_dataset(args.data, layout=args.layout, image_size=args.image_size,
+                           crop=args.crop)
+    state, seconds = fit_method(method, dataset.train, seed=args.seed,
+                                batch_size=args.batch_size, run_dir=Path(args.out),
+                                epochs=args.epochs, resume=args.resume)
+    extra = {"data": str(Path(args.data).resolve()), "layout": dataset.layout,
+             "image_size": args.image_size, "crop": args.crop, "seed": args.seed,
+             "n_train": len(dataset.train), "fit_seconds": round(seconds, 3),
+             "fit_peak_rss_mb": peak_rss_mb()}
+    run_dir = save_run(args.out, method, state, extra)
+    print(f"fitted {method.name} on {len(dataset.train)} images in {seconds:.1f} s -> {run_dir}")
+    return 0
+
+
+def fit_method(method: Any, train_split: Any, *, seed: int, batch_size: int, run_dir: Path,
+               epochs: int | None = None, resume: bool = False) -> tuple[Any, float]:
+    """Fit (one pass) or train (``kind == "train"``) ``method``; returns ``(state, seconds)``."""
+    key = jax.random.key(seed)
+    start = time.perf_counter()
+    if method.kind == "train":
+        from anomjax.train import train_method
+
+        state = train_method(method, key, train_split, epochs=epochs, batch_size=batch_size,
+                             run_dir=run_dir, resume=resume)
+    else:
+        if epochs is not None or resume:
+            raise UsageError(f"{method.name} is fitted in one pass: --epochs/--resume do not "
+                             "apply")
+        batches = tqdm(train_split.batches(batch_size), desc=f"fitting {method.name}",
+                       unit="batch", total=-(-len(train_split) // batch_size))
+        state = method.fit(key, batches)
+        jax.block_until_ready(state)
+    return state, time.perf_counter() - start
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from anomjax.data import open_dataset
+
+    method, state, config = load_run(args.run_dir)
+    dataset = open_dataset(args.data, layout=args.layout, image_size=config["image_size"],
+                           crop=config.get("crop"))
+    result = evaluate(method, state, dataset.test, batch_size=args.batch_size,
+                      maps_dir=args.maps, overlays_dir=args.overlays)
+    record = metrics_record(method, config, result)
+    write_json(Path(args.run_dir) / THRESHOLD_FILE, result["threshold"])
+    print(format_table([record]))
+    for defect, values in result["per_defect"].items():
+        print(f"  {defect:<16}" + "  ".join(f"{k}={values[k]:.4f}" for k in
+                                             ("image_auroc", "pixel_auroc", "pixel_aupro")))
+    if args.json:
+        write_json(Path(args.json), {**record, "per_defect": result["per_defect"]})
+    return 0
+
+
+def metrics_record(method: Any, config: dict[str, Any], result: dict[str, Any]) -> dict:
+    """The flat metrics JSON of one test run (keys fixed by the CLI's contract)."""
+    record = {k: result[k] for k in METRIC_KEYS}
+    record.update(method=method.name, backbone=getattr(method, "backbone", None),
+                  image_size=config["image_size"], n_train=config["n_train"],
+                  n_test=result["n_test"], fit_seconds=config["fit_seconds"],
+                  test_seconds=result["test_seconds"],
+                  images_per_second=result["images_per_second"],
+                  peak_rss_mb=max(result["peak_rss_mb"], config.get("fit_peak_rss_mb", 0.0)))
+    return record
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from anomjax.data import iter_image_batches
+    from anomjax.visualize import save_heatmap
+
+    method, state, config = load_run(args.run_dir)
+    threshold = _predict_threshold(args)
+    paths = expand_image_paths(args.paths)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    score_fn = jax.jit(method.score)
+    rows = []
+    bar = tqdm(total=len(paths), desc=f"predicting with {method.name}", unit="img")
+    batches = iter_image_batches(paths, args.batch_size, config["image_size"], config.get("crop"))
+    for images, names in batches:
+        n = len(names)
+        if n < args.batch_size:
+            pad = np.zeros((args.batch_size - n, *images.shape[1:]), images.dtype)
+            images = np.concatenate([images, pad])
+        scores = score_fn(state, images)
+        for path, image_score, heat in zip(names, np.asarray(scores.image)[:n],
+                                           np.asarray(scores.maps)[:n], strict=True):
+            stem = f"{len(rows):04d}_{Path(path).stem}"
+            save_heatmap(out / f"{stem}_heatmap.png", heat, threshold["pixel_min"],
+                         threshold["pixel_max"])
+            np.save(out / f"{stem}_map.npy", heat.astype(np.float32))
+            rows.append({"path": path, "score": float(image_score),
+                         "normalized_score": normalized(float(image_score), threshold),
+                         "anomalous": int(image_score >= threshold["image_threshold"]),
+                         "heatmap": f"{stem}_heatmap.png"})
+        bar.update(n)
+    bar.close()
+    with open(out / "scores.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    flagged = sum(r["anomalous"] for r in rows)
+    print(f"scored {len(rows)} images, {flagged} above the threshold "
+          f"{threshold['image_threshold']:.4g} -> {out / 'scores.csv'}")
+    return 0
+
+
+def normalized(score: float, threshold: dict[str, float]) -> float:
+    """Min-max normalisation around the threshold: threshold -> 0.5, clipped to [0, 1]."""
+    from anomjax.metrics import normalize_scores
+
+    return float(normalize_scores(np.float32(score), threshold["image_threshold"],
+                                  threshold["image_min"], threshold["image_max"]))
+
+
+def _predict_threshold(args: argparse.Namespace) -> dict[str, float]:
+    path = Path(args.run_dir) / THRESHOLD_FILE
+    if path.is_file():
+        threshold = json.loads(path.read_text())
+    elif args.threshold is None:
+        raise RunError(f"{args.run_dir} has no {THRESHOLD_FILE}: run `anomjax test "
+                       f"{args.run_dir} --data DIR` first (it picks the F1-optimal threshold) "
+                       "or pass --threshold")
+    else:
+        t = float(args.threshold)
+        threshold = {"image_threshold": t, "image_min": t / 2, "image_max": 2 * t,
+                     "pixel_min": 0.0, "pixel_max": 2 * t}
+    if args.threshold is not None:
+        threshold["image_threshold"] = float(args.threshold)
+    return threshold
+
+
+def expand_image_paths(paths: Sequence[str]) -> list[str]:
+    """Image files named directly plus every image in named folders (recursively, sorted)."""
+    found: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(str(p))
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    if not found:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in "
+                                f"{', '.join(paths)}")
+    return found
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from anomjax.backbones import backbone_names, weights_status
+    from anomjax.data import LAYOUTS
+    from anomjax.data.synthetic import CATEGORIES
+
+    print("methods:")
+    for name in method_names():
+        cls = method_class(name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"  {name:<22} {cls.kind:<6} {summary}")
+    print("backbones:")
+    for name in backbone_names():
+        print(f"  {name:<22} {weights_status(name)}")
+    print("dataset layouts:")
+    print("  " + ", ".join(LAYOUTS))
+    print("synthetic categories:")
+    print("  " + ", ".join(CATEGORIES))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from anomjax.data import open_dataset
+    from anomjax.data.synthetic import CATEGORIES, write_mvtec
+
+    categories = args.categories.split(",") if args.categories else list(CATEGORIES)
+    unknown = sorted(set(categories) - set(CATEGORIES))
+    if unknown:
+        raise UsageError(f"unknown synthetic categories {unknown}; known: {list(CATEGORIES)}")
+    out = Path(args.out)
+    data_root = out / "data"
+    print(f"writing the synthetic dataset ({', '.join(categories)}) to {data_root}")
+    write_mvtec(data_root, categories=categories, image_size=args.image_size, seed=args.seed)
+    method = make_method("patchcore")
+    records = []
+    for category in categories:
+        dataset = open_dataset(data_root / category, image_size=args.image_size)
+        state, seconds = fit_method(method, dataset.train, seed=args.seed, batch_size=16,
+                                    run_dir=out / "runs" / category)
+        extra = {"data": str((data_root / category).resolve()), "layout": dataset.layout,
+                 "image_size": args.image_size, "crop": None, "seed": args.seed,
+                 "n_train": len(dataset.train), "fit_seconds": round(seconds, 3),
+                 "fit_peak_rss_mb": peak_rss_mb()}
+        save_run(out / "runs" / category, method, state, extra)
+        result = evaluate(method, state, dataset.test,
+                          overlays_dir=out / "overlays" / category)
+        record = metrics_record(method, extra, result)
+        records.append({"category": category, **record})
+    print(format_table(records))
+    print(f"overlays: {out / 'overlays'}   runs: {out / 'runs'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """A plain-text table of metrics records (percentages for metrics)."""
+    cols = [c for c in ("category", "method", "backbone", "image_size") if c in records[0]]
+    cols += ["image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max", "fit_seconds",
+             "test_seconds", "peak_rss_mb"]
+    rows = [[_cell(r.get(c), c) for c in cols] for r in records]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any, column: str) -> str:
+    if isinstance(value, float) and column in METRIC_KEYS:
+        return f"{100 * value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, str]:
+    sets = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        sets[key.strip()] = value.strip()
+    return sets
+
+
+def _method_fields(name: str, backbone: str | None, weights: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(method_class(name))}
+    for flag, field, value in (("--backbone", "backbone", backbone),
+                               ("--backbone-weights", "backbone_weights", weights)):
+        if value is None:
+            continue
+        if field not in names:
+            raise UsageError(f"{flag}: method {name!r} takes no backbone")
+        fields[field] = value
+    return fields
+
+
+def _is_user_error(err: Exception) -> bool:
+    from anomjax.backbones import WeightsNotFoundError
+    from anomjax.data import DataError
+
+    user_errors = (UsageError, RunError, DataError, WeightsNotFoundError, FileNotFoundError,
+                   ValueError, FloatingPointError)
+    return isinstance(err, user_errors)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

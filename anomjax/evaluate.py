@@ -1,0 +1,179 @@
+"""Method + dataset split -> metrics, per-defect breakdown, ``maps.npz`` and overlays.
+
+This is the one evaluation path for every method: it scores a split batch by batch with the
+method's jitted ``score``, then hands ``Scores``, labels and masks to :mod:`anomjax.metrics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from anomjax.metrics import compute_metrics, f1_adaptive_threshold
+from anomjax.methods.base import State
+from anomjax.types import Batch, Scores
+from anomjax.visualize import overlay_panel
+
+ScoreFn = Callable[[State, jax.Array], Scores]
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """Everything scored on a split, host-side, at the evaluation resolution.
+
+    Attributes:
+      paths: ``[N]`` source paths.
+      labels: ``[N]`` int32, 1 = defective.
+      defect_types: ``[N]`` defect type names (``"good"`` for normal).
+      image_scores: ``[N]`` float32.
+      maps: ``[N, H, W]`` float32 anomaly maps.
+      masks: ``[N, H, W]`` uint8 ground truth in ``{0, 1}``.
+    """
+
+    paths: np.ndarray
+    labels: np.ndarray
+    defect_types: np.ndarray
+    image_scores: np.ndarray
+    maps: np.ndarray
+    masks: np.ndarray
+
+    def save(self, path: Path) -> None:
+        """Write ``maps.npz`` with the keys ``paths, labels, image_scores, maps, masks``."""
+        np.savez_compressed(path, paths=self.paths, labels=self.labels,
+                            defect_types=self.defect_types, image_scores=self.image_scores,
+                            maps=self.maps, masks=self.masks)
+
+
+def padded_batches(batches: Iterable[Batch], batch_size: int) -> Iterator[tuple[Batch, int]]:
+    """Yield ``(batch, n_valid)`` with every batch zero-padded to ``batch_size`` images.
+
+    A fixed batch shape means the jitted scorer compiles once, not again for the last batch.
+    """
+    for batch in batches:
+        n = len(batch)
+        if n < batch_size:
+            pad = batch_size - n
+            images = np.concatenate([batch.images, np.zeros((pad, *batch.images.shape[1:]),
+                                                            batch.images.dtype)])
+            batch = dataclasses.replace(batch, images=images)
+        yield batch, n
+
+
+def predict_split(method: Any, state: State, split: Any, *, batch_size: int = 16,
+                  progress: bool = True) -> Predictions:
+    """Score every image of ``split`` (an ``anomjax.data`` split) with ``method``."""
+    score_fn: ScoreFn = jax.jit(method.score)
+    paths, labels, types, image_scores, maps, masks = [], [], [], [], [], []
+    bar = tqdm(total=len(split), desc=f"scoring {method.name}", unit="img", disable=not progress)
+    for batch, n in padded_batches(split.batches(batch_size), batch_size):
+        scores = score_fn(state, batch.images)
+        image = np.asarray(scores.image, np.float32)[:n]
+        pixel = np.asarray(scores.maps, np.float32)[:n]
+        _check_scores(method.name, batch, image, pixel)
+        paths += batch.paths
+        types += batch.defect_types
+        labels.append(batch.labels)
+        masks.append(batch.masks)
+        image_scores.append(image)
+        maps.append(pixel)
+        bar.update(n)
+    bar.close()
+    if not paths:
+        raise ValueError("the test split holds no images")
+    return Predictions(paths=np.array(paths), labels=np.concatenate(labels).astype(np.int32),
+                       defect_types=np.array(types), image_scores=np.concatenate(image_scores),
+                       maps=np.concatenate(maps), masks=np.concatenate(masks).astype(np.uint8))
+
+
+def evaluate(method: Any, state: State, split: Any, *, batch_size: int = 16,
+             maps_dir: str | Path | None = None, overlays_dir: str | Path | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Score ``split`` and compute every shared metric.
+
+    Returns a dict with the metric keys of :func:`anomjax.metrics.compute_metrics`, plus
+    ``per_defect`` (the same metrics on good + one defect type), ``threshold`` (F1-optimal
+    image threshold and the score ranges used for normalisation), ``n_test``,
+    ``test_seconds``, ``images_per_second`` and ``peak_rss_mb``. With ``maps_dir`` it writes
+    ``maps.npz``; with ``overlays_dir`` one overlay PNG per test image.
+    """
+    start = time.perf_counter()
+    preds = predict_split(method, state, split, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - start
+    result: dict[str, Any] = dict(compute_metrics(preds.image_scores, preds.labels,
+                                                  preds.maps, preds.masks))
+    result["per_defect"] = per_defect_metrics(preds)
+    result["threshold"] = threshold_record(preds)
+    result.update(n_test=int(len(preds.labels)), test_seconds=round(seconds, 3),
+                  images_per_second=round(len(preds.labels) / max(seconds, 1e-9), 3),
+                  peak_rss_mb=peak_rss_mb())
+    if maps_dir is not None:
+        Path(maps_dir).mkdir(parents=True, exist_ok=True)
+        preds.save(Path(maps_dir) / "maps.npz")
+    if overlays_dir is not None:
+        write_overlays(preds, split, Path(overlays_dir), batch_size=batch_size)
+    return result
+
+
+def per_defect_metrics(preds: Predictions) -> dict[str, dict[str, float]]:
+    """Metrics on the good images plus the images of each defect type in turn."""
+    good = preds.defect_types == "good"
+    out = {}
+    for defect in sorted(set(preds.defect_types.tolist()) - {"good"}):
+        keep = good | (preds.defect_types == defect)
+        if not good.any():
+            continue
+        out[defect] = dict(compute_metrics(preds.image_scores[keep], preds.labels[keep],
+                                           preds.maps[keep], preds.masks[keep]))
+    return out
+
+
+def threshold_record(preds: Predictions) -> dict[str, float]:
+    """F1-optimal image threshold and the score ranges, for deployment-time normalisation."""
+    threshold = float(f1_adaptive_threshold(preds.image_scores, preds.labels))
+    return {"image_threshold": threshold,
+            "image_min": float(preds.image_scores.min()),
+            "image_max": float(preds.image_scores.max()),
+            "pixel_min": float(preds.maps.min()), "pixel_max": float(preds.maps.max())}
+
+
+def write_overlays(preds: Predictions, split: Any, out_dir: Path, *, batch_size: int) -> None:
+    """One PNG per image: image | heat map | ground-truth contour, with a shared colour bar."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vmin, vmax = float(np.min(preds.maps)), float(np.max(preds.maps))
+    index = 0
+    for batch in tqdm(split.batches(batch_size), desc="overlays", unit="batch"):
+        for image, mask in zip(batch.images, batch.masks, strict=True):
+            name = overlay_name(str(preds.paths[index]), str(preds.defect_types[index]), index)
+            title = f"{preds.defect_types[index]}  score {preds.image_scores[index]:.4g}"
+            overlay_panel(image, preds.maps[index], mask, vmin, vmax, title).save(out_dir / name)
+            index += 1
+
+
+def overlay_name(path: str, defect_type: str, index: int) -> str:
+    """A unique, readable PNG name for one image's overlay."""
+    return f"{index:04d}_{defect_type}_{Path(path).stem}.png"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def _check_scores(name: str, batch: Batch, image: np.ndarray, pixel: np.ndarray) -> None:
+    """Refuse malformed or non-finite method output, naming the offending images."""
+    n, h, w = batch.masks.shape[0], *batch.masks.shape[1:]
+    if pixel.shape != (n, h, w) or image.shape != (n,):
+        raise ValueError(f"{name}.score returned maps {pixel.shape} and image scores "
+                         f"{image.shape}; expected ({n}, {h}, {w}) and ({n},)")
+    bad = ~(np.isfinite(image) & np.isfinite(pixel).all(axis=(1, 2)))
+    if bad.any():
+        which = ", ".join(p for p, b in zip(batch.paths, bad, strict=True) if b)
+        raise FloatingPointError(f"{name} produced NaN or infinite scores for: {which}")

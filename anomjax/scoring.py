@@ -1,0 +1,61 @@
+"""Shared post-processing that turns a method's coarse patch scores into pixel maps.
+
+Every method uses these so that upsampling, smoothing and image scores are computed the
+same way everywhere.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from anomjax.types import Scores
+
+
+def gaussian_kernel_1d(sigma: float, truncate: float = 4.0) -> jax.Array:
+    """Normalised 1-D Gaussian taps ``[2r+1]`` with radius ``r = round(truncate * sigma)``."""
+    radius = max(int(truncate * sigma + 0.5), 1)
+    x = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    k = jnp.exp(-0.5 * (x / sigma) ** 2)
+    return k / jnp.sum(k)
+
+
+def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
+    """Separable Gaussian smoothing of ``[B, H, W]`` maps with reflect padding.
+
+    Matches ``scipy.ndimage.gaussian_filter(mode="reflect", truncate=4)`` per image.
+    ``sigma <= 0`` returns the maps unchanged.
+    """
+    if sigma <= 0:
+        return maps
+    k = gaussian_kernel_1d(sigma)
+    r = (k.shape[0] - 1) // 2
+    x = maps.astype(jnp.float32)[:, None]  # [B, 1, H, W]
+    x = jnp.pad(x, ((0, 0), (0, 0), (r, r), (r, r)), mode="symmetric")
+    dn = ("NCHW", "OIHW", "NCHW")
+    x = jax.lax.conv_general_dilated(x, k.reshape(1, 1, -1, 1), (1, 1), "VALID",
+                                     dimension_numbers=dn)
+    x = jax.lax.conv_general_dilated(x, k.reshape(1, 1, 1, -1), (1, 1), "VALID",
+                                     dimension_numbers=dn)
+    return x[:, 0]
+
+
+def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Bilinear resize of ``[B, h, w]`` maps to ``[B, *size]`` (half-pixel centres)."""
+    b = maps.shape[0]
+    return jax.image.resize(maps.astype(jnp.float32), (b, *size), method="bilinear",
+                            antialias=False)
+
+
+def to_scores(patch_maps: jax.Array, size: tuple[int, int], sigma: float,
+              image_score: jax.Array | None = None) -> Scores:
+    """Upsample ``[B, h, w]`` patch scores to ``size``, smooth them, and build ``Scores``.
+
+    The image score defaults to the maximum of the smoothed map; methods whose paper defines
+    another image score pass it as ``image_score`` ``[B]``.
+    """
+    maps = gaussian_blur(upsample(patch_maps, size), sigma)
+    if image_score is None:
+        image_score = jnp.max(maps, axis=(1, 2))
+    return Scores(image=image_score.astype(jnp.float32), maps=maps)
+

@@ -1,0 +1,71 @@
+"""The one training engine shared by every method that learns weights (``kind = "train"``).
+
+What a ``kind = "train"`` method must provide (a frozen dataclass, ``@register``-ed)::
+
+    name: ClassVar[str]; kind: ClassVar[str] = "train"
+
+    def init(self, key, images) -> State
+        # images: [B, H, W, 3] float32 in [0, 1] (one sample batch of training images).
+        # Returns a dict of arrays. Reserved keys:
+        #   "params"       trainable pytree (the only thing the optimiser updates)
+        #   "batch_stats"  optional: BatchNorm running statistics updated by `loss`
+        # Every other key (e.g. "frozen" for teacher backbone variables, or normalisation
+        # statistics) is carried unchanged through training and checkpointed with the rest.
+        # May read weight files (not jitted).
+
+    def loss(self, params, state, images, key) -> tuple[jax.Array, dict[str, jax.Array]]
+        # Pure and jittable. params: the current trainable pytree; state: the full method
+        # state (its "params" entry is stale, use the `params` argument; "batch_stats" is
+        # current); images: [B, H, W, 3] float32 in [0, 1] (the global batch, sharded on B);
+        # key: a fresh PRNG key for this step (fold_in(seed key, step)).
+        # Returns the scalar loss (mean over the batch) and an aux dict of scalar metrics
+        # to log; if aux has a "batch_stats" entry it replaces state["batch_stats"]
+        # (it is not logged).
+
+    def optimizer(self, total_steps: int) -> optax.GradientTransformation
+        # Built from the method's config fields (e.g. SGD lr 0.4, momentum 0.9, wd 1e-4).
+        # total_steps = epochs * steps_per_epoch of this run: a schedule that depends on it
+        # makes "1 epoch, then resume to 2" differ from "2 epochs straight"; constant or
+        # step-indexed schedules extend exactly.
+
+    def score(self, state, images) -> Scores
+        # Pure and jittable; see anomjax.scoring.to_scores.
+
+    # Optional:
+    def calibrate(self, state, batches: Iterable[Batch]) -> State
+        # Called once after the last epoch with the (unshuffled) training batches, e.g. to
+        # store the mean/std of training-set scores used for normalisation at test time.
+
+Entry points::
+
+    state = train_method(method, key, train_split, *, epochs, batch_size, run_dir=None,
+                         resume=False, ...)           # -> the trained method State
+
+``train_method`` owns everything else: the jitted, buffer-donating ``train_step``, the
+``TrainState`` pytree (params, opt_state, batch_stats, step, key), data parallelism over a
+``jax.sharding.Mesh`` of all devices (batch sharded, params replicated; each process reads
+only its own shard of the data), Orbax checkpoints in ``run_dir/checkpoints`` (every epoch,
+last ``keep`` kept, at the end), resume from the latest checkpoint, a NaN-loss stop that
+keeps the last good checkpoint, a tqdm bar, ``run_dir/metrics.jsonl`` and TensorBoard
+events in ``run_dir/tensorboard``, optional validation with :mod:`anomjax.metrics`, and a
+bfloat16 compute option.
+"""
+
+from anomjax.train.checkpoint import CheckpointStore
+from anomjax.train.divergence import TrainingDiverged
+from anomjax.train.loop import epoch_seed, train_method
+from anomjax.train.sharding import DataMesh
+from anomjax.train.state import TrainState, init_train_state, method_state
+from anomjax.train.step import make_train_step
+
+__all__ = [
+    "CheckpointStore",
+    "DataMesh",
+    "TrainState",
+    "TrainingDiverged",
+    "epoch_seed",
+    "init_train_state",
+    "make_train_step",
+    "method_state",
+    "train_method",
+]

@@ -1,0 +1,73 @@
+"""The method registry, ``--set`` parsing and config round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import pytest
+
+from anomjax.methods.base import (
+    make_method,
+    method_class,
+    method_config,
+    method_from_config,
+    register,
+)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class _Toy:
+    """A toy method used only to test the registry."""
+
+    name: ClassVar[str] = "toy-registry-test"
+    kind: ClassVar[str] = "fit"
+    ratio: float = 0.1
+    k: int = 9
+    layers: tuple[str, ...] = ("a", "b")
+    flag: bool = False
+    weights: str | None = None
+
+
+def test_make_method_parses_each_field_type():
+    m = make_method("toy-registry-test", {"ratio": "0.01", "k": "3", "layers": "x,y,z",
+                                          "flag": "true", "weights": "w.pth"})
+    assert m == _Toy(ratio=0.01, k=3, layers=("x", "y", "z"), flag=True, weights="w.pth")
+
+
+def test_unknown_hyper_parameter_names_the_known_ones():
+    with pytest.raises(ValueError, match="has no hyper-parameter 'radius'.*ratio, k, layers"):
+        make_method("toy-registry-test", {"radius": "3"})
+
+
+def test_bad_value_names_the_setting():
+    with pytest.raises(ValueError, match="--set k=three"):
+        make_method("toy-registry-test", {"k": "three"})
+
+
+def test_unknown_method_lists_known_names():
+    with pytest.raises(ValueError, match="unknown method 'nope'.*toy-registry-test"):
+        method_class("nope")
+
+
+def test_config_round_trip():
+    m = _Toy(ratio=0.25, layers=("p",))
+    config = method_config(m)
+    assert config == {"method": "toy-registry-test",
+                      "params": {"ratio": 0.25, "k": 9, "layers": ("p",), "flag": False,
+                                 "weights": None}}
+    as_json = {"method": config["method"], "params": {**config["params"], "layers": ["p"]}}
+    assert method_from_config(as_json) == m
+
+
+def test_register_refuses_non_dataclass_and_duplicates():
+    with pytest.raises(TypeError):
+        register(type("Plain", (), {"name": "plain"}))
+
+    @dataclasses.dataclass(frozen=True)
+    class Other:
+        name: ClassVar[str] = "toy-registry-test"
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register(Other)
