@@ -24,12 +24,11 @@ from tqdm.auto import tqdm
 from anomjax.checkpoint import (
     THRESHOLD_FILE,
     RunError,
-    load_config,
     load_run,
     save_run,
     write_json,
 )
-from anomjax.evaluate import evaluate, padded_batches, peak_rss_mb
+from anomjax.evaluate import evaluate, peak_rss_mb
 from anomjax.methods.base import make_method, method_class, method_names
 
 METRIC_KEYS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap",
@@ -231,10 +230,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def normalized(score: float, threshold: dict[str, float]) -> float:
     """Min-max normalisation around the threshold: threshold -> 0.5, clipped to [0, 1]."""
-    from anomjax.metrics import normalize_scores
+    from anomjax.metrics import NormalizationStats, normalize
 
-    return float(normalize_scores(np.float32(score), threshold["image_threshold"],
-                                  threshold["image_min"], threshold["image_max"]))
+    stats = NormalizationStats(threshold=np.float32(threshold["image_threshold"]),
+                               min=np.float32(threshold["image_min"]),
+                               max=np.float32(threshold["image_max"]))
+    return float(normalize(np.float32(score), stats))
 
 
 def _predict_threshold(args: argparse.Namespace) -> dict[str, float]:
@@ -271,7 +272,7 @@ def expand_image_paths(paths: Sequence[str]) -> list[str]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from anomjax.backbones import backbone_names, weights_status
+    from anomjax.backbones import backbone_names, find_weights
     from anomjax.data import LAYOUTS
     from anomjax.data.synthetic import CATEGORIES
 
@@ -282,7 +283,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<22} {cls.kind:<6} {summary}")
     print("backbones:")
     for name in backbone_names():
-        print(f"  {name:<22} {weights_status(name)}")
+        weights = find_weights(name)
+        print(f"  {name:<22} {f'weights: {weights}' if weights else 'weights: not found'}")
     print("dataset layouts:")
     print("  " + ", ".join(LAYOUTS))
     print("synthetic categories:")

@@ -17,8 +17,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from anomjax.metrics import compute_metrics, f1_adaptive_threshold
 from anomjax.methods.base import State
+from anomjax.metrics import compute_metrics, f1_adaptive_threshold
 from anomjax.types import Batch, Scores
 from anomjax.visualize import overlay_panel
 
@@ -123,13 +123,14 @@ def evaluate(method: Any, state: State, split: Any, *, batch_size: int = 16,
 
 
 def per_defect_metrics(preds: Predictions) -> dict[str, dict[str, float]]:
-    """Metrics on the good images plus the images of each defect type in turn."""
+    """Metrics on the good images plus the images of each defect type in turn (none without
+    good images)."""
     good = preds.defect_types == "good"
-    out = {}
+    out: dict[str, dict[str, float]] = {}
+    if not good.any():
+        return out
     for defect in sorted(set(preds.defect_types.tolist()) - {"good"}):
         keep = good | (preds.defect_types == defect)
-        if not good.any():
-            continue
         out[defect] = dict(compute_metrics(preds.image_scores[keep], preds.labels[keep],
                                            preds.maps[keep], preds.masks[keep]))
     return out

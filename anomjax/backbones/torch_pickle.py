@@ -69,12 +69,14 @@ class _TensorRef:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
 
-def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *_: Any) -> _TensorRef:
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                    *_: Any) -> _TensorRef:
     """Stand-in for ``torch._utils._rebuild_tensor_v2`` (and v1): validates and records."""
     if not isinstance(storage, _StorageRef):
         raise UnsafePickleError("tensor rebuild called without a storage argument")
-    ints = (storage_offset, *tuple(size), *tuple(stride))
-    if not all(isinstance(v, int) and v >= 0 for v in ints) or len(size) != len(stride):
+    if not (isinstance(size, tuple) and isinstance(stride, tuple)) or len(size) != len(stride):
+        raise TorchFileError(f"malformed tensor header: size={size!r}, stride={stride!r}")
+    if not all(isinstance(v, int) and v >= 0 for v in (storage_offset, *size, *stride)):
         raise TorchFileError(f"malformed tensor header: offset={storage_offset!r}, "
                              f"size={size!r}, stride={stride!r}")
     return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
@@ -141,6 +143,19 @@ def read_pth(path: str | Path) -> dict[str, np.ndarray]:
     return _flatten_state_dict(obj, str(path))
 
 
+def _unpickle(file: BinaryIO, source: str, storages: dict[str, _StorageRef]) -> Any:
+    """One restricted unpickling; any failure becomes an error that names ``source``."""
+    try:
+        return _RestrictedUnpickler(file, source, storages).load()
+    except (UnsafePickleError, TorchFileError) as err:
+        if source in str(err):
+            raise
+        raise type(err)(f"{source}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - malformed input can fail in many ways
+        raise TorchFileError(f"{source}: not a readable PyTorch weights file "
+                             f"({type(err).__name__}: {err})") from None
+
+
 def _read_zip(path: Path) -> Any:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
@@ -153,8 +168,7 @@ def _read_zip(path: Path) -> Any:
         if prefix + "byteorder" in names:
             byteorder = archive.read(prefix + "byteorder").decode().strip()
         storages: dict[str, _StorageRef] = {}
-        obj = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), str(path),
-                                   storages).load()
+        obj = _unpickle(io.BytesIO(archive.read(pickles[0])), str(path), storages)
         for key, ref in storages.items():
             member = f"{prefix}data/{key}"
             if member not in names:
@@ -167,10 +181,7 @@ def _read_legacy(f: BinaryIO, source: str) -> Any:
     storages: dict[str, _StorageRef] = {}
 
     def load() -> Any:
-        try:
-            return _RestrictedUnpickler(f, source, storages).load()
-        except (EOFError, pickle.UnpicklingError) as err:
-            raise TorchFileError(f"{source}: not a PyTorch weights file ({err})") from None
+        return _unpickle(f, source, storages)
 
     if load() != _LEGACY_MAGIC:
         raise TorchFileError(f"{source}: not a PyTorch weights file (bad magic number)")

@@ -1,5 +1,11 @@
 """All methods, grouped by the survey's families. Importing this registers them."""
 
+# Method families: importing each registers its methods.
+from anomjax.methods import (  # noqa: F401  (importing a family registers its methods)
+    distillation,
+    feature_modeling,
+    reconstruction,
+)
 from anomjax.methods.base import (
     FitMethod,
     Method,

@@ -18,7 +18,8 @@ What a ``kind = "train"`` method must provide (a frozen dataclass, ``@register``
         # state (its "params" entry is stale, use the `params` argument; "batch_stats" is
         # current); images: [B, H, W, 3] float32 in [0, 1] (the global batch, sharded on B);
         # key: a fresh PRNG key for this step (fold_in(seed key, step)).
-        # Returns the scalar loss (mean over the batch) and an aux dict of scalar metrics
+        # Returns the scalar loss (normally the mean over the batch; a paper that sums, like
+        # STPM's code, may sum) and an aux dict of scalar metrics
         # to log; if aux has a "batch_stats" entry it replaces state["batch_stats"]
         # (it is not logged).
 
@@ -32,6 +33,8 @@ What a ``kind = "train"`` method must provide (a frozen dataclass, ``@register``
         # Pure and jittable; see anomjax.scoring.to_scores.
 
     # Optional:
+    default_epochs: ClassVar[int]   # the paper's epochs, used when train_method gets epochs=None
+
     def calibrate(self, state, batches: Iterable[Batch]) -> State
         # Called once after the last epoch with the (unshuffled) training batches, e.g. to
         # store the mean/std of training-set scores used for normalisation at test time.
@@ -41,7 +44,8 @@ Entry points::
     state = train_method(method, key, train_split, *, epochs, batch_size, run_dir=None,
                          resume=False, ...)           # -> the trained method State
 
-``train_method`` owns everything else: the jitted, buffer-donating ``train_step``, the
+``train_method`` owns everything else: the jitted, buffer-donating
+``train_step(train_state, images, key) -> (train_state, metrics)`` (``make_train_step``), the
 ``TrainState`` pytree (params, opt_state, batch_stats, step, key), data parallelism over a
 ``jax.sharding.Mesh`` of all devices (batch sharded, params replicated; each process reads
 only its own shard of the data), Orbax checkpoints in ``run_dir/checkpoints`` (every epoch,
@@ -49,6 +53,16 @@ last ``keep`` kept, at the end), resume from the latest checkpoint, a NaN-loss s
 keeps the last good checkpoint, a tqdm bar, ``run_dir/metrics.jsonl`` and TensorBoard
 events in ``run_dir/tensorboard``, optional validation with :mod:`anomjax.metrics`, and a
 bfloat16 compute option.
+
+:mod:`anomjax.train.interceptors` runs a shared (frozen-BatchNorm) backbone module in
+training mode (batch statistics, running statistics updated) for students trained from
+scratch, and replaces depthwise convolutions by exact shifted sums, which XLA's CPU backend
+runs several times faster.
+
+Multi-host: call ``jax.distributed.initialize()`` first (on CPU also
+``jax.config.update("jax_cpu_collectives_implementation", "gloo")``); ``batch_size`` stays
+the global batch, each process loads ``batch_size / process_count`` images per step from its
+own shard, and every process must pass the same arguments.
 """
 
 from anomjax.train.checkpoint import CheckpointStore

@@ -53,7 +53,7 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
         if ts.batch_stats is not None:
             batch_stats = jax.tree.map(lambda new, old: new.astype(old.dtype), batch_stats,
                                        ts.batch_stats)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         metrics.update({k: jnp.asarray(v, jnp.float32) for k, v in aux.items()})
         new = ts.replace(params=params, opt_state=opt_state, batch_stats=batch_stats,
                          step=ts.step + 1)

@@ -1,0 +1,330 @@
+"""Synthetic anomalies for self-supervised methods, as jittable functions of a PRNG key.
+
+Every function takes one image ``[H, W, C]`` float in ``[0, 1]`` (or just a shape) and a key,
+has static output shapes, and can be ``jax.jit``-ed and ``jax.vmap``-ed over a batch of
+keys and images. Random sizes and positions are realised with masks and gathers rather
+than dynamic slices.
+
+* :func:`perlin_noise`, :func:`perlin_mask`, :func:`augment_source`, :func:`draem_augment`:
+  DRAEM (Zavrtanik et al., ICCV 2021): thresholded, rotated Perlin noise selects where an
+  anomaly-source texture, changed by three of DRAEM's ten augmenters, is blended in with
+  opacity ``1 - beta``, ``beta ~ U(0, 0.8)``; half the samples stay normal. The augmenters
+  re-implement imgaug's in JAX (hue/saturation and sharpness approximately).
+* :func:`cutpaste`, :func:`cutpaste_scar`: CutPaste (Li et al., CVPR 2021): a rectangle of
+  2-15 % of the image area, aspect ratio in ``[0.3, 3.3]``, or a thin rotated "scar"
+  (width 2-16, height 10-25 px, rotation +-45 degrees, at 256 px), colour-jittered and pasted
+  elsewhere.
+* :func:`random_erasing`: Random Erasing (Zhong et al., AAAI 2020) with uniform noise.
+* :func:`riad_masks`, :func:`random_riad_masks`: RIAD (Zavrtanik et al., PR 2021):
+  the image split into ``k x k`` cells partitioned at random into ``n`` disjoint masks,
+  at scales ``k in {2, 4, 8, 16}``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def _fade(t: Array) -> Array:
+    return t * t * t * (t * (t * 6 - 15) + 10)
+
+
+def perlin_noise(key: Array, shape: tuple[int, int], res: tuple[Array | float, Array | float],
+                 angle: Array | float = 0.0) -> Array:
+    """2-D Perlin gradient noise ``[H, W]`` with ``res`` lattice cells along (y, x).
+
+    ``res`` and ``angle`` (radians, rotation about the image centre) may be traced values.
+    Scaled by ``sqrt(2)`` like DRAEM's generator, so values lie in about ``[-1, 1]``.
+    """
+    h, w = shape
+    k_perm, k_grad = jax.random.split(key)
+    perm = jax.random.permutation(k_perm, 256)
+    grad_angle = jax.random.uniform(k_grad, (256,), maxval=2 * jnp.pi)
+    y = jnp.arange(h, dtype=jnp.float32)[:, None] + 0.5 - h / 2
+    x = jnp.arange(w, dtype=jnp.float32)[None, :] + 0.5 - w / 2
+    c, s = jnp.cos(angle), jnp.sin(angle)
+    yr, xr = c * y - s * x + h / 2, s * y + c * x + w / 2
+    ly, lx = yr / h * res[0], xr / w * res[1]
+    iy, ix = jnp.floor(ly).astype(jnp.int32), jnp.floor(lx).astype(jnp.int32)
+    fy, fx = ly - iy, lx - ix
+
+    def corner(dy: int, dx: int) -> Array:
+        cell = perm[(perm[(ix + dx) % 256] + iy + dy) % 256]
+        g = grad_angle[cell]
+        return jnp.cos(g) * (fy - dy) + jnp.sin(g) * (fx - dx)
+
+    uy, ux = _fade(fy), _fade(fx)
+    top = corner(0, 0) * (1 - ux) + corner(0, 1) * ux
+    bottom = corner(1, 0) * (1 - ux) + corner(1, 1) * ux
+    return math.sqrt(2) * (top * (1 - uy) + bottom * uy)
+
+
+def perlin_mask(key: Array, shape: tuple[int, int], min_scale: int = 0, max_scale: int = 6,
+                threshold: float = 0.5) -> Array:
+    """DRAEM's anomaly mask ``[H, W]`` float32 {0, 1}: Perlin noise with ``2**k`` cells per
+    axis (``k`` uniform in ``[min_scale, max_scale)`` per axis), rotated by U(-90, 90) degrees,
+    thresholded at ``threshold``."""
+    k_noise, k_y, k_x, k_rot = jax.random.split(key, 4)
+    res_y = 2.0 ** jax.random.randint(k_y, (), min_scale, max_scale)
+    res_x = 2.0 ** jax.random.randint(k_x, (), min_scale, max_scale)
+    angle = jax.random.uniform(k_rot, (), minval=-jnp.pi / 2, maxval=jnp.pi / 2)
+    noise = perlin_noise(k_noise, shape, (res_y, res_x), angle)
+    return (noise > threshold).astype(jnp.float32)
+
+
+def _grid(shape: tuple[int, int]) -> tuple[Array, Array]:
+    """Row and column indices ``[H, 1]``, ``[1, W]`` as float32."""
+    return (jnp.arange(shape[0], dtype=jnp.float32)[:, None],
+            jnp.arange(shape[1], dtype=jnp.float32)[None, :])
+
+
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                np.float32)
+_YIQ_INV = np.linalg.inv(_YIQ).astype(np.float32)
+
+
+def _rotate_hue(x: Array, turns: Array, saturation: Array | float = 1.0) -> Array:
+    """Rotate the hue of RGB ``[..., 3]`` by ``turns`` of the colour circle (in YIQ space) and
+    scale its chroma by ``saturation``, keeping luminance."""
+    yiq = x @ _YIQ.T
+    c, s = jnp.cos(2 * jnp.pi * turns), jnp.sin(2 * jnp.pi * turns)
+    i = (c * yiq[..., 1] - s * yiq[..., 2]) * saturation
+    q = (s * yiq[..., 1] + c * yiq[..., 2]) * saturation
+    return jnp.stack([yiq[..., 0], i, q], axis=-1) @ _YIQ_INV.T
+
+
+def _uniform(key: Array, low: float, high: float) -> Array:
+    return jax.random.uniform(key, (), minval=low, maxval=high)
+
+
+def _sharpness(key: Array, x: Array) -> Array:
+    """PIL ``ImageEnhance.Sharpness`` with a factor in ``[0, 2]`` (0 = smoothed)."""
+    kernel = jnp.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], jnp.float32) / 13
+    padded = jnp.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    smooth = sum(kernel[i, j] * padded[i:i + x.shape[0], j:j + x.shape[1]]
+                 for i in range(3) for j in range(3))
+    return smooth + _uniform(key, 0.0, 2.0) * (x - smooth)
+
+
+def _hue_saturation(key: Array, x: Array) -> Array:
+    """Hue shifted by up to +-50/255 of the circle and saturation scaled by up to +-20 %."""
+    k_hue, k_sat = jax.random.split(key)
+    return _rotate_hue(x, _uniform(k_hue, -50 / 255, 50 / 255), 1 + _uniform(k_sat, -0.2, 0.2))
+
+
+def _solarize(key: Array, x: Array) -> Array:
+    """With probability 1/2, invert values above a threshold in ``[32, 128] / 255``."""
+    k_apply, k_thr = jax.random.split(key)
+    inverted = jnp.where(x >= _uniform(k_thr, 32 / 255, 128 / 255), 1.0 - x, x)
+    return jnp.where(jax.random.bernoulli(k_apply), inverted, x)
+
+
+def _posterize(key: Array, x: Array) -> Array:
+    """Keep 1 to 8 of the 8 bits of each value."""
+    step = 2.0 ** (8 - jax.random.randint(key, (), 1, 9))
+    return jnp.floor(jnp.round(x * 255) / step) * step / 255
+
+
+def _autocontrast(key: Array, x: Array) -> Array:
+    """Stretch each channel to ``[0, 1]``."""
+    del key
+    low, high = x.min(axis=(0, 1)), x.max(axis=(0, 1))
+    return (x - low) / jnp.maximum(high - low, 1e-6)
+
+
+def _equalize(key: Array, x: Array) -> Array:
+    """Histogram-equalise each channel over 256 levels."""
+    del key
+    levels = jnp.round(x * 255).astype(jnp.int32)
+
+    def channel(v: Array) -> Array:
+        cdf = jnp.cumsum(jnp.bincount(v.ravel(), length=256))
+        first = cdf[jnp.argmax(cdf > 0)]
+        return (cdf[v] - first) / jnp.maximum(cdf[-1] - first, 1)
+
+    return jnp.stack([channel(levels[..., c]) for c in range(x.shape[-1])], axis=-1)
+
+
+def _rotate(key: Array, x: Array) -> Array:
+    """Rotate by up to +-45 degrees about the centre (nearest neighbour, black outside)."""
+    theta = jnp.deg2rad(_uniform(key, -45.0, 45.0))
+    h, w = x.shape[:2]
+    yy, xx = _grid((h, w))
+    dy, dx = yy + 0.5 - h / 2, xx + 0.5 - w / 2
+    sy = jnp.cos(theta) * dy - jnp.sin(theta) * dx + h / 2
+    sx = jnp.sin(theta) * dy + jnp.cos(theta) * dx + w / 2
+    inside = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
+    iy = jnp.clip(jnp.floor(sy), 0, h - 1).astype(jnp.int32)
+    ix = jnp.clip(jnp.floor(sx), 0, w - 1).astype(jnp.int32)
+    return jnp.where(inside[..., None], x[iy, ix], 0.0)
+
+
+def _gamma(key: Array, x: Array) -> Array:
+    return x ** _uniform(key, 0.5, 2.0)
+
+
+def _brightness(key: Array, x: Array) -> Array:
+    k_mul, k_add = jax.random.split(key)
+    return x * _uniform(k_mul, 0.8, 1.2) + _uniform(k_add, -30 / 255, 30 / 255)
+
+
+def _invert(key: Array, x: Array) -> Array:
+    del key
+    return 1.0 - x
+
+
+#: DRAEM's ten anomaly-source augmenters (imgaug in the original), re-implemented in JAX.
+_SOURCE_AUGMENTERS = (_gamma, _brightness, _sharpness, _hue_saturation, _solarize, _posterize,
+                      _invert, _autocontrast, _equalize, _rotate)
+
+
+def augment_source(key: Array, source: Array) -> Array:
+    """Apply three distinct augmenters drawn from DRAEM's list to an anomaly source
+    ``[H, W, 3]`` in ``[0, 1]``: gamma, brightness, sharpness, hue/saturation, solarize,
+    posterize, invert, autocontrast, equalize, rotation."""
+    k_pick, k_ops = jax.random.split(key)
+    picks = jax.random.choice(k_pick, len(_SOURCE_AUGMENTERS), (3,), replace=False)
+    keys = jax.random.split(k_ops, 3)
+
+    def step(i: Array, x: Array) -> Array:  # one compiled switch, applied three times
+        return jnp.clip(jax.lax.switch(picks[i], _SOURCE_AUGMENTERS, keys[i], x), 0.0, 1.0)
+
+    return jax.lax.fori_loop(0, 3, step, source)
+
+
+def draem_augment(key: Array, image: Array, source: Array, p_anomaly: float = 0.5,
+                  beta_max: float = 0.8) -> tuple[Array, Array, Array]:
+    """DRAEM training sample: ``(augmented [H, W, C], mask [H, W], has_anomaly [])``.
+
+    ``source`` ``[H, W, C]`` is the anomaly-source texture (DRAEM uses DTD images); it is
+    photometrically augmented, then blended into ``image`` inside a Perlin mask as
+    ``image * (1 - m) + (1 - beta) * source * m + beta * image * m``. With probability
+    ``1 - p_anomaly`` the image is returned unchanged with an empty mask.
+    """
+    if source.shape != image.shape:
+        raise ValueError(f"anomaly source {source.shape} must have the image's shape "
+                         f"{image.shape}; resize it first")
+    k_src, k_mask, k_beta, k_keep = jax.random.split(key, 4)
+    mask = perlin_mask(k_mask, image.shape[:2])
+    mask = mask * jax.random.bernoulli(k_keep, p_anomaly)
+    beta = jax.random.uniform(k_beta, (), maxval=beta_max)
+    src = augment_source(k_src, source.astype(jnp.float32))
+    m = mask[..., None]
+    augmented = image * (1 - m) + (1 - beta) * src * m + beta * image * m
+    has_anomaly = (mask.sum() > 0).astype(jnp.float32)
+    return augmented.astype(image.dtype), mask, has_anomaly
+
+
+def color_jitter(key: Array, image: Array, strength: float = 0.1, hue: float = 0.1) -> Array:
+    """torchvision-style ``ColorJitter``: brightness, contrast and saturation factors in
+    ``[1 - strength, 1 + strength]`` and a hue shift of up to ``hue`` turns, on RGB images."""
+    kb, kc, ks, kh = jax.random.split(key, 4)
+    x = image * _uniform(kb, 1 - strength, 1 + strength)
+    mean = (x @ jnp.asarray(_YIQ[0])).mean()
+    x = jnp.clip((x - mean) * _uniform(kc, 1 - strength, 1 + strength) + mean, 0.0, 1.0)
+    x = _rotate_hue(x, _uniform(kh, -hue, hue), _uniform(ks, 1 - strength, 1 + strength))
+    return jnp.clip(x, 0.0, 1.0)
+
+
+def _log_uniform(key: Array, low: float, high: float) -> Array:
+    return jnp.exp(jax.random.uniform(key, (), minval=math.log(low), maxval=math.log(high)))
+
+
+def _rect_size(key: Array, shape: tuple[int, int], area: tuple[float, float],
+               aspect: tuple[float, float]) -> tuple[Array, Array]:
+    """Height and width (floats, within the image) of a random rectangle."""
+    k_area, k_aspect = jax.random.split(key)
+    a = jax.random.uniform(k_area, (), minval=area[0], maxval=area[1]) * shape[0] * shape[1]
+    r = _log_uniform(k_aspect, *aspect)
+    h = jnp.clip(jnp.round(jnp.sqrt(a * r)), 1, shape[0])
+    w = jnp.clip(jnp.round(jnp.sqrt(a / r)), 1, shape[1])
+    return h, w
+
+
+def cutpaste(key: Array, image: Array, area: tuple[float, float] = (0.02, 0.15),
+             aspect: tuple[float, float] = (0.3, 1 / 0.3), jitter: float = 0.1
+             ) -> tuple[Array, Array]:
+    """CutPaste: ``(augmented [H, W, C], mask [H, W])`` with a colour-jittered rectangle of
+    ``area`` (fraction of the image) and ``aspect`` (h / w, log-uniform) cut from one place
+    and pasted at another."""
+    shape = image.shape[:2]
+    k_size, k_src, k_dst, k_jit = jax.random.split(key, 4)
+    h, w = _rect_size(k_size, shape, area, aspect)
+    limits = jnp.array([shape[0], shape[1]], jnp.float32) - jnp.stack([h, w])
+    sy, sx = jnp.floor(jax.random.uniform(k_src, (2,)) * (limits + 1))
+    ty, tx = jnp.floor(jax.random.uniform(k_dst, (2,)) * (limits + 1))
+    yy, xx = _grid(shape)
+    inside = (yy >= ty) & (yy < ty + h) & (xx >= tx) & (xx < tx + w)
+    src_y = jnp.clip(yy - ty + sy, 0, shape[0] - 1).astype(jnp.int32)
+    src_x = jnp.clip(xx - tx + sx, 0, shape[1] - 1).astype(jnp.int32)
+    patch = color_jitter(k_jit, image, jitter)[src_y, src_x]
+    return jnp.where(inside[..., None], patch, image), inside.astype(jnp.float32)
+
+
+def cutpaste_scar(key: Array, image: Array, width: tuple[float, float] = (2, 16),
+                  height: tuple[float, float] = (10, 25),
+                  rotation: tuple[float, float] = (-45, 45), jitter: float = 0.1,
+                  reference_size: int = 256) -> tuple[Array, Array]:
+    """CutPaste-scar: a thin rectangle (``width`` x ``height`` pixels at ``reference_size``,
+    scaled to this image) cut, colour-jittered, rotated by ``rotation`` degrees and pasted.
+    Returns ``(augmented [H, W, C], mask [H, W])``."""
+    shape = image.shape[:2]
+    scale = min(shape) / reference_size
+    k_w, k_h, k_rot, k_src, k_dst, k_jit = jax.random.split(key, 6)
+    w = jax.random.uniform(k_w, (), minval=width[0], maxval=width[1]) * scale
+    h = jax.random.uniform(k_h, (), minval=height[0], maxval=height[1]) * scale
+    theta = jnp.deg2rad(jax.random.uniform(k_rot, (), minval=rotation[0], maxval=rotation[1]))
+    half = jnp.stack([h, w]) / 2
+    size = jnp.array(shape, jnp.float32)
+    src_c = half + jax.random.uniform(k_src, (2,)) * jnp.maximum(size - 2 * half, 0)
+    radius = jnp.sqrt((half ** 2).sum())
+    dst_c = radius + jax.random.uniform(k_dst, (2,)) * jnp.maximum(size - 2 * radius, 0)
+    yy, xx = _grid(shape)
+    dy, dx = yy + 0.5 - dst_c[0], xx + 0.5 - dst_c[1]
+    v = jnp.cos(theta) * dy + jnp.sin(theta) * dx
+    u = -jnp.sin(theta) * dy + jnp.cos(theta) * dx
+    inside = (jnp.abs(v) < half[0]) & (jnp.abs(u) < half[1])
+    src_y = jnp.clip(jnp.floor(src_c[0] + v), 0, shape[0] - 1).astype(jnp.int32)
+    src_x = jnp.clip(jnp.floor(src_c[1] + u), 0, shape[1] - 1).astype(jnp.int32)
+    patch = color_jitter(k_jit, image, jitter)[src_y, src_x]
+    return jnp.where(inside[..., None], patch, image), inside.astype(jnp.float32)
+
+
+def random_erasing(key: Array, image: Array, area: tuple[float, float] = (0.02, 0.33),
+                   aspect: tuple[float, float] = (0.3, 3.3)) -> tuple[Array, Array]:
+    """Random Erasing: a rectangle (``area`` fraction, ``aspect`` h / w) replaced by uniform
+    noise. Returns ``(erased [H, W, C], mask [H, W])``."""
+    shape = image.shape[:2]
+    k_size, k_pos, k_val = jax.random.split(key, 3)
+    h, w = _rect_size(k_size, shape, area, aspect)
+    limits = jnp.array(shape, jnp.float32) - jnp.stack([h, w])
+    ty, tx = jnp.floor(jax.random.uniform(k_pos, (2,)) * (limits + 1))
+    yy, xx = _grid(shape)
+    inside = (yy >= ty) & (yy < ty + h) & (xx >= tx) & (xx < tx + w)
+    noise = jax.random.uniform(k_val, image.shape, image.dtype)
+    return jnp.where(inside[..., None], noise, image), inside.astype(jnp.float32)
+
+
+def riad_masks(key: Array, shape: tuple[int, int], cell_size: int, n_masks: int = 3) -> Array:
+    """RIAD masks ``[n_masks, H, W]`` float32: ``cell_size`` squares assigned at random to
+    ``n_masks`` disjoint sets (balanced); the masks sum to one everywhere."""
+    gh, gw = -(-shape[0] // cell_size), -(-shape[1] // cell_size)
+    assignment = jax.random.permutation(key, gh * gw) % n_masks
+    cells = assignment.reshape(gh, gw)
+    pixels = jnp.repeat(jnp.repeat(cells, cell_size, 0), cell_size, 1)[: shape[0], : shape[1]]
+    return (pixels[None] == jnp.arange(n_masks)[:, None, None]).astype(jnp.float32)
+
+
+def random_riad_masks(key: Array, shape: tuple[int, int],
+                      cell_sizes: Sequence[int] = (2, 4, 8, 16), n_masks: int = 3) -> Array:
+    """RIAD masks ``[n_masks, H, W]`` at a scale drawn uniformly from ``cell_sizes``."""
+    k_scale, k_masks = jax.random.split(key)
+    all_scales = jnp.stack([riad_masks(k_masks, shape, k, n_masks) for k in cell_sizes])
+    return all_scales[jax.random.randint(k_scale, (), 0, len(cell_sizes))]

@@ -1,0 +1,357 @@
+"""Uninformed Students (Bergmann, Fauser, Sattlegger & Steger, "Uninformed Students:
+Student-Teacher Anomaly Detection with Discriminative Latent Embeddings", CVPR 2020).
+
+Per scale (patch sizes 17, 33, 65), a teacher network maps every local patch of an image to a
+128-d descriptor, and an ensemble of ``M`` students of the same architecture is trained to
+regress the teacher's descriptors, normalised by their per-channel mean and std on the
+training images, densely at every pixel. The anomaly score of a pixel is its normalised
+regression error ``||mean_i mu_i - y||^2`` plus the ensemble's predictive variance
+``mean_i ||mu_i||^2 - ||mean_i mu_i||^2`` (each normalised by its mean and std on the training
+images, see ``calibrate``), averaged over the scales.
+
+Teacher pretraining (paper: knowledge distillation of a pretrained ResNet-18's 512-d
+descriptors of ImageNet patches, plus a compactness loss decorrelating the descriptor
+channels) happens in ``init``: patches of the sample training images are resized to
+``distill_size`` and described by the frozen backbone's globally pooled ``distill_tap``
+features, and a linear decoder on the teacher's descriptor regresses them for
+``teacher_steps`` Adam steps (lr 2e-4, weight decay 1e-5, batch 64). The students then train
+through :mod:`anomjax.train` (Adam, lr 1e-4, weight decay 1e-5).
+
+Architectures (paper supplement, leaky ReLU slope 5e-3, no activation after the last layer):
+p17: conv 6x6/128, 5x5/256, 5x5/256, 4x4/128; p33: conv 5x5/128, max-pool 2, 5x5/256, max-pool
+2, 2x2/256, 4x4/128; p65: conv 5x5/128, max-pool 2, 5x5/128, max-pool 2, 5x5/128, max-pool 2,
+4x4/256, 1x1/128. Dense output at every pixel, equivalent to running the patch network on
+every patch (the paper's fast dense feature extraction), is computed by removing the pooling
+strides and dilating the following layers instead (a trous); the image is reflect-padded so
+that the maps have the input's size. With floor pooling the 33 and 65 networks depend on 32
+and 60 pixels of their patch, so those are the patch sizes used here.
+
+Deviations: the teacher is distilled from EfficientNet-Lite0 features of patches of the
+training images (ImageNet and ResNet-18 weights are not available offline) instead of
+ImageNet patches; the metric-learning (triplet) loss is not used (the paper's MVTec setting
+uses knowledge distillation and compactness only); normalisation statistics come from the
+training images rather than a separate validation set. ``init`` reruns the (deterministic)
+teacher pretraining when a run is resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from anomjax.methods.base import State, register
+from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
+from anomjax.scoring import gaussian_blur
+from anomjax.types import Batch, Scores
+
+# (kind, kernel, width multiplier of `width`); the last conv outputs the descriptor instead.
+_ARCHITECTURES: dict[int, tuple[tuple[str, int, int], ...]] = {
+    17: (("conv", 6, 1), ("conv", 5, 2), ("conv", 5, 2), ("conv", 4, 0)),
+    33: (("conv", 5, 1), ("pool", 2, 0), ("conv", 5, 2), ("pool", 2, 0), ("conv", 2, 2),
+         ("conv", 4, 0)),
+    65: (("conv", 5, 1), ("pool", 2, 0), ("conv", 5, 1), ("pool", 2, 0), ("conv", 5, 1),
+         ("pool", 2, 0), ("conv", 4, 2), ("conv", 1, 0)),
+}
+_TEACHER_LR = 2e-4
+_TEACHER_BATCH = 64
+_WEIGHT_DECAY = 1e-5
+
+
+def patch_extent(patch_size: int) -> int:
+    """Pixels one dense output depends on (one side): 17, 32 or 60."""
+    extent, dilation = 1, 1
+    for kind, k, _ in _ARCHITECTURES[patch_size]:
+        extent += (k - 1) * dilation
+        if kind == "pool":
+            dilation *= 2
+    return extent
+
+
+class DensePatchNet(nn.Module):
+    """Patch-descriptor network evaluated densely: ``[B, H, W, 3] -> [B, H', W', dim]``.
+
+    ``H' = H - extent + 1``; a ``[B, extent, extent, 3]`` patch gives one descriptor.
+    """
+
+    patch_size: int
+    width: int = 128
+    dim: int = 128
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        layers = _ARCHITECTURES[self.patch_size]
+        dilation = 1
+        for i, (kind, k, mult) in enumerate(layers):
+            if kind == "pool":
+                x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, 1, 1, 1),
+                                          "VALID", window_dilation=(1, dilation, dilation, 1))
+                dilation *= k
+                continue
+            last = i == len(layers) - 1
+            x = nn.Conv(self.dim if last else mult * self.width, (k, k),
+                        kernel_dilation=(dilation, dilation), padding="VALID",
+                        name=f"conv{i}")(x)
+            if not last:
+                x = nn.leaky_relu(x, 5e-3)
+        return x
+
+
+def dense_descriptors(net: DensePatchNet, params: Any, images: jax.Array) -> jax.Array:
+    """Descriptors ``[B, H, W, dim]`` at every pixel (reflect padding keeps the size)."""
+    extent = patch_extent(net.patch_size)
+    before = (extent - 1) // 2
+    after = extent - 1 - before
+    x = jnp.pad(images, ((0, 0), (before, after), (before, after), (0, 0)), mode="reflect")
+    return net.apply({"params": params}, x)
+
+
+def compactness_loss(desc: jax.Array) -> jax.Array:
+    """Sum of absolute off-diagonal correlations of descriptors ``[N, D]`` (paper's L_c)."""
+    centred = desc - jnp.mean(desc, axis=0)
+    cov = centred.T @ centred / desc.shape[0]
+    std = jnp.sqrt(jnp.maximum(jnp.diag(cov), 1e-12))
+    corr = cov / (std[:, None] * std[None, :])
+    return jnp.sum(jnp.abs(corr)) - jnp.sum(jnp.abs(jnp.diag(corr)))
+
+
+class _DistillHead(nn.Module):
+    """Teacher patch net plus the linear decoder used only during its pretraining."""
+
+    patch_size: int
+    width: int
+    dim: int
+    target_dim: int
+
+    @nn.compact
+    def __call__(self, patches: jax.Array) -> tuple[jax.Array, jax.Array]:
+        desc = DensePatchNet(self.patch_size, self.width, self.dim, name="net")(patches)
+        desc = desc.reshape(desc.shape[0], -1)
+        return desc, nn.Dense(self.target_dim, name="decoder")(desc)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class UninformedStudents:
+    """Student-teacher anomaly detection with per-scale student ensembles.
+
+    Attributes:
+      patch_sizes: scales, a subset of ``(17, 33, 65)``.
+      students: ensemble size ``M`` per scale (paper: 3).
+      width: channels of the first layer (paper: 128; the others are 1x or 2x it).
+      descriptor_dim: descriptor length (paper: 128).
+      backbone, backbone_weights, distill_tap, distill_size: the pretrained network whose
+        pooled ``distill_tap`` features of ``distill_size``-pixel patch resizes the teacher
+        imitates.
+      teacher_patches, teacher_steps: patches sampled from the init images, and Adam steps
+        of teacher pretraining.
+      compactness_weight: weight of the teacher's compactness loss (paper: 1).
+      learning_rate, weight_decay: students' Adam (paper: 1e-4, 1e-5).
+      sigma: Gaussian smoothing of the map (paper: none, 0).
+    """
+
+    name: ClassVar[str] = "uninformed_students"
+    kind: ClassVar[str] = "train"
+    default_epochs: ClassVar[int] = 100  # the paper's (students)
+
+    patch_sizes: tuple[int, ...] = (17, 33, 65)
+    students: int = 3
+    width: int = 128
+    descriptor_dim: int = 128
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: str | None = None
+    distill_tap: str = "stage7"
+    distill_size: int = 64
+    teacher_patches: int = 4096
+    teacher_steps: int = 2000
+    compactness_weight: float = 1.0
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-5
+    sigma: float = 0.0
+
+    def _net(self, p: int) -> DensePatchNet:
+        return DensePatchNet(p, self.width, self.descriptor_dim)
+
+    def _check(self) -> None:
+        unknown = [p for p in self.patch_sizes if p not in _ARCHITECTURES]
+        if unknown or not self.patch_sizes:
+            raise ValueError(f"uninformed_students patch_sizes must be taken from "
+                             f"{tuple(_ARCHITECTURES)}, got {self.patch_sizes}")
+        if self.students < 1:
+            raise ValueError(f"uninformed_students needs students >= 1, got {self.students}")
+
+    # ---------------------------------------------------------------- teacher pretraining
+
+    def _patch_targets(self, crops: jax.Array, variables: Any) -> jax.Array:
+        """Pooled backbone features ``[N, C]`` of patches ``[N, e, e, 3]`` (resized)."""
+        backbone = teacher(self.backbone)
+        size = (self.distill_size, self.distill_size)
+
+        def describe(chunk: jax.Array) -> jax.Array:
+            x = jax.image.resize(chunk, (chunk.shape[0], *size, 3), method="bilinear")
+            (f,) = frozen_features(backbone, variables, x, (self.distill_tap,))
+            return jnp.mean(f, axis=(1, 2))
+
+        n = crops.shape[0]
+        chunk = min(n, 256)
+        pad = (-n) % chunk
+        crops = jnp.concatenate([crops, crops[:pad]]) if pad else crops
+        out = jax.lax.map(describe, crops.reshape(-1, chunk, *crops.shape[1:]))
+        return out.reshape(-1, out.shape[-1])[:n]
+
+    def _pretrain_teacher(self, key: jax.Array, images: jax.Array, p: int,
+                          variables: Any) -> Any:
+        """Distil the backbone into the scale-``p`` teacher; returns its ``DensePatchNet``
+        params."""
+        extent = patch_extent(p)
+        b, h, w, _ = images.shape
+        if h < extent or w < extent:
+            raise ValueError(f"uninformed_students: patch size {p} needs images of at least "
+                             f"{extent}x{extent} pixels, got {h}x{w}")
+        k_pos, k_init, k_steps = jax.random.split(key, 3)
+        ki, ky, kx = jax.random.split(k_pos, 3)
+        n = self.teacher_patches
+        idx = jax.random.randint(ki, (n,), 0, b)
+        ys = jax.random.randint(ky, (n,), 0, h - extent + 1)
+        xs = jax.random.randint(kx, (n,), 0, w - extent + 1)
+        crops = jax.vmap(lambda i, y, x: jax.lax.dynamic_slice(
+            images[i], (y, x, 0), (extent, extent, 3)))(idx, ys, xs)
+        targets = jax.jit(self._patch_targets)(crops, variables)
+        head = _DistillHead(p, self.width, self.descriptor_dim, targets.shape[-1])
+        params = head.init(k_init, crops[:1])["params"]
+        opt = optax.chain(optax.add_decayed_weights(_WEIGHT_DECAY), optax.adam(_TEACHER_LR))
+
+        def step(params: Any, opt_state: Any, step_key: jax.Array) -> tuple[Any, Any]:
+            pick = jax.random.randint(step_key, (_TEACHER_BATCH,), 0, n)
+
+            def loss_fn(params: Any) -> jax.Array:
+                desc, pred = head.apply({"params": params}, crops[pick])
+                kd = jnp.mean(jnp.sum((pred - targets[pick]) ** 2, axis=-1))
+                return kd + self.compactness_weight * compactness_loss(desc)
+
+            grads = jax.grad(loss_fn)(params)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        # A Python loop over a jitted step: XLA:CPU runs convolutions inside lax.scan ~8x
+        # slower than the same step dispatched one by one.
+        run = jax.jit(step, donate_argnums=(0, 1))
+        opt_state = opt.init(params)
+        for step_key in tqdm(jax.random.split(k_steps, self.teacher_steps),
+                             desc=f"teacher p{p}", leave=False, disable=None):
+            params, opt_state = run(params, opt_state, step_key)
+        return params["net"]
+
+    # ---------------------------------------------------------------- protocol
+
+    def init(self, key: jax.Array, images: jax.Array) -> State:
+        """Pretrain one teacher per scale, store its descriptor statistics, init students."""
+        self._check()
+        check_taps(teacher(self.backbone), (self.distill_tap,))
+        images = jnp.asarray(images, jnp.float32)
+        variables = teacher_variables(self.backbone, self.backbone_weights)
+        params, teachers, t_mean, t_std = {}, {}, {}, {}
+        for p, k in zip(self.patch_sizes, jax.random.split(key, len(self.patch_sizes)),
+                        strict=True):
+            k_teacher, k_students = jax.random.split(k)
+            tp = self._pretrain_teacher(k_teacher, images, p, variables)
+            desc = jax.jit(dense_descriptors, static_argnums=0)(self._net(p), tp, images)
+            flat = desc.reshape(-1, desc.shape[-1])
+            s = f"p{p}"
+            teachers[s] = tp
+            t_mean[s] = jnp.mean(flat, axis=0)
+            t_std[s] = jnp.maximum(jnp.std(flat, axis=0), 1e-6)
+            patch = jnp.zeros((1, patch_extent(p), patch_extent(p), 3), jnp.float32)
+            params[s] = jax.jit(jax.vmap(lambda kk, p=p, patch=patch: self._net(p).init(
+                kk, patch)["params"]))(jax.random.split(k_students, self.students))
+        frozen = {"teacher": teachers, "teacher_mean": t_mean, "teacher_std": t_std}
+        for stat, value in (("error_mean", 0.0), ("error_std", 1.0), ("variance_mean", 0.0),
+                            ("variance_std", 1.0)):  # identity until `calibrate`
+            frozen[stat] = {f"p{p}": jnp.full((), value, jnp.float32) for p in self.patch_sizes}
+        return {"params": params, "frozen": frozen}
+
+    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
+        """Adam with L2 weight decay (paper: lr 1e-4, decay 1e-5), constant."""
+        del total_steps
+        return optax.chain(optax.add_decayed_weights(self.weight_decay),
+                           optax.adam(self.learning_rate))
+
+    def _predictions(self, params: Any, state: State, images: jax.Array,
+                     p: int) -> tuple[jax.Array, jax.Array]:
+        """Normalised teacher descriptors ``[B, H, W, D]`` and student means
+        ``[M, B, H, W, D]`` at scale ``p``."""
+        s = f"p{p}"
+        frozen = jax.lax.stop_gradient(state["frozen"])
+        net = self._net(p)
+        target = dense_descriptors(net, frozen["teacher"][s], images)
+        target = (target - frozen["teacher_mean"][s]) / frozen["teacher_std"][s]
+        preds = jax.vmap(lambda sp: dense_descriptors(net, sp, images))(params[s])
+        return target, preds
+
+    def loss(self, params: Any, state: State, images: jax.Array,
+             key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Sum over scales and students of the mean (over pixels and images) squared distance
+        to the normalised teacher descriptors."""
+        del key
+        total, aux = 0.0, {}
+        for p in self.patch_sizes:
+            target, preds = self._predictions(params, state, images, p)
+            per_student = jnp.mean(jnp.sum((preds - target) ** 2, axis=-1), axis=(1, 2, 3))
+            aux[f"regression_p{p}"] = jnp.mean(per_student)
+            total = total + jnp.sum(per_student)
+        return total, aux
+
+    def _raw_scores(self, state: State, images: jax.Array,
+                    p: int) -> tuple[jax.Array, jax.Array]:
+        """Regression error and predictive variance ``[B, H, W]`` at scale ``p``."""
+        target, preds = self._predictions(state["params"], state, images, p)
+        mean = jnp.mean(preds, axis=0)
+        error = jnp.sum((mean - target) ** 2, axis=-1)
+        variance = jnp.mean(jnp.sum(preds ** 2, axis=-1), axis=0) - jnp.sum(mean ** 2, axis=-1)
+        return error, variance
+
+    def calibrate(self, state: State, batches: Iterable[Batch]) -> State:
+        """Store the mean and std of the error and variance on the training images."""
+        fn = jax.jit(lambda st, x: {f"p{p}": self._raw_scores(st, x, p)
+                                    for p in self.patch_sizes})
+        sums: dict[str, np.ndarray] = {}
+        count = 0
+        for batch in batches:
+            out = fn(state, jnp.asarray(batch.images, jnp.float32))
+            count += int(np.prod(batch.images.shape[:3]))
+            for s, (err, var) in out.items():
+                e, v = np.asarray(err, np.float64), np.asarray(var, np.float64)
+                acc = np.array([e.sum(), (e ** 2).sum(), v.sum(), (v ** 2).sum()])
+                sums[s] = sums.get(s, 0.0) + acc
+        if count == 0:
+            raise ValueError("uninformed_students.calibrate got no training images")
+        frozen = dict(state["frozen"])
+        for key in ("error_mean", "error_std", "variance_mean", "variance_std"):
+            frozen[key] = dict(frozen[key])
+        for s, (e1, e2, v1, v2) in sums.items():
+            for name, m1, m2 in (("error", e1, e2), ("variance", v1, v2)):
+                mean = m1 / count
+                std = np.sqrt(max(m2 / count - mean ** 2, 0.0))
+                frozen[f"{name}_mean"][s] = jnp.asarray(mean, jnp.float32)
+                frozen[f"{name}_std"][s] = jnp.asarray(max(std, 1e-12), jnp.float32)
+        return {**state, "frozen": frozen}
+
+    def score(self, state: State, images: jax.Array) -> Scores:
+        """Map = mean over scales of normalised error + normalised variance; image score =
+        its max."""
+        frozen = state["frozen"]
+        maps = []
+        for p in self.patch_sizes:
+            s = f"p{p}"
+            error, variance = self._raw_scores(state, images.astype(jnp.float32), p)
+            maps.append((error - frozen["error_mean"][s]) / frozen["error_std"][s]
+                        + (variance - frozen["variance_mean"][s]) / frozen["variance_std"][s])
+        maps = gaussian_blur(sum(maps) / len(maps), self.sigma)
+        return Scores(image=jnp.max(maps, axis=(1, 2)), maps=maps)

@@ -1,0 +1,129 @@
+"""STPM training throughput (images/s) and accuracy next to anomalib's STFPM.
+
+Trains anomjax's STPM (EfficientNet-Lite0, taps stage2/3/5) on one MVTec-layout folder,
+scores its test split, then (unless ``--no-ref``) runs anomalib's STFPM with the same
+backbone weights, image size, epochs and batch size through
+``../shared/tools/ref_anomalib.py`` in its own venv, and prints both and their ratio::
+
+    python experiments/bench_stpm.py --data ../shared/data/mvtec3d_tire --epochs 3
+
+Throughput is training images per second of the training loop (data loading included, as in
+anomalib's loop time). For anomjax it is given over all steps (``with_compile``) and without
+the first step, which includes the XLA compilation (``steady``). Writes a JSON record with
+``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from anomjax.data import open_dataset
+from anomjax.methods.distillation.stpm import STPM
+from anomjax.metrics import compute_metrics
+from anomjax.train import train_method
+
+REPO = Path(__file__).resolve().parents[1]
+REF_SCRIPT = REPO.parent / "shared" / "tools" / "ref_anomalib.py"
+REF_PYTHON = "/tmp/venv-anomalib/bin/python"
+
+
+def run_anomjax(args: argparse.Namespace) -> dict:
+    """Train and test STPM; timings from the run's metrics.jsonl."""
+    ds = open_dataset(args.data, image_size=args.image_size)
+    method = STPM()
+    with tempfile.TemporaryDirectory() as run_dir:
+        start = time.perf_counter()
+        state = train_method(method, jax.random.key(args.seed), ds.train, epochs=args.epochs,
+                             batch_size=args.batch_size, run_dir=run_dir,
+                             num_workers=args.num_workers, disable=args.quiet)
+        jax.block_until_ready(state)
+        fit_s = time.perf_counter() - start
+        steps = [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+                 if ln]
+    step_s = np.array([args.batch_size / s["train/images_per_s"] for s in steps])
+    score = jax.jit(method.score)
+    start = time.perf_counter()
+    images, labels, maps, masks = [], [], [], []
+    for batch in ds.test.batches(batch_size=args.batch_size, num_workers=args.num_workers):
+        out = score(state, batch.images)
+        images.append(np.asarray(out.image))
+        maps.append(np.asarray(out.maps))
+        labels.append(batch.labels)
+        masks.append(batch.masks)
+    test_s = time.perf_counter() - start
+    metrics = compute_metrics(np.concatenate(images), np.concatenate(labels),
+                              np.concatenate(maps), np.concatenate(masks))
+    return {
+        "train_images_per_s_with_compile": len(steps) * args.batch_size / step_s.sum(),
+        "train_images_per_s_steady": (len(steps) - 1) * args.batch_size / step_s[1:].sum(),
+        "first_step_s": float(step_s[0]),
+        "steps": len(steps), "fit_wall_s": fit_s, "test_wall_s": test_s,
+        "final_loss": steps[-1]["train/loss"],
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+
+
+def run_anomalib(args: argparse.Namespace) -> dict:
+    """anomalib STFPM with the same settings, in its own interpreter."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ref.json"
+        cmd = [args.ref_python, str(REF_SCRIPT), "--data", args.data, "--model", "stfpm",
+               "--backbone", "lite0", "--image-size", str(args.image_size), "--epochs",
+               str(args.epochs), "--train-batch-size", str(args.batch_size),
+               "--eval-batch-size", str(args.batch_size), "--skip-backbone-check",
+               "--seed", str(args.seed), "--out", str(out)]
+        subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        ref = json.loads(out.read_text())
+    timing = ref["timing"]
+    n_train = ref["dataset"]["n_train"]
+    return {
+        "train_images_per_s": n_train * args.epochs / timing["fit_train_loop_s"],
+        "fit_train_loop_s": timing["fit_train_loop_s"], "fit_wall_s": timing["fit_wall_s"],
+        "train_batches": timing["train_batches"],
+        "metrics": {k: ref["metrics"][k] for k in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mvtec3d_tire"))
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-ref", action="store_true", help="skip the anomalib run")
+    p.add_argument("--ref-python", default=REF_PYTHON)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", default=None, help="write the JSON record here")
+    args = p.parse_args()
+
+    record = {"data": args.data, "image_size": args.image_size, "epochs": args.epochs,
+              "batch_size": args.batch_size, "device": str(jax.devices()[0]),
+              "cpu_count": os.cpu_count(), "anomjax": run_anomjax(args)}
+    print(json.dumps({"anomjax": record["anomjax"]}, indent=1), flush=True)
+    if not args.no_ref:
+        record["anomalib"] = run_anomalib(args)
+        record["throughput_ratio_steady"] = (record["anomjax"]["train_images_per_s_steady"]
+                                             / record["anomalib"]["train_images_per_s"])
+        record["throughput_ratio_with_compile"] = (
+            record["anomjax"]["train_images_per_s_with_compile"]
+            / record["anomalib"]["train_images_per_s"])
+    print(json.dumps(record, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(record, indent=1))
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""anomjax against anomalib 2.7 (PyTorch) on one MVTec-layout folder, in one run.
+
+For each method (PatchCore at a 1 % coreset, PaDiM) both libraries fit on ``train/good`` and
+test on ``test/`` with EfficientNet-Lite0 (the same ImageNet weights) at the same image size,
+each in its own process so that peak RSS is its own. anomalib runs through
+``../shared/tools/ref_anomalib.py`` in its own venv. Prints fit and test seconds, peak
+memory, the CPU seconds of each whole process (user + system, less sensitive than wall time
+to other load on the machine), image/pixel AUROC and AUPRO, and the ratios; ``--out``
+keeps the JSON records.
+
+    python experiments/bench_vs_anomalib.py --data ../shared/data/mvtec3d_tire
+
+Settings that differ between the libraries (printed with the table): anomalib's ``fit``
+includes one validation pass over the test set (its default), and each library's PaDiM uses
+its own Lite0 stages and channel count (anomalib: blocks 1/2/4 and 100 channels; anomjax:
+``stage2-4`` and the paper's WRN50 proportion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REF_SCRIPT = REPO.parent / "shared" / "tools" / "ref_anomalib.py"
+ANOMALIB_PYTHON = "/tmp/venv-anomalib/bin/python"
+METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
+
+
+def run_anomjax(method_name: str, data: str, image_size: int, coreset_ratio: float,
+                batch_size: int, seed: int) -> dict:
+    """Fit and evaluate one anomjax method in this process; timings, memory, metrics."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from anomjax.data import open_dataset
+    from anomjax.evaluate import evaluate
+    from anomjax.methods import make_method
+
+    fields = {"coreset_ratio": coreset_ratio, "progress": False} if method_name == "patchcore" \
+        else {}
+    method = make_method(method_name, **fields)
+    ds = open_dataset(data, image_size=image_size)
+    start = time.perf_counter()
+    state = method.fit(jax.random.key(seed), ds.train.batches(batch_size))
+    jax.block_until_ready(state)
+    fit_s = time.perf_counter() - start
+    result = evaluate(method, state, ds.test, batch_size=batch_size, progress=False)
+    record = {"library": "anomjax", "method": method_name, "fit_s": round(fit_s, 2),
+              "test_s": round(result["test_seconds"], 2),
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+              "image_auroc": result["image_auroc"], "pixel_auroc": result["pixel_auroc"],
+              "pixel_aupro": result["pixel_aupro"], "n_train": len(ds.train),
+              "n_test": result["n_test"], "settings": {"image_size": image_size,
+                                                       "batch_size": batch_size, **fields}}
+    if method_name == "patchcore":  # accuracy cost of a bfloat16 bank (after the timings)
+        half = dataclasses.replace(method, bank_dtype="bfloat16")
+        half_state = dict(state, bank=state["bank"].astype(jnp.bfloat16))
+        half_result = evaluate(half, half_state, ds.test, batch_size=batch_size, progress=False)
+        record["bf16_bank_minus_fp32"] = {k: half_result[k] - result[k] for k in METRICS}
+    return record
+
+
+def run_anomalib(method_name: str, data: str, image_size: int, coreset_ratio: float,
+                 python: str, weights: str, out_dir: Path) -> dict:
+    """Run ``ref_anomalib.py`` in anomalib's venv and read its JSON record."""
+    out = out_dir / f"anomalib_{method_name}.json"
+    cmd = [python, str(REF_SCRIPT), "--data", data, "--model", method_name, "--backbone",
+           "lite0", "--image-size", str(image_size), "--skip-backbone-check", "--weights",
+           weights, "--out", str(out)]
+    if method_name == "patchcore":
+        cmd += ["--coreset-ratio", str(coreset_ratio)]
+    proc, cpu_s = _timed_run(cmd)
+    if proc.returncode != 0 or not out.is_file():
+        raise SystemExit(f"anomalib {method_name} failed:\n{proc.stderr[-3000:]}")
+    rec = json.loads(out.read_text())
+    timing, metrics = rec["timing"], rec["metrics"]
+    return {"library": "anomalib", "method": method_name, "fit_s": timing["fit_wall_s"],
+            "test_s": timing["test_wall_s"], "peak_rss_mb": rec["memory"]["peak_rss_mib"],
+            "image_auroc": metrics["image_AUROC"], "pixel_auroc": metrics["pixel_AUROC"],
+            "pixel_aupro": metrics["pixel_AUPRO"], "n_train": rec["dataset"]["n_train"],
+            "n_test": rec["dataset"]["n_test"], "process_cpu_s": cpu_s, "record": str(out)}
+
+
+def _timed_run(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``cmd``; also return the CPU seconds (user + system) its process tree used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc, round(cpu, 1)
+
+
+def child(args: argparse.Namespace) -> None:
+    record = run_anomjax(args.child, args.data, args.image_size, args.coreset_ratio,
+                         args.batch_size, args.seed)
+    print("RECORD " + json.dumps(record), flush=True)
+
+
+def table(records: list[dict]) -> str:
+    """Markdown table of the runs, then one line of ratios per method."""
+    lines = ["| method | library | fit s | test s | fit+test s | process CPU s | peak RSS MiB "
+             "| image AUROC | pixel AUROC | AUPRO |", "|---" * 10 + "|"]
+    for r in records:
+        lines.append(f"| {r['method']} | {r['library']} | {r['fit_s']:.1f} | {r['test_s']:.1f} | "
+                     f"{r['fit_s'] + r['test_s']:.1f} | {r['process_cpu_s']:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} | "
+                     f"{r['image_auroc']:.4f} | {r['pixel_auroc']:.4f} | {r['pixel_aupro']:.4f} |")
+    lines.append("")
+    for r in records:
+        if "bf16_bank_minus_fp32" in r:
+            lines.append("- anomjax patchcore with a bfloat16 bank, minus float32: " + ", ".join(
+                f"{k} {100 * v:+.2f} pt" for k, v in r["bf16_bank_minus_fp32"].items()))
+    for method in dict.fromkeys(r["method"] for r in records):
+        ours = next((r for r in records if r["method"] == method and r["library"] == "anomjax"),
+                    None)
+        peer = next((r for r in records if r["method"] == method and r["library"] == "anomalib"),
+                    None)
+        if ours is None or peer is None:
+            continue
+        speed = (peer["fit_s"] + peer["test_s"]) / (ours["fit_s"] + ours["test_s"])
+        deltas = ", ".join(f"{k} {100 * (ours[k] - peer[k]):+.1f} pt"
+                           for k in METRICS)
+        lines.append(f"- {method}: fit+test {speed:.2f}x faster (fit "
+                     f"{peer['fit_s'] / ours['fit_s']:.2f}x, test "
+                     f"{peer['test_s'] / ours['test_s']:.2f}x; process CPU "
+                     f"{peer['process_cpu_s'] / ours['process_cpu_s']:.2f}x less), peak memory "
+                     f"{ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x of anomalib's; "
+                     f"anomjax - anomalib: {deltas}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="MVTec-layout category folder")
+    parser.add_argument("--methods", default="patchcore,padim")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--coreset-ratio", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
+    parser.add_argument("--weights", default=None,
+                        help="Lite0 .pth for anomalib (default: the file anomjax itself loads)")
+    parser.add_argument("--skip-anomalib", action="store_true")
+    parser.add_argument("--out", default="/tmp/bench_vs_anomalib",
+                        help="folder for the JSON records")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    from anomjax.backbones import find_weights
+
+    weights = args.weights or str(find_weights("efficientnet_lite0"))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for method in [m for m in args.methods.split(",") if m]:
+        cmd = [sys.executable, __file__, "--child", method, "--data", args.data,
+               "--image-size", str(args.image_size), "--coreset-ratio", str(args.coreset_ratio),
+               "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+        proc, cpu_s = _timed_run(cmd)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RECORD ")]
+        if proc.returncode != 0 or not lines:
+            raise SystemExit(f"anomjax {method} failed:\n{proc.stderr[-3000:]}")
+        records.append(dict(json.loads(lines[-1][len("RECORD "):]), process_cpu_s=cpu_s))
+        print(f"anomjax {method}: {records[-1]}", file=sys.stderr, flush=True)
+        if not args.skip_anomalib:
+            records.append(run_anomalib(method, args.data, args.image_size, args.coreset_ratio,
+                                        args.anomalib_python, weights, out_dir))
+            print(f"anomalib {method}: {records[-1]}", file=sys.stderr, flush=True)
+    (out_dir / "records.json").write_text(json.dumps(records, indent=2))
+    print(f"\n{Path(args.data).name}, EfficientNet-Lite0, {args.image_size}x{args.image_size}, "
+          f"PatchCore coreset {args.coreset_ratio}, {os.cpu_count()} CPU cores\n")
+    print(table(records))
+
+
+if __name__ == "__main__":
+    main()

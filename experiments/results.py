@@ -1,0 +1,289 @@
+"""Results table: fit and evaluate registered methods on the real and synthetic datasets.
+
+    python experiments/results.py [--methods patchcore padim so_padim spade]
+        [--datasets mvtec3d_tire magnetic_tile synthetic] [--image-size 256]
+        [--set spade:grid_stride=8] [--output experiments/RESULTS.md]
+
+Datasets: ``mvtec3d_tire`` and ``magnetic_tile`` from ``--data-root`` (default
+``../shared/data``, never copied), and ``synthetic`` (every category of
+:mod:`anomjax.data.synthetic`, or one as ``synthetic/<category>``) written as MVTec-style
+folders to a temporary directory at the evaluation image size.
+
+Every (method, dataset) row runs in its own Python process, so its peak memory (maximum
+resident set size, JAX runtime and backbone included) is its own. "fit s" is the wall time
+of ``method.fit`` (or ``train_method``) over the training split: image loading, feature
+extraction, jit compilation and the model itself. "test s" is
+:func:`anomjax.evaluate.evaluate`'s scoring time of the test split (loading, compilation,
+scoring). Rows are kept in ``--json`` (default ``experiments/results.json``): a run replaces
+the rows of the (method, dataset) pairs it runs and keeps the others, and ``RESULTS.md`` shows
+them all; with ``--resume`` pairs already stored with the same settings are not rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ISSUE4_METHODS = ("patchcore", "padim", "so_padim", "spade")
+REAL_DATASETS = ("mvtec3d_tire", "magnetic_tile")
+
+# Deviations from each paper worth reading next to its numbers (details: the docstrings).
+NOTES = {
+    "patchcore": "Lite0 stage3+stage5 (paper: WRN50 layer2+3), 3x3 aggregation, 1024-d, "
+                 "greedy coreset on 128-d projection",
+    "padim": "Lite0 stage2/3/5 (paper: R18/WRN50 layer1-3), random d = WRN50 ratio of 176",
+    "so_padim": "Lite0 stage2/3/5 (paper: R18/WRN50 layer1-3), semi-orthogonal k = WRN50 "
+                "ratio of 176",
+    "spade": "Lite0 pyramid stage2/3/5 + pooled stage7 (paper: WRN50); image score = mean "
+             "distance to K nearest images",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(ISSUE4_METHODS),
+                        help="registered method names, or 'all' (default: the issue-4 methods)")
+    parser.add_argument("--datasets", nargs="+", default=[*REAL_DATASETS, "synthetic"],
+                        help="mvtec3d_tire, magnetic_tile, synthetic, synthetic/<category>")
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs for methods that train (default: the method's own)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="METHOD:KEY=VALUE", help="hyper-parameter override, repeatable")
+    parser.add_argument("--output", type=Path, default=REPO / "experiments" / "RESULTS.md")
+    parser.add_argument("--json", type=Path, default=REPO / "experiments" / "results.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse rows of --json computed with the same settings")
+    parser.add_argument("--row", nargs=3, metavar=("METHOD", "DATASET", "ROOT"),
+                        help=argparse.SUPPRESS)  # internal: run one row in this process
+    parser.add_argument("--row-output", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def method_overrides(overrides: list[str], method: str) -> dict[str, str]:
+    """``{key: value}`` of the ``METHOD:KEY=VALUE`` overrides that name ``method``."""
+    out = {}
+    for item in overrides:
+        target, sep, assignment = item.partition(":")
+        key, eq, value = assignment.partition("=")
+        if not sep or not eq or not key:
+            raise SystemExit(f"--set {item!r}: expected METHOD:KEY=VALUE")
+        if target == method:
+            out[key] = value
+    return out
+
+
+def expand_datasets(names: list[str]) -> list[str]:
+    """Dataset row names, ``synthetic`` expanded to every synthetic category."""
+    from anomjax.data import synthetic
+
+    out = []
+    for name in names:
+        if name == "synthetic":
+            out += [f"synthetic/{c}" for c in synthetic.CATEGORIES]
+        elif name in REAL_DATASETS or (name.startswith("synthetic/") and
+                                       name.split("/", 1)[1] in synthetic.CATEGORIES):
+            out.append(name)
+        else:
+            raise SystemExit(f"unknown dataset {name!r}; use {', '.join(REAL_DATASETS)}, "
+                             f"synthetic or synthetic/<{'|'.join(synthetic.CATEGORIES)}>")
+    return out
+
+
+def run_row(method_name: str, dataset: str, root: Path, args: argparse.Namespace) -> dict:
+    """Fit and evaluate one method on one dataset in this process; returns the row."""
+    import jax
+    from tqdm.auto import tqdm
+
+    from anomjax.data import open_dataset
+    from anomjax.evaluate import evaluate, peak_rss_mb
+    from anomjax.methods import make_method
+
+    overrides = method_overrides(args.overrides, method_name)
+    method = make_method(method_name, overrides)
+    ds = open_dataset(root, image_size=args.image_size)
+    key = jax.random.PRNGKey(args.seed)
+    start = time.perf_counter()
+    if method.kind == "train":
+        from anomjax.train import train_method
+
+        epochs = args.epochs or getattr(method, "epochs", None)
+        if epochs is None:
+            raise SystemExit(f"{method_name} trains: pass --epochs")
+        state = train_method(method, key, ds.train, epochs=epochs, batch_size=args.batch_size)
+    else:
+        batches = tqdm(ds.train.batches(args.batch_size), desc=f"fit {method_name}",
+                       total=-(-len(ds.train) // args.batch_size), unit="batch")
+        state = method.fit(key, batches)
+    jax.block_until_ready(state)
+    fit_seconds = time.perf_counter() - start
+    result = evaluate(method, state, ds.test, batch_size=args.batch_size)
+    return {
+        "method": method_name, "dataset": dataset,
+        "backbone": getattr(method, "backbone", "-"), "image_size": args.image_size,
+        "overrides": overrides, "seed": args.seed,
+        "n_train": len(ds.train), "n_test": result["n_test"],
+        **{k: float(result[k]) for k in ("image_auroc", "image_ap", "image_f1max",
+                                         "pixel_auroc", "pixel_ap", "pixel_aupro")},
+        "fit_s": round(fit_seconds, 1), "test_s": round(float(result["test_seconds"]), 1),
+        "peak_mb": peak_rss_mb(),
+    }
+
+
+def dataset_root(dataset: str, args: argparse.Namespace, synthetic_dir: Path | None) -> Path:
+    if dataset.startswith("synthetic/"):
+        assert synthetic_dir is not None
+        return synthetic_dir / dataset.split("/", 1)[1]
+    root = args.data_root / dataset
+    if not root.is_dir():
+        raise SystemExit(f"{root} not found: pass --data-root (the folder holding "
+                         f"{', '.join(REAL_DATASETS)})")
+    return root
+
+
+def same_settings(row: dict, method: str, dataset: str, args: argparse.Namespace) -> bool:
+    return (row.get("method") == method and row.get("dataset") == dataset
+            and row.get("image_size") == args.image_size and row.get("seed") == args.seed
+            and row.get("overrides") == method_overrides(args.overrides, method)
+            and "error" not in row)
+
+
+def spawn_row(method: str, dataset: str, root: Path, args: argparse.Namespace,
+              argv: list[str]) -> dict:
+    """Run one row in a fresh process; a failure becomes a row with its ``error``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv,
+               "--row", method, dataset, str(root), "--row-output", str(out)]
+        proc = subprocess.run(cmd, check=False)
+        row = json.loads(out.read_text()) if out.exists() else {
+            "error": f"the row's process exited with code {proc.returncode}"}
+    if "error" in row:
+        row = {"method": method, "dataset": dataset, "image_size": args.image_size,
+               "seed": args.seed, "overrides": method_overrides(args.overrides, method), **row}
+    return row
+
+
+def row_order(row: dict, methods: list[str]) -> tuple:
+    """Real datasets first, then synthetic categories; methods in the issue's order."""
+    dataset = row["dataset"]
+    known = [*REAL_DATASETS]
+    order = known.index(dataset) if dataset in known else len(known)
+    names = [*ISSUE4_METHODS, *methods]
+    method = names.index(row["method"]) if row["method"] in names else len(names)
+    return (order, dataset, method, row["method"])
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def notes(row: dict) -> str:
+    parts = [NOTES.get(row["method"], "")]
+    if row.get("overrides"):
+        parts.append("set " + ", ".join(f"{k}={v}" for k, v in row["overrides"].items()))
+    if row.get("error"):
+        parts.append(f"FAILED: {row['error']}")
+    return "; ".join(p for p in parts if p)
+
+
+def write_markdown(rows: list[dict], path: Path, command: str) -> None:
+    """``RESULTS.md``: how it was made, then one table row per (method, dataset)."""
+    import jax
+
+    commands = list(dict.fromkeys([r.get("command", command) for r in rows]))
+    header = ["method", "dataset/category", "backbone", "image size", "image AUROC",
+              "pixel AUROC", "AUPRO", "fit s", "test s", "peak memory MB", "notes"]
+    lines = [
+        "# Results",
+        "",
+        "One command regenerates every row: `python experiments/results.py` (add "
+        "`--set METHOD:KEY=VALUE` to change a hyper-parameter; `--resume` keeps stored rows "
+        "with the same settings). The rows below were produced by:",
+        "",
+        *[f"    {c}" for c in commands],
+        "",
+        "Each row's non-default settings are in its notes.",
+        "",
+        f"Table written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; measured on "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared "
+        f"with other work while measured), jax {jax.__version__}, backend "
+        f"{jax.default_backend()}. Metrics are fractions in [0, 1] (AUPRO integrated to FPR "
+        "0.3). fit s: image loading, feature extraction, jit compilation and the fit itself; "
+        "test s: loading, compilation and scoring of the test split; peak memory: maximum "
+        "resident memory of the row's own process (JAX runtime and backbone included). "
+        "Real data: `../shared/data`; synthetic: `anomjax.data.synthetic` categories "
+        "(40 train, 8 good + 16 defective test images) written at the image size.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    for row in rows:
+        metric = [fmt(row.get(k, "-")) for k in ("image_auroc", "pixel_auroc", "pixel_aupro")]
+        cells = [row["method"], row["dataset"], row.get("backbone", "-"),
+                 str(row.get("image_size", "-")), *metric, fmt(row.get("fit_s", "-"), 1),
+                 fmt(row.get("test_s", "-"), 1), fmt(row.get("peak_mb", "-"), 0), notes(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.row:
+        method, dataset, root = args.row
+        try:
+            row = run_row(method, dataset, Path(root), args)
+        except Exception as error:
+            args.row_output.write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}))
+            raise
+        args.row_output.write_text(json.dumps(row))
+        return
+    from anomjax.data import synthetic
+    from anomjax.methods import method_names
+
+    methods = method_names() if args.methods == ["all"] else args.methods
+    unknown = sorted(set(methods) - set(method_names()))
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; registered: {', '.join(method_names())}")
+    datasets = expand_datasets(args.datasets)
+    stored = json.loads(args.json.read_text()) if args.json.exists() else []
+    child_argv = [a for a in argv if a != "--resume"]
+    command = " ".join(["python experiments/results.py", *child_argv])
+    with tempfile.TemporaryDirectory(prefix="anomjax_synthetic_") as tmp:
+        categories = [d.split("/", 1)[1] for d in datasets if d.startswith("synthetic/")]
+        if categories:
+            synthetic.write_mvtec(tmp, categories, image_size=args.image_size, seed=args.seed)
+        for dataset in datasets:
+            root = dataset_root(dataset, args, Path(tmp))
+            for method in methods:
+                reused = [r for r in stored if same_settings(r, method, dataset, args)]
+                if args.resume and reused:
+                    row = reused[-1]
+                else:
+                    row = {**spawn_row(method, dataset, root, args, child_argv),
+                           "command": command}
+                print(json.dumps(row), flush=True)
+                stored = [r for r in stored
+                          if (r["method"], r["dataset"]) != (method, dataset)] + [row]
+                stored.sort(key=lambda r: row_order(r, methods))
+                args.json.write_text(json.dumps(stored, indent=1) + "\n")
+                write_markdown(stored, args.output, command)
+    print(f"wrote {args.output} and {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Synthetic-anomaly generators: jittable, vmappable, deterministic, masks that match."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from anomjax.data import anomalies
+
+H = W = 32
+PATCH_FNS = (anomalies.cutpaste, anomalies.cutpaste_scar, anomalies.random_erasing)
+# Compiled once per module: batched over keys, one image.
+BATCHED = {fn: jax.jit(jax.vmap(fn, in_axes=(0, None))) for fn in PATCH_FNS}
+
+
+@pytest.fixture(scope="module")
+def image():
+    return jax.random.uniform(jax.random.key(1), (H, W, 3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fn", PATCH_FNS)
+def test_patch_augmentations(fn, image):
+    keys = jax.random.split(jax.random.key(0), 16)
+    out, masks = BATCHED[fn](keys, image)
+    chex.assert_shape(out, (16, H, W, 3))
+    chex.assert_shape(masks, (16, H, W))
+    assert set(np.unique(masks)) == {0.0, 1.0}
+    assert np.all(masks.sum((1, 2)) > 0)
+    outside = np.broadcast_to(masks[..., None] == 0, out.shape)
+    np.testing.assert_array_equal(np.asarray(out)[outside],
+                                  np.broadcast_to(np.asarray(image), out.shape)[outside])
+    assert np.abs(np.asarray(out) - np.asarray(image)).max() > 0.05
+    again, _ = BATCHED[fn](keys, image)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(out))
+
+
+@pytest.mark.slow
+def test_cutpaste_runs_the_same_without_jit(image):
+    keys = jax.random.split(jax.random.key(0), 16)
+    out, masks = BATCHED[anomalies.cutpaste](keys, image)
+    eager = anomalies.cutpaste(keys[3], image)
+    chex.assert_trees_all_close(eager, (out[3], masks[3]), atol=1e-5)
+
+
+def test_cutpaste_area_is_in_range(image):
+    keys = jax.random.split(jax.random.key(4), 16)
+    _, masks = BATCHED[anomalies.cutpaste](keys, image)
+    area = np.asarray(masks.mean((1, 2)))
+    assert area.min() >= 0.01 and area.max() <= 0.17
+
+
+def test_perlin_noise_is_smooth_and_bounded():
+    noise = jax.jit(anomalies.perlin_noise, static_argnums=1)(jax.random.key(0), (H, W),
+                                                              (2.0, 4.0))
+    assert float(jnp.abs(noise).max()) <= 1.0 + 1e-5 and float(noise.std()) > 0.1
+    assert float(jnp.abs(jnp.diff(noise, axis=1)).max()) < 0.5
+
+
+@pytest.mark.slow
+def test_draem_augment(image):
+    source = jnp.broadcast_to(jnp.linspace(0, 1, W)[None, :, None], (H, W, 3))
+    draem = jax.jit(anomalies.draem_augment)
+    outs = [draem(k, image, source) for k in jax.random.split(jax.random.key(2), 32)]
+    aug, masks, has = (np.stack([np.asarray(o[i]) for o in outs]) for i in range(3))
+    assert aug.shape == (32, H, W, 3) and masks.shape == (32, H, W) and has.shape == (32,)
+    assert 6 <= int(has.sum()) <= 26  # about half carry an anomaly
+    np.testing.assert_array_equal(has, masks.sum((1, 2)) > 0)
+    outside = np.broadcast_to(masks[..., None] == 0, aug.shape)
+    np.testing.assert_allclose(aug[outside], np.broadcast_to(np.asarray(image), aug.shape)[outside],
+                               atol=1e-6)
+    assert np.abs(aug - np.asarray(image)).max() > 0.05
+    assert 0.0 <= aug.min() and aug.max() <= 1.0
+    chex.assert_trees_all_close(draem(jax.random.key(9), image, source),
+                                draem(jax.random.key(9), image, source))
+    with pytest.raises(ValueError, match="anomaly source"):
+        anomalies.draem_augment(jax.random.key(0), image, source[:16])
+
+
+def test_riad_masks_partition_the_image():
+    masks = jax.jit(anomalies.riad_masks, static_argnums=(1, 2, 3))(jax.random.key(0), (H, W),
+                                                                    8, 3)
+    chex.assert_shape(masks, (3, H, W))
+    np.testing.assert_array_equal(np.asarray(masks.sum(0)), 1.0)
+    blocks = np.asarray(masks[0]).reshape(4, 8, 4, 8)
+    assert np.all(blocks.min((1, 3)) == blocks.max((1, 3)))  # constant on 8x8 cells
+    assert 4 <= int(blocks[:, 0, :, 0].sum()) <= 7  # 16 cells in 3 balanced sets
+    scales = jax.jit(anomalies.random_riad_masks, static_argnums=(1,))
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(scales(jax.random.key(i), (H, W)).sum(0)), 1.0)
+
+
+@pytest.mark.slow
+def test_draem_source_augmenters():
+    x = jax.random.uniform(jax.random.key(5), (16, 16, 3))
+    every = jax.jit(lambda k, img: jnp.stack([f(k, img) for f in anomalies._SOURCE_AUGMENTERS]))
+    out = np.asarray(every(jax.random.key(6), x))
+    assert out.shape == (10, 16, 16, 3) and np.all(np.isfinite(out))
+    names = [f.__name__ for f in anomalies._SOURCE_AUGMENTERS]
+    by = dict(zip(names, out, strict=True))
+    np.testing.assert_allclose(by["_invert"], 1 - np.asarray(x), atol=1e-6)
+    np.testing.assert_allclose(by["_autocontrast"].min((0, 1)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(by["_autocontrast"].max((0, 1)), 1.0, atol=1e-6)
+    assert abs(float(by["_equalize"].mean()) - 0.5) < 0.05
+    assert np.all(np.diff(np.sort(by["_posterize"].ravel())) >= 0)
+    assert len(np.unique(by["_posterize"])) <= 256
+    # Hue rotation keeps luminance.
+    luma = np.array([0.299, 0.587, 0.114])
+    turned = np.asarray(anomalies._rotate_hue(x, 0.3))
+    np.testing.assert_allclose(turned @ luma, np.asarray(x) @ luma, atol=1e-5)

@@ -1,0 +1,52 @@
+"""Tiny in-memory striped images with square defects, for the feature-modeling tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anomjax.types import Batch
+
+
+def toy_images(n: int, *, size: int = 64, seed: int = 0, defective: bool = False) -> Batch:
+    """``n`` striped images ``[n, size, size, 3]``; defective ones carry a reddish square."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = np.empty((n, size, size, 3), np.float32)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        phase = rng.uniform(0, 2 * np.pi)
+        stripes = 0.5 + 0.25 * np.sin(2 * np.pi * (xx + 0.3 * yy) / 8.0 + phase * 0.1)
+        image = stripes[..., None] * np.array([0.9, 0.85, 0.8])
+        image = image + rng.normal(0, 0.02, image.shape)
+        if defective:
+            side = size // 4
+            top, left = rng.integers(side // 2, size - side - side // 2, size=2)
+            image[top:top + side, left:left + side] = (0.85, 0.2, 0.15)
+            masks[i, top:top + side, left:left + side] = 1
+        images[i] = np.clip(image, 0.0, 1.0)
+    label = int(defective)
+    return Batch(images=images, labels=np.full(n, label, np.int32), masks=masks,
+                 paths=tuple(f"toy_{'bad' if defective else 'good'}_{seed}_{i}.png"
+                             for i in range(n)),
+                 defect_types=("square" if defective else "good",) * n)
+
+
+def batches_of(batch: Batch, batch_size: int) -> list[Batch]:
+    """Split ``batch`` into consecutive batches of ``batch_size`` images."""
+    out = []
+    for start in range(0, len(batch), batch_size):
+        part = slice(start, start + batch_size)
+        out.append(Batch(images=batch.images[part], labels=batch.labels[part],
+                         masks=batch.masks[part], paths=batch.paths[part],
+                         defect_types=batch.defect_types[part]))
+    return out
+
+
+def toy_test_set(size: int = 64) -> Batch:
+    """Four normal then four defective images."""
+    good = toy_images(4, size=size, seed=100)
+    bad = toy_images(4, size=size, seed=200, defective=True)
+    return Batch(images=np.concatenate([good.images, bad.images]),
+                 labels=np.concatenate([good.labels, bad.labels]),
+                 masks=np.concatenate([good.masks, bad.masks]),
+                 paths=good.paths + bad.paths, defect_types=good.defect_types + bad.defect_types)

@@ -1,0 +1,79 @@
+"""Subprocess entry point of the engine tests: train the toy method, save the params.
+
+Usage: python run_toy.py OUT.npz --epochs N --batch-size B [--run-dir D] [--resume]
+       [--checkpoint-every K] [--slow-after S] [--devices N] [--process-id I
+       --num-processes P --port PORT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--run-dir", default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--slow-after", type=int, default=None)
+    p.add_argument("--devices", type=int, default=None)
+    p.add_argument("--process-id", type=int, default=None)
+    p.add_argument("--num-processes", type=int, default=1)
+    p.add_argument("--port", type=int, default=None)
+    args = p.parse_args()
+
+    import jax
+
+    if args.process_id is not None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}",
+                                   num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    import numpy as np
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from train_toy import ToyConvAE, toy_split
+
+    from anomjax.train import train_method
+
+    split = toy_split(n=args.n)
+    if args.slow_after is not None:
+        split = SlowSplit(split, args.slow_after)
+    devices = jax.devices()[:args.devices] if args.devices else None
+    state = train_method(ToyConvAE(), jax.random.key(3), split, epochs=args.epochs,
+                         batch_size=args.batch_size, run_dir=args.run_dir, resume=args.resume,
+                         checkpoint_every=args.checkpoint_every, num_workers=0,
+                         devices=devices, disable=True)
+    flat = {"/".join(str(k) for k in path): np.asarray(jax.device_get(leaf))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+    if jax.process_index() == 0:
+        np.savez(args.out, **flat)
+
+
+class SlowSplit:
+    """Wraps a split; after ``after`` yielded training batches every batch takes 30 s."""
+
+    def __init__(self, split, after: int):
+        self.split, self.after, self.count = split, after, 0
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def batches(self, batch_size: int = 32, **kw):
+        for batch in self.split.batches(batch_size, **kw):
+            if kw.get("shuffle"):
+                if self.count >= self.after:
+                    time.sleep(30)
+                self.count += 1
+            yield batch
+
+
+if __name__ == "__main__":
+    main()
