@@ -13,7 +13,7 @@ keeps the JSON records.
 Settings that differ between the libraries (printed with the table): anomalib's ``fit``
 includes one validation pass over the test set (its default), and each library's PaDiM uses
 its own Lite0 stages and channel count (anomalib: blocks 1/2/4 and 100 channels; anomjax:
-``stage2-4`` and the paper's WRN50 proportion).
+``stage2``/``stage3``/``stage5`` and the paper's WRN50 proportion).
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def run_row(method_name: str, dataset: str, root: Path, args: argparse.Namespace
     if method.kind == "train":
         from anomjax.train import train_method
 
-        epochs = args.epochs or getattr(method, "epochs", None)
+        epochs = args.epochs or getattr(method, "default_epochs", None)
         if epochs is None:
             raise SystemExit(f"{method_name} trains: pass --epochs")
         state = train_method(method, key, ds.train, epochs=epochs, batch_size=args.batch_size)
