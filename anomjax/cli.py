@@ -279,7 +279,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("methods:")
     for name in method_names():
         cls = method_class(name)
-        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        module_doc = sys.modules[cls.__module__].__doc__ or ""
+        summary = module_doc.strip().splitlines()[0] if module_doc.strip() else ""
         print(f"  {name:<22} {cls.kind:<6} {summary}")
     print("backbones:")
     for name in backbone_names():

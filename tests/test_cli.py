@@ -94,3 +94,12 @@ def test_predict_without_threshold_says_what_to_do(category, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", str(out), str(category / "test"), "--out", str(tmp_path / "p")]) == 2
     assert "run `anomjax test" in capsys.readouterr().err
+
+
+def test_list_names_methods_backbones_and_weights(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("patchcore", "padim", "so_padim", "spade", "stpm", "mvtec", "fabric"):
+        assert name in out
+    lite0 = next(line for line in out.splitlines() if "efficientnet_lite0" in line)
+    assert "efficientnet-lite0-57934424.pth" in lite0
