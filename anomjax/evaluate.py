@@ -146,7 +146,11 @@ def threshold_record(preds: Predictions) -> dict[str, float]:
 
 
 def write_overlays(preds: Predictions, split: Any, out_dir: Path, *, batch_size: int) -> None:
-    """One PNG per image: image | heat map | ground-truth contour, with a shared colour bar."""
+    """One PNG per image: image | heat map | ground-truth contour, with a shared colour bar.
+
+    Images are decoded a second time here rather than kept from scoring, so evaluation holds
+    only maps and masks in memory, never all images.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     vmin, vmax = float(np.min(preds.maps)), float(np.max(preds.maps))
     index = 0

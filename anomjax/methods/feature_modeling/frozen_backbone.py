@@ -1,8 +1,8 @@
 """The frozen pretrained backbone shared by the feature-modeling methods.
 
 A fitted state stores the backbone's ``variables`` (so a saved run scores with exactly the
-weights it was fitted with); the backbone object itself only knows the architecture and is
-shared per process (:func:`anomjax.backbones.get_backbone`).
+weights it was fitted with); the architecture comes from
+:func:`anomjax.backbones.get_backbone`, shared per process.
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from anomjax.backbones import Backbone, get_backbone, load_backbone
-
-
-def feature_extractor(name: str) -> Backbone:
-    """The backbone object named ``name`` (``.features``, ``.taps``), without variables."""
-    return get_backbone(name)
+from anomjax.backbones import load_backbone
 
 
 def load_variables(name: str, weights: str | None, key: jax.Array) -> dict[str, Any]:

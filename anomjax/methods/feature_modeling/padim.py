@@ -32,10 +32,10 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from anomjax.backbones import get_backbone
 from anomjax.methods.base import State, register
 from anomjax.methods.feature_modeling.frozen_backbone import (
     check_images,
-    feature_extractor,
     load_variables,
 )
 from anomjax.nn import gaussian
@@ -135,7 +135,7 @@ class PaDiM:
         ``mean`` ``[h, w, d]`` and ``chol`` ``[h, w, d, d]``."""
         key_backbone, key_channels = jax.random.split(key)
         variables = load_variables(self.backbone, self.backbone_weights, key_backbone)
-        extractor = feature_extractor(self.backbone)
+        extractor = get_backbone(self.backbone)
         total = sum(extractor.taps[t].channels for t in self.feature_taps)
         d = self.n_features or default_feature_dim(self.backbone, total)
         index = random_channel_index(key_channels, total, d)
@@ -145,7 +145,7 @@ class PaDiM:
 
     def embed(self, variables: State, channel_index: jax.Array, images: jax.Array) -> jax.Array:
         """Patch embeddings ``[B, h, w, d]`` of images ``[B, H, W, 3]``."""
-        extractor = feature_extractor(self.backbone)
+        extractor = get_backbone(self.backbone)
         features = extractor.features(variables, images, taps=self.feature_taps)
         return jnp.take(concat_taps(features, self.feature_taps), channel_index, axis=-1)
 

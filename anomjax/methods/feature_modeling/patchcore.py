@@ -49,10 +49,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from anomjax.backbones import get_backbone
 from anomjax.methods.base import State, register
 from anomjax.methods.feature_modeling.frozen_backbone import (
     check_images,
-    feature_extractor,
     load_variables,
 )
 from anomjax.nn.coreset import greedy_coreset, random_projection
@@ -161,7 +161,7 @@ class PatchCore:
     def feature_layers(self) -> tuple[str, ...]:
         """The taps actually used, shallower first."""
         layers = tuple(self.layers) or default_layers(self.backbone)
-        taps = feature_extractor(self.backbone).taps
+        taps = get_backbone(self.backbone).taps
         unknown = [t for t in layers if t not in taps]
         if unknown:
             raise ValueError(f"{self.backbone} has no tap(s) {unknown}; available: "
@@ -173,14 +173,14 @@ class PatchCore:
 
     def basis(self) -> np.ndarray:
         """``[C, K]`` map from concatenated neighbourhood averages to compact bank coordinates."""
-        taps = feature_extractor(self.backbone).taps
+        taps = get_backbone(self.backbone).taps
         channels = [taps[t].channels for t in self.feature_layers]
         return compact_pooling_basis(tuple(channels), self.layer_dim, self.target_dim)
 
     def embed(self, variables: State, basis: jax.Array, images: jax.Array) -> jax.Array:
         """Locally aware patch features ``[B, h, w, K]`` (compact coordinates) of images."""
         layers = self.feature_layers
-        features = feature_extractor(self.backbone).features(variables, images, taps=layers)
+        features = get_backbone(self.backbone).features(variables, images, taps=layers)
         x = aligned_neighbourhood_features([features[t] for t in layers], self.patch_size)
         return x @ basis
 

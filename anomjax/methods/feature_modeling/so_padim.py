@@ -27,8 +27,9 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
+from anomjax.backbones import get_backbone
 from anomjax.methods.base import State, register
-from anomjax.methods.feature_modeling.frozen_backbone import feature_extractor, load_variables
+from anomjax.methods.feature_modeling.frozen_backbone import load_variables
 from anomjax.methods.feature_modeling.padim import default_taps, fit_gaussians, gaussian_scores
 from anomjax.nn.pyramid import concat_taps
 from anomjax.types import Batch, Scores
@@ -93,7 +94,7 @@ class SemiOrthogonalPaDiM:
         ``embedding`` ``[F, k]``, ``mean`` ``[h, w, k]`` and ``chol`` ``[h, w, k, k]``."""
         key_backbone, key_embedding = jax.random.split(key)
         variables = load_variables(self.backbone, self.backbone_weights, key_backbone)
-        extractor = feature_extractor(self.backbone)
+        extractor = get_backbone(self.backbone)
         total = sum(extractor.taps[t].channels for t in self.feature_taps)
         k = self.k or default_embedding_dim(self.backbone, total)
         embedding = semi_orthogonal_matrix(key_embedding, total, k)
@@ -103,7 +104,7 @@ class SemiOrthogonalPaDiM:
 
     def embed(self, variables: State, embedding: jax.Array, images: jax.Array) -> jax.Array:
         """Embedded patch features ``W^T x`` ``[B, h, w, k]`` of images ``[B, H, W, 3]``."""
-        extractor = feature_extractor(self.backbone)
+        extractor = get_backbone(self.backbone)
         features = extractor.features(variables, images, taps=self.feature_taps)
         return jnp.einsum("bhwf,fk->bhwk", concat_taps(features, self.feature_taps), embedding,
                           precision=jax.lax.Precision.HIGHEST)

@@ -43,10 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anomjax.backbones import get_backbone
 from anomjax.methods.base import State, register
 from anomjax.methods.feature_modeling.frozen_backbone import (
     check_images,
-    feature_extractor,
     load_variables,
 )
 from anomjax.methods.feature_modeling.padim import default_taps
@@ -139,7 +139,7 @@ class SPADE:
 
     def describe(self, variables: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Image descriptors ``[B, C_img]`` and feature pyramids ``[B, h, w, C]``."""
-        extractor = feature_extractor(self.backbone)
+        extractor = get_backbone(self.backbone)
         taps = tuple(dict.fromkeys((*self.pyramid_taps, self.descriptor_tap)))
         features = extractor.features(variables, images, taps=taps)
         descriptor = jnp.mean(features[self.descriptor_tap].astype(jnp.float32), axis=(1, 2))
