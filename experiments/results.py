@@ -35,6 +35,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 ISSUE4_METHODS = ("patchcore", "padim", "so_padim", "spade")
+ISSUE5_METHODS = ("stpm", "reverse_distillation", "mkd", "uninformed_students", "dfr")
 REAL_DATASETS = ("mvtec3d_tire", "magnetic_tile")
 
 # Deviations from each paper worth reading next to its numbers (details: the docstrings).
@@ -46,13 +47,24 @@ NOTES = {
                 "ratio of 176",
     "spade": "Lite0 pyramid stage2/3/5 + pooled stage7 (paper: WRN50); image score = mean "
              "distance to K nearest images",
+    "stpm": "Lite0 stage2/3/5 teacher and random student (paper: R18 layer1-3); SGD lr 0.4; "
+            "student BN statistics recomputed after training (precise BN)",
+    "reverse_distillation": "Lite0 stage2/3/4 encoder, basic-block OCBE and decoder (paper: "
+                            "WRN50 with bottlenecks); Adam lr 0.005",
+    "mkd": "Lite0 stage2/3/5/7 source (paper: VGG16); small VGG cloner; map = guided-backprop "
+           "input gradient",
+    "uninformed_students": "teacher distilled from Lite0 patch features of the training images "
+                           "(paper: R18 on ImageNet); 17/33/65 patch students, M=3",
+    "dfr": "Lite0 stage1-4 regional features (paper: VGG19 relu1_1-relu4_4); 1x1 conv AE, "
+           "latent by PCA 90 %",
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(ISSUE4_METHODS),
-                        help="registered method names, or 'all' (default: the issue-4 methods)")
+                        help="registered method names, or 'all' (default: the deep-feature "
+                             "modeling methods)")
     parser.add_argument("--datasets", nargs="+", default=[*REAL_DATASETS, "synthetic"],
                         help="mvtec3d_tire, magnetic_tile, synthetic, synthetic/<category>")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
@@ -117,12 +129,10 @@ def run_row(method_name: str, dataset: str, root: Path, args: argparse.Namespace
     ds = open_dataset(root, image_size=args.image_size)
     key = jax.random.PRNGKey(args.seed)
     start = time.perf_counter()
+    epochs = row_epochs(method, args)
     if method.kind == "train":
         from anomjax.train import train_method
 
-        epochs = args.epochs or getattr(method, "default_epochs", None)
-        if epochs is None:
-            raise SystemExit(f"{method_name} trains: pass --epochs")
         state = train_method(method, key, ds.train, epochs=epochs, batch_size=args.batch_size)
     else:
         batches = tqdm(ds.train.batches(args.batch_size), desc=f"fit {method_name}",
@@ -134,13 +144,24 @@ def run_row(method_name: str, dataset: str, root: Path, args: argparse.Namespace
     return {
         "method": method_name, "dataset": dataset,
         "backbone": getattr(method, "backbone", "-"), "image_size": args.image_size,
-        "overrides": overrides, "seed": args.seed,
+        "epochs": epochs, "batch_size": args.batch_size, "overrides": overrides,
+        "seed": args.seed,
         "n_train": len(ds.train), "n_test": result["n_test"],
         **{k: float(result[k]) for k in ("image_auroc", "image_ap", "image_f1max",
                                          "pixel_auroc", "pixel_ap", "pixel_aupro")},
         "fit_s": round(fit_seconds, 1), "test_s": round(float(result["test_seconds"]), 1),
         "peak_mb": peak_rss_mb(),
     }
+
+
+def row_epochs(method: Any, args: argparse.Namespace) -> int | None:
+    """Training epochs of ``method``'s row: ``--epochs``, else its paper's; None if it fits."""
+    if method.kind != "train":
+        return None
+    epochs = args.epochs or getattr(method, "default_epochs", None)
+    if epochs is None:
+        raise SystemExit(f"{method.name} trains: pass --epochs")
+    return epochs
 
 
 def dataset_root(dataset: str, args: argparse.Namespace, synthetic_dir: Path | None) -> Path:
@@ -155,8 +176,13 @@ def dataset_root(dataset: str, args: argparse.Namespace, synthetic_dir: Path | N
 
 
 def same_settings(row: dict, method: str, dataset: str, args: argparse.Namespace) -> bool:
+    from anomjax.methods import make_method
+
+    epochs = row_epochs(make_method(method, method_overrides(args.overrides, method)), args)
     return (row.get("method") == method and row.get("dataset") == dataset
             and row.get("image_size") == args.image_size and row.get("seed") == args.seed
+            and row.get("epochs") == epochs
+            and row.get("batch_size", args.batch_size) == args.batch_size
             and row.get("overrides") == method_overrides(args.overrides, method)
             and "error" not in row)
 
@@ -182,7 +208,7 @@ def row_order(row: dict, methods: list[str]) -> tuple:
     dataset = row["dataset"]
     known = [*REAL_DATASETS]
     order = known.index(dataset) if dataset in known else len(known)
-    names = [*ISSUE4_METHODS, *methods]
+    names = [*ISSUE4_METHODS, *ISSUE5_METHODS, *methods]
     method = names.index(row["method"]) if row["method"] in names else len(names)
     return (order, dataset, method, row["method"])
 
@@ -193,6 +219,8 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def notes(row: dict) -> str:
     parts = [NOTES.get(row["method"], "")]
+    if row.get("batch_size", 16) != 16:
+        parts.append(f"batch {row['batch_size']}")
     if row.get("overrides"):
         parts.append("set " + ", ".join(f"{k}={v}" for k, v in row["overrides"].items()))
     if row.get("error"):
@@ -205,7 +233,7 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
     import jax
 
     commands = list(dict.fromkeys([r.get("command", command) for r in rows]))
-    header = ["method", "dataset/category", "backbone", "image size", "image AUROC",
+    header = ["method", "dataset/category", "backbone", "image size", "epochs", "image AUROC",
               "pixel AUROC", "AUPRO", "fit s", "test s", "peak memory MB", "notes"]
     lines = [
         "# Results",
@@ -226,7 +254,10 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
         "test s: loading, compilation and scoring of the test split; peak memory: maximum "
         "resident memory of the row's own process (JAX runtime and backbone included). "
         "Real data: `../shared/data`; synthetic: `anomjax.data.synthetic` categories "
-        "(40 train, 8 good + 16 defective test images) written at the image size.",
+        "(40 train, 8 good + 16 defective test images) written at the image size. epochs: "
+        "training epochs of the methods that learn weights (batch size in the notes when it "
+        "is not 16; incomplete last batches are dropped); '-' for methods that only fit "
+        "statistics.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -234,8 +265,9 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
     for row in rows:
         metric = [fmt(row.get(k, "-")) for k in ("image_auroc", "pixel_auroc", "pixel_aupro")]
         cells = [row["method"], row["dataset"], row.get("backbone", "-"),
-                 str(row.get("image_size", "-")), *metric, fmt(row.get("fit_s", "-"), 1),
-                 fmt(row.get("test_s", "-"), 1), fmt(row.get("peak_mb", "-"), 0), notes(row)]
+                 str(row.get("image_size", "-")), str(row.get("epochs") or "-"), *metric,
+                 fmt(row.get("fit_s", "-"), 1), fmt(row.get("test_s", "-"), 1),
+                 fmt(row.get("peak_mb", "-"), 0), notes(row)]
         lines.append("| " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
@@ -277,6 +309,8 @@ def main(argv: list[str] | None = None) -> None:
                     row = {**spawn_row(method, dataset, root, args, child_argv),
                            "command": command}
                 print(json.dumps(row), flush=True)
+                # Re-read the file: another results.py run may have added rows meanwhile.
+                stored = json.loads(args.json.read_text()) if args.json.exists() else []
                 stored = [r for r in stored
                           if (r["method"], r["dataset"]) != (method, dataset)] + [row]
                 stored.sort(key=lambda r: row_order(r, methods))

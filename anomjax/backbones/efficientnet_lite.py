@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from anomjax.nn.depthwise import depthwise_conv_shifted
+
 BN_EPS = 1e-3
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
@@ -34,6 +36,9 @@ _BASE_GROUPS = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40)
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
+# A depthwise kernel [k, k, 1, C] is C groups of one filter: fan-out k * k, as in TF's and
+# timm's initialisers (variance_scaling would count k * k * C and start it sqrt(C) too small).
+_depthwise_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,34 +88,18 @@ def _conv(features: int, kernel: int, name: str, stride: int = 1) -> nn.Conv:
                    use_bias=False, kernel_init=_conv_init, name=name)
 
 
-def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow "SAME" padding ``(before, after)`` of one spatial axis (extra pad after)."""
-    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
 def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, shifted: bool) -> jax.Array:
     """Depthwise TF-"SAME" convolution of ``x [B, H, W, C]`` by ``kernel [k, k, 1, C]``.
 
     ``shifted`` computes it as a sum of ``k * k`` shifted, per-channel scaled views of the
-    padded input (same arithmetic, other order); otherwise with XLA's grouped convolution.
+    padded input, with a hand-written gradient (:mod:`anomjax.nn.depthwise`; same arithmetic,
+    other order); otherwise with XLA's grouped convolution.
     """
-    channels = x.shape[-1]
-    if not shifted:
-        return jax.lax.conv_general_dilated(
-            x, kernel, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels)
-    k = kernel.shape[0]
-    (top, bottom), (left, right) = (_same_pads(n, k, stride) for n in x.shape[1:3])
-    padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    out_h, out_w = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
-    out = jnp.zeros((x.shape[0], out_h, out_w, channels), x.dtype)
-    for i in range(k):
-        for j in range(k):
-            view = padded[:, i:i + (out_h - 1) * stride + 1:stride,
-                          j:j + (out_w - 1) * stride + 1:stride]
-            out = out + view * kernel[i, j, 0]
-    return out
+    if shifted:
+        return depthwise_conv_shifted(x, kernel, (stride, stride))
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x.shape[-1])
 
 
 class DepthwiseConv(nn.Module):
@@ -128,7 +117,7 @@ class DepthwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
-        kernel = self.param("kernel", _conv_init, (k, k, 1, x.shape[-1]), jnp.float32)
+        kernel = self.param("kernel", _depthwise_init, (k, k, 1, x.shape[-1]), jnp.float32)
         return depthwise_conv(x, kernel, self.stride, shifted=jax.default_backend() == "cpu")
 
 

@@ -6,9 +6,10 @@ kernels come from one normal draw and all dense kernels from one uniform draw, s
 scaled per tensor, so initialisation costs about one small compilation.
 
 Distributions: convolution kernels ``[kh, kw, in/groups, out]`` ~ N(0, 2 / fan_out) with
-``fan_out = kh * kw * out`` (He/Kaiming fan-out, used by both the TF EfficientNet and
-torchvision ResNet); dense kernels ~ U(-1/sqrt(fan), 1/sqrt(fan)); biases and BN shifts 0,
-BN scales 1, running means 0 and running variances 1.
+``fan_out = kh * kw * out / groups`` (He/Kaiming fan-out, used by both the TF EfficientNet and
+torchvision ResNet; a depthwise kernel ``[kh, kw, 1, C]`` has ``groups = C``, so its fan-out is
+``kh * kw`` as in TF's and timm's initialisers); dense kernels ~ U(-1/sqrt(fan),
+1/sqrt(fan)); biases and BN shifts 0, BN scales 1, running means 0 and running variances 1.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def random_variables(template: Any, key: jax.Array, dense_fan: str = "out") -> A
     """
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     names = [path[-1].key for path, _ in flat]
+    depthwise = [any("depthwise" in str(getattr(p, "key", "")) for p in path) for path, _ in flat]
     shapes = [tuple(leaf.shape) for _, leaf in flat]
     conv_total = sum(math.prod(s) for n, s in zip(names, shapes, strict=True)
                      if n == "kernel" and len(s) == 4)
@@ -38,10 +40,11 @@ def random_variables(template: Any, key: jax.Array, dense_fan: str = "out") -> A
     normal = np.asarray(jax.random.normal(conv_key, (conv_total,), jnp.float32))
     uniform = np.asarray(jax.random.uniform(dense_key, (dense_total,), jnp.float32, -1.0, 1.0))
     leaves, conv_at, dense_at = [], 0, 0
-    for name, shape in zip(names, shapes, strict=True):
+    for name, shape, is_depthwise in zip(names, shapes, depthwise, strict=True):
         size = math.prod(shape)
         if name == "kernel" and len(shape) == 4:
-            std = math.sqrt(2.0 / (shape[0] * shape[1] * shape[3]))
+            fan_out = shape[0] * shape[1] * (1 if is_depthwise else shape[3])
+            std = math.sqrt(2.0 / fan_out)
             value = normal[conv_at:conv_at + size].reshape(shape) * np.float32(std)
             conv_at += size
         elif name == "kernel":

@@ -121,6 +121,11 @@ def test_random_init_is_deterministic_and_keyed():
     assert stem_a.shape == (3, 3, 3, 32) and not np.array_equal(stem_a, stem_c)
     np.testing.assert_allclose(np.std(a["params"]["stage6_block0"]["project_conv"]["kernel"]),
                                np.sqrt(2.0 / 192), rtol=0.05)  # He fan-out
+    # A depthwise kernel [k, k, 1, C] is C one-filter groups: fan-out k * k, as TF and timm
+    # count it (k * k * C would start it sqrt(C) times too small).
+    depthwise = a["params"]["stage6_block0"]["depthwise_conv"]["kernel"]
+    assert depthwise.shape == (5, 5, 1, 672)
+    np.testing.assert_allclose(np.std(depthwise), np.sqrt(2.0 / 25), rtol=0.05)
     assert set(a) == {"params", "batch_stats"}
     assert np.all(np.asarray(a["batch_stats"]["stem_bn"]["var"]) == 1.0)
 

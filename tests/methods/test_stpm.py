@@ -126,3 +126,25 @@ def test_trained_on_synthetic_fabric_scores_defects_above_normal(tmp_path):
     assert metrics["pixel_auroc"] > 0.95, metrics
     defect = test.masks.astype(bool)
     assert maps[defect].mean() > 2 * maps[~defect].mean()
+
+
+def test_precise_bn_makes_running_statistics_those_of_the_training_images(small_state):
+    """After ``calibrate`` on one batch, scoring with running statistics equals the student in
+    train mode (batch statistics) on that batch; ``precise_bn=False`` leaves state as is."""
+    from anomjax.types import Batch
+
+    images, state = small_state
+    batch = Batch(images=np.asarray(images), labels=np.zeros(2, np.int32),
+                  masks=np.zeros(images.shape[:3], np.uint8), paths=["a", "b"],
+                  defect_types=["good", "good"])
+    calibrated = SMALL.calibrate(state, [batch])
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    train_mode, _ = SMALL._features(variables, images, train=True)
+    eval_mode, _ = SMALL._features({**variables, "batch_stats": calibrated["batch_stats"]},
+                                   images)
+    before, _ = SMALL._features(variables, images)
+    for tap in SMALL.taps:
+        np.testing.assert_allclose(eval_mode[tap], train_mode[tap], rtol=2e-3, atol=2e-4)
+        assert not np.allclose(before[tap], train_mode[tap], atol=1e-2)
+    paper = dataclasses.replace(SMALL, precise_bn=False)
+    assert paper.calibrate(state, [batch]) is state

@@ -16,6 +16,7 @@ from anomjax.methods.distillation.uninformed_students import (
     UninformedStudents,
     compactness_loss,
     dense_descriptors,
+    dilated_max_pool,
     patch_extent,
 )
 
@@ -44,13 +45,28 @@ def test_dense_output_equals_the_patch_network_at_every_pixel(patch_size):
     corners = [(0, 0), (3, 2), (1, 1)]
     patches = jnp.concatenate([image[:, y:y + extent, x:x + extent] for y, x in corners])
     patchwise = apply(patches)
+    strided = DensePatchNet(patch_size, width=4, dim=3, patchwise=True).apply(
+        {"params": params}, patches)
+    assert patchwise.shape == strided.shape == (3, 1, 1, 3)
     for i, (y, x) in enumerate(corners):
         np.testing.assert_allclose(dense[0, y, x], patchwise[i, 0, 0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(strided[i, 0, 0], patchwise[i, 0, 0], rtol=1e-4, atol=1e-5)
     # changing a pixel outside the receptive field of output (0, 0) leaves it unchanged
     changed = apply(image.at[0, extent, extent - 1].set(5.0))
     np.testing.assert_allclose(changed[0, 0, 0], dense[0, 0, 0], rtol=1e-6)
     padded = jax.jit(dense_descriptors, static_argnums=0)(net, params, image)
     assert padded.shape == (1, extent + 3, extent + 2, 3)
+    # every scale trains: the parameter gradient exists (dilated pools included) and is not 0
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(net.apply({"params": p}, image) ** 2)))(params)
+    assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("dilation", [1, 2, 4])
+def test_dilated_max_pool_equals_reduce_window(dilation):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 13, 11, 3))
+    want = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 1, 1, 1),
+                                 "VALID", window_dilation=(1, dilation, dilation, 1))
+    np.testing.assert_array_equal(dilated_max_pool(x, 2, dilation), want)
 
 
 def test_compactness_loss_is_zero_for_uncorrelated_and_large_for_correlated_channels():

@@ -18,6 +18,14 @@ feature levels of strides 4, 8 and 16; the student is trained with batch statist
 BatchNorm layers (PyTorch ``train()`` mode, running-statistics momentum 0.1 in PyTorch's
 convention, ``bn_momentum=0.9`` in Flax's) and scored with its running statistics.
 
+After the last epoch the student's running statistics are recomputed over one pass of the
+training images with the final weights (``precise_bn``, Wu & Johnson 2021; see
+``anomjax.train.batch_stats``). Not in the paper, and the one change that matters on real
+data: with lr 0.4 the weights still move fast after a few epochs, the exponential running
+averages lag behind them, and on mvtec3d_tire (128 px, batch 32, 5 epochs) scoring with them
+gave pixel AUROC 0.354 where the same weights with recomputed statistics give 0.965 (batch
+statistics of the test batch: 0.965). ``precise_bn=False`` keeps the paper's behaviour.
+
 Deviations: the paper's network is ResNet-18 (``layer1..layer3``), whose ImageNet weights
 are not available offline; the default is EfficientNet-Lite0 with taps ``stage2, stage3,
 stage5`` (strides 4/8/16, channels 24/40/112: the ends of the stride-4, -8 and -16 parts of
@@ -27,14 +35,15 @@ uses with ``tf_efficientnet_lite0``). ``backbone="resnet18", taps=("layer1", "la
 setting. The student is the backbone with random weights (``load_backbone(...,
 pretrained=False)``), cut after the deepest tap (the teacher too). The final Gaussian
 smoothing (``sigma``, 4 by default; 0 turns it off) is the library's shared post-processing,
-not in the paper. On the CPU backend the depthwise convolutions run as exact shifted sums (see
-``anomjax.train.interceptors``), only for speed.
+not in the paper. On the CPU backend the Lite backbones' depthwise convolutions run as exact
+shifted sums (see ``anomjax.nn.depthwise``), only for speed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import jax
@@ -45,12 +54,9 @@ from anomjax.backbones import load_backbone
 from anomjax.methods.base import State, register
 from anomjax.nn.teacher import check_taps, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur, upsample
-from anomjax.train.interceptors import (
-    apply_with,
-    batch_norm_in_train_mode,
-    depthwise_conv_as_shifts,
-)
-from anomjax.types import Scores
+from anomjax.train.batch_stats import pooled_batch_stats
+from anomjax.train.interceptors import apply_with, batch_norm_in_train_mode
+from anomjax.types import Batch, Scores
 
 
 def normalize_channels(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -91,6 +97,7 @@ class STPM:
       backbone_weights: the teacher's pretrained weights file (``None``: the bundled ones).
       learning_rate, momentum, weight_decay: SGD as in the paper.
       bn_momentum: Flax momentum of the student's BatchNorm running statistics.
+      precise_bn: recompute the student's running statistics after training (see above).
       sigma: Gaussian smoothing of the final map, in input pixels.
     """
 
@@ -105,6 +112,7 @@ class STPM:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     bn_momentum: float = 0.9
+    precise_bn: bool = True
     sigma: float = 4.0
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
@@ -131,17 +139,16 @@ class STPM:
         return optax.chain(optax.add_decayed_weights(self.weight_decay),
                            optax.sgd(self.learning_rate, momentum=self.momentum))
 
-    def _features(self, variables: dict[str, Any], images: jax.Array, *, train: bool = False
-                  ) -> tuple[dict[str, jax.Array], Any]:
+    def _features(self, variables: dict[str, Any], images: jax.Array, *, train: bool = False,
+                  batch_only: bool = False) -> tuple[dict[str, jax.Array], Any]:
         """``{tap: [B, h, w, c]}`` of the backbone with ``variables``; with ``train`` the
-        BatchNorm layers use batch statistics and the new running ones are returned too.
-
-        On the CPU backend depthwise convolutions run as shifted sums (same numbers, several
-        times faster there than XLA's grouped convolution, forward and backward).
+        BatchNorm layers use batch statistics and the new running ones are returned too
+        (``batch_only``: the statistics of this batch alone, biased variance).
         """
-        interceptors = [depthwise_conv_as_shifts()] if jax.default_backend() == "cpu" else []
+        interceptors = []
         if train:
-            interceptors.append(batch_norm_in_train_mode(self.bn_momentum))
+            interceptors.append(batch_norm_in_train_mode(0.0, unbiased=False) if batch_only
+                                else batch_norm_in_train_mode(self.bn_momentum))
         out = apply_with(teacher(self.backbone).module, variables, images,
                          interceptors=interceptors, mutable=["batch_stats"] if train else False,
                          taps=tuple(self.taps), logits=False)
@@ -167,6 +174,17 @@ class STPM:
             aux[f"loss_{tap}"] = level
             total = total + level
         return total, aux
+
+    def calibrate(self, state: State, batches: Iterable[Batch]) -> State:
+        """With ``precise_bn``, the student's running statistics recomputed over ``batches``
+        (the training images) with the trained weights; otherwise ``state`` unchanged."""
+        if not self.precise_bn:
+            return state
+        variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        stats_of = jax.jit(lambda x: self._features(variables, x, train=True,
+                                                    batch_only=True)[1])
+        images = (jnp.asarray(b.images, jnp.float32) for b in batches)
+        return {**state, "batch_stats": pooled_batch_stats(stats_of, images)}
 
     def score(self, state: State, images: jax.Array) -> Scores:
         """Product of the upsampled per-level maps, smoothed; image score = its maximum."""

@@ -23,8 +23,10 @@ p17: conv 6x6/128, 5x5/256, 5x5/256, 4x4/128; p33: conv 5x5/128, max-pool 2, 5x5
 4x4/256, 1x1/128. Dense output at every pixel, equivalent to running the patch network on
 every patch (the paper's fast dense feature extraction), is computed by removing the pooling
 strides and dilating the following layers instead (a trous); the image is reflect-padded so
-that the maps have the input's size. With floor pooling the 33 and 65 networks depend on 32
-and 60 pixels of their patch, so those are the patch sizes used here.
+that the maps have the input's size. The teacher is pretrained on single patches with the
+strided network (same parameters, same descriptor, a fraction of the cost). With floor pooling
+the 33 and 65 networks depend on 32 and 60 pixels of their patch, so those are the patch
+sizes used here.
 
 Deviations: the teacher is distilled from EfficientNet-Lite0 features of patches of the
 training images (ImageNet and ResNet-18 weights are not available offline) instead of
@@ -75,15 +77,36 @@ def patch_extent(patch_size: int) -> int:
     return extent
 
 
+def dilated_max_pool(x: jax.Array, window: int, dilation: int) -> jax.Array:
+    """Stride-1 "VALID" max-pool of ``x [B, H, W, C]`` over a ``window x window`` grid of
+    pixels ``dilation`` apart -> ``[B, H - (window-1)*dilation, W - ..., C]``.
+
+    Written as a maximum of shifted views, because JAX has no gradient for a dilated
+    ``reduce_window`` max (needed to train the 33 and 65 patch networks).
+    """
+    span = (window - 1) * dilation
+    out_h, out_w = x.shape[1] - span, x.shape[2] - span
+    out = None
+    for a in range(window):
+        for b in range(window):
+            view = x[:, a * dilation:a * dilation + out_h, b * dilation:b * dilation + out_w]
+            out = view if out is None else jnp.maximum(out, view)
+    return out
+
+
 class DensePatchNet(nn.Module):
     """Patch-descriptor network evaluated densely: ``[B, H, W, 3] -> [B, H', W', dim]``.
 
-    ``H' = H - extent + 1``; a ``[B, extent, extent, 3]`` patch gives one descriptor.
+    ``H' = H - extent + 1``; a ``[B, extent, extent, 3]`` patch gives one descriptor. With
+    ``patchwise`` the same parameters run as the paper's strided patch network (pools of
+    stride 2, undilated convolutions): on a single ``extent``-sized patch it gives the same
+    descriptor at a fraction of the cost, which is how the teacher is pretrained.
     """
 
     patch_size: int
     width: int = 128
     dim: int = 128
+    patchwise: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -91,9 +114,12 @@ class DensePatchNet(nn.Module):
         dilation = 1
         for i, (kind, k, mult) in enumerate(layers):
             if kind == "pool":
-                x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1), (1, 1, 1, 1),
-                                          "VALID", window_dilation=(1, dilation, dilation, 1))
-                dilation *= k
+                if self.patchwise:
+                    x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, k, k, 1),
+                                              (1, k, k, 1), "VALID")
+                else:
+                    x = dilated_max_pool(x, k, dilation)
+                    dilation *= k
                 continue
             last = i == len(layers) - 1
             x = nn.Conv(self.dim if last else mult * self.width, (k, k),
@@ -132,7 +158,8 @@ class _DistillHead(nn.Module):
 
     @nn.compact
     def __call__(self, patches: jax.Array) -> tuple[jax.Array, jax.Array]:
-        desc = DensePatchNet(self.patch_size, self.width, self.dim, name="net")(patches)
+        desc = DensePatchNet(self.patch_size, self.width, self.dim, patchwise=True,
+                             name="net")(patches)
         desc = desc.reshape(desc.shape[0], -1)
         return desc, nn.Dense(self.target_dim, name="decoder")(desc)
 
@@ -292,7 +319,11 @@ class UninformedStudents:
         net = self._net(p)
         target = dense_descriptors(net, frozen["teacher"][s], images)
         target = (target - frozen["teacher_mean"][s]) / frozen["teacher_std"][s]
-        preds = jax.vmap(lambda sp: dense_descriptors(net, sp, images))(params[s])
+        # One student after another: vmap over the parameters would batch the kernels into
+        # a grouped convolution, which XLA:CPU runs several times slower.
+        preds = jnp.stack([
+            dense_descriptors(net, jax.tree.map(lambda a, i=i: a[i], params[s]), images)
+            for i in range(self.students)])
         return target, preds
 
     def loss(self, params: Any, state: State, images: jax.Array,
