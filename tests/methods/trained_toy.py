@@ -39,3 +39,12 @@ def pixel_auroc(test: Batch, scores: Scores) -> float:
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(test.masks.ravel(), np.asarray(scores.maps).ravel()))
+
+
+def assert_localises(test: Batch, scores: Scores, size: int, min_pixel_auroc: float) -> None:
+    """Maps are ``[N, size, size]``, higher on defect pixels than on normal ones, and reach
+    ``min_pixel_auroc``."""
+    assert scores.maps.shape == (len(test), size, size)
+    on_defect, off_defect = defect_contrast(test, scores)
+    assert on_defect > off_defect
+    assert pixel_auroc(test, scores) > min_pixel_auroc
