@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from anomjax.nn.depthwise import depthwise_conv_shifted
+from anomjax.nn.pointwise import PointwiseConv
 
 BN_EPS = 1e-3
 STEM_CHANNELS = 32
@@ -83,7 +84,9 @@ def _bn(name: str) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=True, momentum=0.99, epsilon=BN_EPS, name=name)
 
 
-def _conv(features: int, kernel: int, name: str, stride: int = 1) -> nn.Conv:
+def _conv(features: int, kernel: int, name: str, stride: int = 1) -> nn.Module:
+    if kernel == 1:
+        return PointwiseConv(features, stride, kernel_init=_conv_init, name=name)
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                    use_bias=False, kernel_init=_conv_init, name=name)
 

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from anomjax.nn.pointwise import PointwiseConv
+
 BN_EPS = 1e-5
 NUM_CLASSES = 1000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,7 +56,9 @@ def _bn(name: str) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=BN_EPS, name=name)
 
 
-def _conv(features: int, kernel: int, name: str, stride: int = 1) -> nn.Conv:
+def _conv(features: int, kernel: int, name: str, stride: int = 1) -> nn.Module:
+    if kernel == 1:
+        return PointwiseConv(features, stride, kernel_init=_conv_init, name=name)
     pad = (kernel - 1) // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_conv_init,

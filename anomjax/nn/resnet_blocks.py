@@ -11,6 +11,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from anomjax.nn.pointwise import PointwiseConv
+
 he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
@@ -19,8 +21,11 @@ def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
-def conv(features: int, kernel: int, stride: int = 1, name: str | None = None) -> nn.Conv:
-    """Bias-free ``kernel x kernel`` convolution with symmetric padding ``kernel // 2``."""
+def conv(features: int, kernel: int, stride: int = 1, name: str | None = None) -> nn.Module:
+    """Bias-free ``kernel x kernel`` convolution with symmetric padding ``kernel // 2``
+    (1x1 ones as a matrix product, :class:`anomjax.nn.pointwise.PointwiseConv`)."""
+    if kernel == 1:
+        return PointwiseConv(features, stride, kernel_init=he_fan_out, name=name)
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=he_fan_out,

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from anomjax.nn.batch_norm import batch_norm_train
+
 Interceptor = Callable[..., Any]
 
 
@@ -29,7 +31,8 @@ def batch_norm_in_train_mode(momentum: float = 0.9, unbiased: bool = True) -> In
     ``momentum=0`` gives exactly the statistics the batch was normalised with), when the
     ``batch_stats`` collection is mutable. Statistics
     are over every axis but the channels of the global batch, so under a data-parallel mesh
-    they are those of the whole batch (synchronised batch norm).
+    they are those of the whole batch (synchronised batch norm). The normalisation has a
+    hand-written gradient (:func:`anomjax.nn.batch_norm.batch_norm_train`).
     """
 
     def intercept(next_fun: Callable[..., Any], args: tuple, kwargs: dict,
@@ -39,15 +42,12 @@ def batch_norm_in_train_mode(momentum: float = 0.9, unbiased: bool = True) -> In
                 or not module.has_variable("batch_stats", "mean")):
             return next_fun(*args, **kwargs)
         x = args[0]
-        axes = tuple(range(x.ndim - 1))
-        x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, axes)
-        var = jnp.mean(jnp.square(x32 - mean), axes)
-        y = (x32 - mean) * jax.lax.rsqrt(var + module.epsilon)
-        if module.use_scale:
-            y = y * module.get_variable("params", "scale")
-        if module.use_bias:
-            y = y + module.get_variable("params", "bias")
+        channels = x.shape[-1]
+        scale = (module.get_variable("params", "scale") if module.use_scale
+                 else jnp.ones((channels,), jnp.float32))
+        bias = (module.get_variable("params", "bias") if module.use_bias
+                else jnp.zeros((channels,), jnp.float32))
+        y, mean, var = batch_norm_train(x, scale, bias, module.epsilon)
         if module.is_mutable_collection("batch_stats"):
             n = x.size // x.shape[-1]
             kept_var = var * n / max(n - 1, 1) if unbiased else var
@@ -57,7 +57,7 @@ def batch_norm_in_train_mode(momentum: float = 0.9, unbiased: bool = True) -> In
                                 + (1 - momentum) * jax.lax.stop_gradient(mean))
             module.put_variable("batch_stats", "var", momentum * old_var
                                 + (1 - momentum) * jax.lax.stop_gradient(kept_var))
-        return y.astype(x.dtype)
+        return y
 
     return intercept
 

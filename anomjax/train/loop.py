@@ -19,6 +19,7 @@ from anomjax.methods.base import State
 from anomjax.train.checkpoint import CheckpointStore
 from anomjax.train.divergence import TrainingDiverged
 from anomjax.train.metrics_log import MetricsLog
+from anomjax.train.prefetch import prefetch
 from anomjax.train.sharding import DataMesh
 from anomjax.train.state import TrainState, init_train_state, method_state, raw_key
 from anomjax.train.step import TrainStep, make_train_step
@@ -74,6 +75,18 @@ def _epoch_batches(split: Any, local_bs: int, seed: int, epoch: int, skip: int, 
         raise RuntimeError(f"the training split gave {got} batches of {local_bs} images in "
                            f"epoch {epoch}, expected {steps} (len(split) = {len(split)}); its "
                            "batches() must honour drop_remainder and the shard arguments")
+
+
+def _init_images(method: Any, split: Any, local_bs: int, n_train: int,
+                 num_workers: int) -> np.ndarray:
+    """The images ``method.init`` gets: the first batch of ``split`` (in dataset order), or
+    every training image, on every process, for a method whose class sets
+    ``init_on_all_images = True`` (e.g. to pretrain a teacher on all of them)."""
+    if getattr(method, "init_on_all_images", False):
+        return np.concatenate([np.asarray(b.images, np.float32) for b in split.batches(
+            batch_size=max(local_bs, 1), num_workers=num_workers)])
+    sample = next(iter(split.batches(batch_size=min(local_bs, n_train), num_workers=0)))
+    return np.asarray(sample.images, np.float32)
 
 
 def _validate(method: Any, state: State, split: Any, batch_size: int, mesh: DataMesh,
@@ -173,9 +186,9 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                          f"{store.latest_step()}); resume them (resume=True, --resume) or "
                          "train into another run folder")
 
-    sample = next(iter(train_split.batches(batch_size=min(local_bs, n_train), num_workers=0)))
     optimizer, step_fn = _compiled_step(method, total_steps, compute_dtype)
-    ts = init_train_state(method.init(init_key, np.asarray(sample.images, np.float32)),
+    ts = init_train_state(method.init(init_key, _init_images(method, train_split, local_bs,
+                                                             n_train, num_workers)),
                           optimizer, step_key)
     ts = mesh.replicate(ts)
     meta = {"global_batch_size": global_bs, "steps_per_epoch": steps_per_epoch,
@@ -206,10 +219,10 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
         for epoch in range(start // steps_per_epoch, epochs):
             skip = step - epoch * steps_per_epoch
             tick = time.perf_counter()
-            for images in _epoch_batches(train_split, local_bs, data_seed, epoch, skip,
-                                         steps_per_epoch, num_workers):
-                ts, metrics = step_fn(ts, mesh.shard_batch(images),
-                                      jax.random.fold_in(ts.key, step))
+            batches = _epoch_batches(train_split, local_bs, data_seed, epoch, skip,
+                                     steps_per_epoch, num_workers)
+            for images in prefetch(batches, mesh.shard_batch):
+                ts, metrics = step_fn(ts, images, jax.random.fold_in(ts.key, step))
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 step += 1
                 if not math.isfinite(metrics["loss"]):

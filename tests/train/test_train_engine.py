@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import ClassVar
 
 import chex
 import jax
@@ -118,3 +120,21 @@ def test_validation_logs_shared_metrics(tmp_path):
     val_lines = [ln for ln in lines if "val/image_auroc" in ln]
     assert [ln["step"] for ln in val_lines] == [2, 4]
     assert val_lines[-1]["val/image_auroc"] == 1.0
+
+
+@pytest.mark.parametrize("all_images", [False, True])
+def test_init_gets_the_first_batch_or_every_training_image(all_images):
+    seen = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Recording(ToyConvAE):
+        init_on_all_images: ClassVar[bool] = all_images
+
+        def init(self, key, images):
+            seen.append(np.asarray(images))
+            return super().init(key, images)
+
+    split = toy_split(n=10)
+    train_method(Recording(), jax.random.key(0), split, epochs=1, batch_size=4, disable=True)
+    expected = split.images if all_images else split.images[:4]
+    np.testing.assert_array_equal(seen[0], expected)

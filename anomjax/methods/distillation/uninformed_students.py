@@ -11,7 +11,8 @@ images, see ``calibrate``), averaged over the scales.
 
 Teacher pretraining (paper: knowledge distillation of a pretrained ResNet-18's 512-d
 descriptors of ImageNet patches, plus a compactness loss decorrelating the descriptor
-channels) happens in ``init``: patches of the sample training images are resized to
+channels) happens in ``init``, which the training engine gives every training image
+(``init_on_all_images``): patches sampled from all of them are resized to
 ``distill_size`` and described by the frozen backbone's globally pooled ``distill_tap``
 features, and a linear decoder on the teacher's descriptor regresses them for
 ``teacher_steps`` Adam steps (lr 2e-4, weight decay 1e-5, batch 64). The students then train
@@ -164,6 +165,27 @@ class _DistillHead(nn.Module):
         return desc, nn.Dense(self.target_dim, name="decoder")(desc)
 
 
+def _descriptor_stats(net: DensePatchNet, params: Any, images: jax.Array,
+                      chunk: int = 8) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and std ``[dim]`` of the dense descriptors of ``images [N, H, W, 3]``,
+    accumulated ``chunk`` images at a time (float64 sums)."""
+    @jax.jit
+    def moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        desc = dense_descriptors(net, params, x)
+        return jnp.sum(desc, axis=(0, 1, 2)), jnp.sum(jnp.square(desc), axis=(0, 1, 2))
+
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, images.shape[0], chunk):
+        part = images[start:start + chunk]
+        s1, s2 = moments(part)
+        total = total + np.asarray(s1, np.float64)
+        total_sq = total_sq + np.asarray(s2, np.float64)
+        count += int(np.prod(part.shape[:3]))
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    return jnp.asarray(mean, jnp.float32), jnp.asarray(np.maximum(std, 1e-6), jnp.float32)
+
+
 @register
 @dataclasses.dataclass(frozen=True)
 class UninformedStudents:
@@ -187,6 +209,7 @@ class UninformedStudents:
     name: ClassVar[str] = "uninformed_students"
     kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 100  # the paper's (students)
+    init_on_all_images: ClassVar[bool] = True  # the teachers learn from every training image
 
     patch_sizes: tuple[int, ...] = (17, 33, 65)
     students: int = 3
@@ -289,12 +312,9 @@ class UninformedStudents:
                         strict=True):
             k_teacher, k_students = jax.random.split(k)
             tp = self._pretrain_teacher(k_teacher, images, p, variables)
-            desc = jax.jit(dense_descriptors, static_argnums=0)(self._net(p), tp, images)
-            flat = desc.reshape(-1, desc.shape[-1])
             s = f"p{p}"
             teachers[s] = tp
-            t_mean[s] = jnp.mean(flat, axis=0)
-            t_std[s] = jnp.maximum(jnp.std(flat, axis=0), 1e-6)
+            t_mean[s], t_std[s] = _descriptor_stats(self._net(p), tp, images)
             patch = jnp.zeros((1, patch_extent(p), patch_extent(p), 3), jnp.float32)
             params[s] = jax.jit(jax.vmap(lambda kk, p=p, patch=patch: self._net(p).init(
                 kk, patch)["params"]))(jax.random.split(k_students, self.students))

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from anomjax.methods.base import State, register
+from anomjax.nn.pointwise import PointwiseConv
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import to_scores
 from anomjax.types import Scores
@@ -77,7 +78,7 @@ class FeatureAutoencoder(nn.Module):
         mid = (self.channels + 2 * self.latent) // 2
         widths = (mid, 2 * self.latent, self.latent, 2 * self.latent, mid, self.channels)
         for i, width in enumerate(widths):
-            x = nn.Conv(width, (1, 1), name=f"conv{i}")(x)
+            x = PointwiseConv(width, use_bias=True, name=f"conv{i}")(x)
             if i not in (2, len(widths) - 1):  # latent code and output are linear
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                  name=f"bn{i}")(x)
