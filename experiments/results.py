@@ -150,8 +150,18 @@ def run_row(method_name: str, dataset: str, root: Path, args: argparse.Namespace
         **{k: float(result[k]) for k in ("image_auroc", "image_ap", "image_f1max",
                                          "pixel_auroc", "pixel_ap", "pixel_aupro")},
         "fit_s": round(fit_seconds, 1), "test_s": round(float(result["test_seconds"]), 1),
-        "peak_mb": peak_rss_mb(),
+        "peak_mb": peak_rss_mb(), "code": code_version(),
     }
+
+
+def code_version() -> str:
+    """The repository's commit (short hash), with ``+changes`` when the tree is modified."""
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def row_epochs(method: Any, args: argparse.Namespace) -> int | None:
@@ -221,6 +231,8 @@ def notes(row: dict) -> str:
     parts = [NOTES.get(row["method"], "")]
     if row.get("batch_size", 16) != 16:
         parts.append(f"batch {row['batch_size']}")
+    if row.get("code"):
+        parts.append(f"code {row['code']}")
     if row.get("overrides"):
         parts.append("set " + ", ".join(f"{k}={v}" for k, v in row["overrides"].items()))
     if row.get("error"):
