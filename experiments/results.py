@@ -256,7 +256,9 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
         "",
         *[f"    {c}" for c in commands],
         "",
-        "Each row's non-default settings are in its notes.",
+        "Each row's non-default settings are in its notes, with the commit it was measured "
+        "with (`code`); rows without one were measured before commits were recorded (the "
+        "code before commit 379acff).",
         "",
         f"Table written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; measured on "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared "
