@@ -7,6 +7,10 @@ bottom/right for strided convs), batch norm eps 1e-3, frozen (running statistics
 ``[B, H, W, 3]`` in ``[0, 1]``; the backbone normalises them as ``(255 x - 127) / 128``, the
 preprocessing the released ImageNet weights were trained with.
 
+On the CPU backend the stem runs as a matrix product over image patches
+(:class:`anomjax.nn.patch_conv.PatchConv`) and the depthwise convolutions as shifted sums
+(:mod:`anomjax.nn.depthwise`), only for speed: same parameters, same numbers up to rounding.
+
 Feature taps ``stage1`` .. ``stage7`` are the outputs of the seven MBConv block groups
 (strides 2, 4, 8, 16, 16, 32, 32).
 """
@@ -22,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from anomjax.nn.depthwise import depthwise_conv_shifted
+from anomjax.nn.patch_conv import PatchConv
 from anomjax.nn.pointwise import PointwiseConv
 
 BN_EPS = 1e-3
@@ -164,7 +169,9 @@ class EfficientNetLite(nn.Module):
         wanted = [int(t.removeprefix("stage")) for t in taps]
         depth = len(stages) if logits else max(wanted, default=0)
         x = (images * 255.0 - 127.0) / 128.0
-        x = jax.nn.relu6(_bn("stem_bn")(_conv(STEM_CHANNELS, 3, "stem_conv", 2)(x)))
+        stem = (PatchConv(STEM_CHANNELS, 3, 2, kernel_init=_conv_init, name="stem_conv")
+                if jax.default_backend() == "cpu" else _conv(STEM_CHANNELS, 3, "stem_conv", 2))
+        x = jax.nn.relu6(_bn("stem_bn")(stem(x)))
         out: dict[str, jax.Array] = {}
         for s, spec in enumerate(stages[:depth], start=1):
             for b in range(spec.repeats):

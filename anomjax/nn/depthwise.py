@@ -16,18 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-
-def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow ``"SAME"`` padding ``(before, after)`` of one spatial axis (extra after)."""
-    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-def _window(xp: jax.Array, dy: int, dx: int, out_hw: tuple[int, int],
-            strides: tuple[int, int]) -> jax.Array:
-    """``xp[..., s*i + dy, s*j + dx, :]`` for ``i, j < out_hw`` (leading axes kept)."""
-    (ho, wo), (sh, sw) = out_hw, strides
-    return xp[..., dy:dy + sh * (ho - 1) + 1:sh, dx:dx + sw * (wo - 1) + 1:sw, :]
+from anomjax.nn.same_padding import pad_same, strided_window
 
 
 def _shifted_sum(xp: jax.Array, kernel: jax.Array, out_hw: tuple[int, int],
@@ -37,7 +26,7 @@ def _shifted_sum(xp: jax.Array, kernel: jax.Array, out_hw: tuple[int, int],
     out = None
     for dy in range(kh):
         for dx in range(kw):
-            term = _window(xp, dy, dx, out_hw, strides) * kernel[dy, dx, 0]
+            term = strided_window(xp, dy, dx, out_hw, strides) * kernel[dy, dx, 0]
             out = term if out is None else out + term
     return out
 
@@ -51,19 +40,9 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array,
     return _forward(x, kernel, strides)[0]
 
 
-def _pad_same(x: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int]
-              ) -> tuple[jax.Array, tuple[int, int], tuple[int, int]]:
-    """``x`` padded for a "SAME" convolution, the output size and the (top, left) padding."""
-    (kh, kw), (sh, sw) = kernel_hw, strides
-    _, h, w, _ = x.shape
-    (top, bottom), (left, right) = same_pads(h, kh, sh), same_pads(w, kw, sw)
-    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    return xp, (-(-h // sh), -(-w // sw)), (top, left)
-
-
 def _forward(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]
              ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    xp, out_hw, _ = _pad_same(x, kernel.shape[:2], strides)
+    xp, out_hw, _ = pad_same(x, kernel.shape[:2], strides)
     return _shifted_sum(xp, kernel, out_hw, strides), (x, kernel)
 
 
@@ -73,7 +52,7 @@ def _backward(strides: tuple[int, int], res: tuple[jax.Array, jax.Array],
     kh, kw = kernel.shape[:2]
     sh, sw = strides
     _, h, w, _ = x.shape
-    xp, (ho, wo), (top, left) = _pad_same(x, (kh, kw), strides)
+    xp, (ho, wo), (top, left) = pad_same(x, (kh, kw), strides)
     # Input gradient: the cotangent dilated by the strides, fully padded, correlated with the
     # flipped kernel; rows/cols of the padded input past the last window get zero.
     zero = jnp.zeros((), g.dtype)
@@ -89,7 +68,7 @@ def _backward(strides: tuple[int, int], res: tuple[jax.Array, jax.Array],
     def per_image(pair: tuple[jax.Array, jax.Array]) -> jax.Array:
         xpi, gi = pair
         return jnp.stack([
-            jnp.sum((_window(xpi, dy, dx_, (ho, wo), strides) * gi).astype(jnp.float32),
+            jnp.sum((strided_window(xpi, dy, dx_, (ho, wo), strides) * gi).astype(jnp.float32),
                     axis=(0, 1))
             for dy in range(kh) for dx_ in range(kw)])
 
