@@ -155,13 +155,16 @@ def run_row(method_name: str, dataset: str, root: Path, args: argparse.Namespace
 
 
 def code_version() -> str:
-    """The repository's commit (short hash), with ``+changes`` when the tree is modified."""
+    """The repository's commit (short hash), with ``+changes`` when tracked files other than
+    this script's own outputs (results.json, RESULTS.md) are modified."""
     def git(*cmd: str) -> str:
         return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True,
                               check=False).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                  ":!experiments/results.json", ":!experiments/RESULTS.md")
+    return commit + ("+changes" if changed else "")
 
 
 def row_epochs(method: Any, args: argparse.Namespace) -> int | None:
