@@ -49,7 +49,7 @@ def batch_norm_in_train_mode(momentum: float = 0.9, unbiased: bool = True) -> In
                 else jnp.zeros((channels,), jnp.float32))
         y, mean, var = batch_norm_train(x, scale, bias, module.epsilon)
         if module.is_mutable_collection("batch_stats"):
-            n = x.size // x.shape[-1]
+            n = x.size // channels
             kept_var = var * n / max(n - 1, 1) if unbiased else var
             old_mean = module.get_variable("batch_stats", "mean")
             old_var = module.get_variable("batch_stats", "var")

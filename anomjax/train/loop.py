@@ -84,7 +84,7 @@ def _init_images(method: Any, split: Any, local_bs: int, n_train: int,
     ``init_on_all_images = True`` (e.g. to pretrain a teacher on all of them)."""
     if getattr(method, "init_on_all_images", False):
         return np.concatenate([np.asarray(b.images, np.float32) for b in split.batches(
-            batch_size=max(local_bs, 1), num_workers=num_workers)])
+            batch_size=local_bs, num_workers=num_workers)])
     sample = next(iter(split.batches(batch_size=min(local_bs, n_train), num_workers=0)))
     return np.asarray(sample.images, np.float32)
 

@@ -181,9 +181,14 @@ def _descriptor_stats(net: DensePatchNet, params: Any, images: jax.Array,
         total = total + np.asarray(s1, np.float64)
         total_sq = total_sq + np.asarray(s2, np.float64)
         count += int(np.prod(part.shape[:3]))
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    mean, std = _mean_std(total, total_sq, count)
     return jnp.asarray(mean, jnp.float32), jnp.asarray(np.maximum(std, 1e-6), jnp.float32)
+
+
+def _mean_std(total: Any, total_sq: Any, count: int) -> tuple[Any, Any]:
+    """Mean and (population) std from the float64 sums of values and of their squares."""
+    mean = total / count
+    return mean, np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
 
 
 @register
@@ -388,8 +393,7 @@ class UninformedStudents:
             frozen[key] = dict(frozen[key])
         for s, (e1, e2, v1, v2) in sums.items():
             for name, m1, m2 in (("error", e1, e2), ("variance", v1, v2)):
-                mean = m1 / count
-                std = np.sqrt(max(m2 / count - mean ** 2, 0.0))
+                mean, std = _mean_std(m1, m2, count)
                 frozen[f"{name}_mean"][s] = jnp.asarray(mean, jnp.float32)
                 frozen[f"{name}_std"][s] = jnp.asarray(max(std, 1e-12), jnp.float32)
         return {**state, "frozen": frozen}
