@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import jax
 
+from anomjax.methods.hyper import validated
 from anomjax.types import Batch, Scores
 
 State = dict[str, Any]
@@ -53,11 +54,16 @@ _M = TypeVar("_M", bound=type)
 
 
 def register(cls: _M) -> _M:
-    """Class decorator: make a method available by its ``name`` to the CLI and tools."""
+    """Class decorator: make a method available by its ``name`` to the CLI and tools.
+
+    Every construction of the class then checks its hyper-parameters (see
+    :mod:`anomjax.methods.hyper`: declared bounds, finite floats, matching types).
+    """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls.__name__} must be a frozen dataclass to be registered")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"method name {cls.name!r} is registered twice")
+    validated(cls)
     _REGISTRY[cls.name] = cls
     return cls
 

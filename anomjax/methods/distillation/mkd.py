@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from anomjax.methods.base import State, register
+from anomjax.methods.hyper import hyper
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur
 from anomjax.types import Scores
@@ -148,7 +149,7 @@ class MKD:
     localization: str = "gbp"
     smooth_grad_samples: int = 50
     smooth_grad_noise: float = 0.05
-    sigma: float = 4.0
+    sigma: float = hyper(4.0, low=0.0, high=64.0)
 
     def _teacher(self) -> Any:
         backbone = teacher(self.backbone)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from anomjax.methods.base import State, register
+from anomjax.methods.hyper import hyper
 from anomjax.nn.resnet_blocks import ResidualStage, batch_norm, conv
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur, upsample
@@ -125,7 +126,7 @@ class ReverseDistillation:
     learning_rate: float = 0.005
     beta1: float = 0.5
     beta2: float = 0.999
-    sigma: float = 4.0
+    sigma: float = hyper(4.0, low=0.0, high=64.0)
 
     def _teacher(self) -> Any:
         backbone = teacher(self.backbone)

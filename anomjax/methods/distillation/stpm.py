@@ -52,6 +52,7 @@ import optax
 
 from anomjax.backbones import load_backbone
 from anomjax.methods.base import State, register
+from anomjax.methods.hyper import hyper
 from anomjax.nn.teacher import check_taps, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur, upsample
 from anomjax.train.batch_stats import pooled_batch_stats
@@ -113,7 +114,7 @@ class STPM:
     weight_decay: float = 1e-4
     bn_momentum: float = 0.9
     precise_bn: bool = True
-    sigma: float = 4.0
+    sigma: float = hyper(4.0, low=0.0, high=64.0)
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Teacher variables (pretrained, pruned to the taps) and a random student.

@@ -51,6 +51,7 @@ import optax
 from tqdm import tqdm
 
 from anomjax.methods.base import State, register
+from anomjax.methods.hyper import hyper
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur
 from anomjax.types import Batch, Scores
@@ -229,7 +230,7 @@ class UninformedStudents:
     compactness_weight: float = 1.0
     learning_rate: float = 1e-4
     weight_decay: float = 1e-5
-    sigma: float = 0.0
+    sigma: float = hyper(0.0, low=0.0, high=64.0)
 
     def _net(self, p: int) -> DensePatchNet:
         return DensePatchNet(p, self.width, self.descriptor_dim)

@@ -38,6 +38,7 @@ from anomjax.methods.feature_modeling.frozen_backbone import (
     check_images,
     load_variables,
 )
+from anomjax.methods.hyper import hyper
 from anomjax.nn import gaussian
 from anomjax.nn.pyramid import concat_taps
 from anomjax.scoring import to_scores
@@ -123,7 +124,7 @@ class PaDiM:
     taps: tuple[str, ...] = ()
     n_features: int = 0
     epsilon: float = 0.01
-    sigma: float = 4.0
+    sigma: float = hyper(4.0, low=0.0, high=64.0)
 
     @property
     def feature_taps(self) -> tuple[str, ...]:

@@ -55,6 +55,7 @@ from anomjax.methods.feature_modeling.frozen_backbone import (
     check_images,
     load_variables,
 )
+from anomjax.methods.hyper import hyper
 from anomjax.nn.coreset import greedy_coreset, random_projection
 from anomjax.nn.knn import nearest_neighbours
 from anomjax.nn.patch_features import aligned_neighbourhood_features, compact_pooling_basis
@@ -144,7 +145,7 @@ class PatchCore:
     coreset_ratio: float = 0.1
     projection_dim: int = 128
     num_neighbours: int = 9
-    sigma: float = 4.0
+    sigma: float = hyper(4.0, low=0.0, high=64.0)
     bank_dtype: str = "float32"
     knn_block_mb: int = 256
     progress: bool = True

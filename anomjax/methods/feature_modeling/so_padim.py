@@ -31,6 +31,7 @@ from anomjax.backbones import get_backbone
 from anomjax.methods.base import State, register
 from anomjax.methods.feature_modeling.frozen_backbone import load_variables
 from anomjax.methods.feature_modeling.padim import default_taps, fit_gaussians, gaussian_scores
+from anomjax.methods.hyper import hyper
 from anomjax.nn.pyramid import concat_taps
 from anomjax.types import Batch, Scores
 
@@ -82,7 +83,7 @@ class SemiOrthogonalPaDiM:
     taps: tuple[str, ...] = ()
     k: int = 0
     epsilon: float = 0.01
-    sigma: float = 4.0
+    sigma: float = hyper(4.0, low=0.0, high=64.0)
 
     @property
     def feature_taps(self) -> tuple[str, ...]:

@@ -50,6 +50,7 @@ from anomjax.methods.feature_modeling.frozen_backbone import (
     load_variables,
 )
 from anomjax.methods.feature_modeling.padim import default_taps
+from anomjax.methods.hyper import hyper
 from anomjax.nn.knn import nearest_neighbours
 from anomjax.nn.pyramid import concat_taps
 from anomjax.scoring import to_scores
@@ -96,7 +97,7 @@ class SPADE:
     pixel_neighbours: int = 1
     grid_stride: int = 0
     storage_dtype: str = "float16"
-    sigma: float = 4.0
+    sigma: float = hyper(4.0, low=0.0, high=64.0)
     max_block_mb: int = 256
 
     @property

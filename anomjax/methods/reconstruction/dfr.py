@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from anomjax.methods.base import State, register
+from anomjax.methods.hyper import hyper
 from anomjax.nn.pointwise import PointwiseConv
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import to_scores
@@ -115,7 +116,7 @@ class DFR:
     latent_dim: int = 0
     variance_kept: float = 0.9
     learning_rate: float = 1e-4
-    sigma: float = 0.0
+    sigma: float = hyper(0.0, low=0.0, high=64.0)
 
     def _features(self, state: State, images: jax.Array) -> jax.Array:
         backbone = teacher(self.backbone)
