@@ -19,7 +19,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from anomjax.methods.base import State, method_config, method_from_config
+from anomjax.methods.base import method_config, method_from_config
+from anomjax.types import State
 
 CONFIG_FILE = "config.json"
 STATE_DIR = "state"

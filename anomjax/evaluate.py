@@ -17,9 +17,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from anomjax.methods.base import State
 from anomjax.metrics import compute_metrics, f1_adaptive_threshold
-from anomjax.types import Batch, Scores
+from anomjax.types import Batch, Scores, State
 from anomjax.visualize import overlay_panel
 
 ScoreFn = Callable[[State, jax.Array], Scores]

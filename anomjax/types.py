@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
 from flax import struct
+
+#: A method's fitted or trained state: a nested ``dict`` of arrays (a pytree).
+State = dict[str, Any]
 
 
 @struct.dataclass

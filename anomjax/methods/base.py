@@ -29,9 +29,10 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import jax
 
 from anomjax.methods.hyper import validated
-from anomjax.types import Batch, Scores
+from anomjax.types import Batch, Scores, State
 
-State = dict[str, Any]
+__all__ = ["Batch", "FitMethod", "Method", "Scores", "State", "make_method", "method_class",
+           "method_config", "method_from_config", "method_names", "register"]
 
 
 class Method(Protocol):

@@ -5,7 +5,10 @@ What a ``kind = "train"`` method must provide (a frozen dataclass, ``@register``
     name: ClassVar[str]; kind: ClassVar[str] = "train"
 
     def init(self, key, images) -> State
-        # images: [B, H, W, 3] float32 in [0, 1] (one sample batch of training images).
+        # images: [B, H, W, 3] float32 in [0, 1] (one sample batch of training images), or,
+        # when the class sets `init_on_all_images: ClassVar[bool] = True`, a re-iterable
+        # (iterate it as often as needed) of every training image as numpy batches
+        # [b, H, W, 3] float32, streamed from disk (never stacked in memory).
         # Returns a dict of arrays. Reserved keys:
         #   "params"       trainable pytree (the only thing the optimiser updates)
         #   "batch_stats"  optional: BatchNorm running statistics updated by `loss`
@@ -34,6 +37,7 @@ What a ``kind = "train"`` method must provide (a frozen dataclass, ``@register``
 
     # Optional:
     default_epochs: ClassVar[int]   # the paper's epochs, used when train_method gets epochs=None
+    default_batch_size: ClassVar[int]  # the paper's batch size; the CLI default
 
     def calibrate(self, state, batches: Iterable[Batch]) -> State
         # Called once after the last epoch with the (unshuffled) training batches, e.g. to
@@ -49,10 +53,14 @@ Entry points::
 ``TrainState`` pytree (params, opt_state, batch_stats, step, key), data parallelism over a
 ``jax.sharding.Mesh`` of all devices (batch sharded, params replicated; each process reads
 only its own shard of the data), Orbax checkpoints in ``run_dir/checkpoints`` (every epoch,
-last ``keep`` kept, at the end), resume from the latest checkpoint, a NaN-loss stop that
-keeps the last good checkpoint, a tqdm bar, ``run_dir/metrics.jsonl`` and TensorBoard
-events in ``run_dir/tensorboard``, optional validation with :mod:`anomjax.metrics`, and a
-bfloat16 compute option.
+last ``keep`` kept, at the end), resume from the latest checkpoint (refused when the batch
+layout, seed, process count or method hyper-parameters differ, naming the fields), a
+divergence stop that checks the loss, the gradient norm and the *updated* state of every
+step before anything is checkpointed (so the kept checkpoint is finite), metrics fetched
+from the device every ``log_every`` steps (no host synchronisation per step; every step
+is still logged), a tqdm bar, ``run_dir/metrics.jsonl`` and TensorBoard events in
+``run_dir/tensorboard``, optional validation with :mod:`anomjax.metrics`, and a bfloat16
+compute option (running BatchNorm statistics stay float32).
 
 :mod:`anomjax.train.interceptors` runs a shared (frozen-BatchNorm) backbone module in
 training mode (batch statistics, running statistics updated) for students trained from
@@ -60,9 +68,11 @@ scratch, and replaces depthwise convolutions by exact shifted sums, which XLA's 
 runs several times faster.
 
 Multi-host: call ``jax.distributed.initialize()`` first (on CPU also
-``jax.config.update("jax_cpu_collectives_implementation", "gloo")``); ``batch_size`` stays
-the global batch, each process loads ``batch_size / process_count`` images per step from its
-own shard, and every process must pass the same arguments.
+``jax.config.update("jax_cpu_collectives_implementation", "gloo")``; the CLI does both with
+``anomjax fit --distributed``); ``batch_size`` stays the global batch, each process loads
+``batch_size / process_count`` images per step from its own shard, and every process must
+pass the same arguments. ``method.init`` runs on every process and process 0's result is
+broadcast to all (``multihost_utils.broadcast_one_to_all``).
 """
 
 from anomjax.train.checkpoint import CheckpointStore

@@ -15,8 +15,9 @@ class CheckpointStore:
     """``run_dir/checkpoints/<step>/`` written by an Orbax ``CheckpointManager``.
 
     Each checkpoint holds the whole ``TrainState`` and a small JSON record (``meta``) of how
-    the run was laid out (global batch size, steps per epoch), so a resume with another
-    layout is refused instead of silently reading the data in another order. Only the last
+    the run was laid out (global batch size, steps per epoch, data seed, process count) and
+    of the method's hyper-parameters, so a resume with another layout or configuration is
+    refused instead of silently reading the data in another order. Only the last
     ``keep`` checkpoints are kept; writes are atomic (a killed run leaves no half checkpoint).
     """
 
@@ -42,6 +43,11 @@ class CheckpointStore:
             state=ocp.args.StandardSave(train_state), meta=ocp.args.JsonSave(meta)))
         self.manager.wait_until_finished()
         return step
+
+    def delete(self, step: int) -> None:
+        """Remove checkpoint ``step`` (e.g. one whose weights turned out to diverge)."""
+        if step in self.manager.all_steps():
+            self.manager.delete(step)
 
     def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """Read checkpoint ``step`` into the structure, shapes and shardings of ``like``."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
+import json
 import math
 import time
 import warnings
@@ -13,9 +15,9 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from anomjax.methods.base import State
 from anomjax.train.checkpoint import CheckpointStore
 from anomjax.train.divergence import TrainingDiverged
 from anomjax.train.metrics_log import MetricsLog
@@ -23,6 +25,7 @@ from anomjax.train.prefetch import prefetch
 from anomjax.train.sharding import DataMesh
 from anomjax.train.state import TrainState, init_train_state, method_state, raw_key
 from anomjax.train.step import TrainStep, make_train_step
+from anomjax.types import State
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -38,11 +41,25 @@ def _run_keys(key: jax.Array) -> tuple[jax.Array, int, jax.Array]:
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_step(method: Any, total_steps: int,
-                   compute_dtype: str | None) -> tuple[Any, TrainStep]:
+def _compiled_step(method: Any, total_steps: int, compute_dtype: str | None,
+                   replicated: jax.sharding.Sharding) -> tuple[Any, TrainStep]:
     """The method's optimiser and jitted step, reused across runs of the same configuration."""
     optimizer = method.optimizer(total_steps)
-    return optimizer, make_train_step(method, optimizer, compute_dtype=compute_dtype)
+    return optimizer, make_train_step(method, optimizer, compute_dtype=compute_dtype,
+                                      replicated=replicated)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_score(method: Any) -> Any:
+    """``jax.jit(method.score)``, compiled once per method rather than at every validation."""
+    return jax.jit(method.score)
+
+
+def hyperparameters(method: Any) -> dict[str, Any]:
+    """``{field: value}`` of a dataclass method as JSON values (tuples become lists)."""
+    if not dataclasses.is_dataclass(method):
+        return {}
+    return json.loads(json.dumps(dataclasses.asdict(method), default=str))
 
 
 def _global_batch_size(requested: int, n_train: int, mesh: DataMesh) -> int:
@@ -77,16 +94,46 @@ def _epoch_batches(split: Any, local_bs: int, seed: int, epoch: int, skip: int, 
                            "batches() must honour drop_remainder and the shard arguments")
 
 
+class ImageBatches:
+    """Every training image as ``[b, H, W, 3]`` float32 numpy batches, in dataset order.
+
+    Re-iterable: each ``iter()`` reads the split again from disk, so a method can make several
+    passes (e.g. sample fresh crops per teacher step) without all images in memory at once.
+    """
+
+    def __init__(self, split: Any, batch_size: int, num_workers: int):
+        self.split, self.batch_size, self.num_workers = split, batch_size, num_workers
+
+    def __len__(self) -> int:
+        """Number of batches of one pass."""
+        return -(-len(self.split) // self.batch_size)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for batch in self.split.batches(batch_size=self.batch_size,
+                                        num_workers=self.num_workers):
+            yield np.asarray(batch.images, np.float32)
+
+
 def _init_images(method: Any, split: Any, local_bs: int, n_train: int,
-                 num_workers: int) -> np.ndarray:
-    """The images ``method.init`` gets: the first batch of ``split`` (in dataset order), or
-    every training image, on every process, for a method whose class sets
-    ``init_on_all_images = True`` (e.g. to pretrain a teacher on all of them)."""
+                 num_workers: int) -> np.ndarray | ImageBatches:
+    """The images ``method.init`` gets: the first batch of ``split`` (in dataset order,
+    ``[b, H, W, 3]``), or, for a method whose class sets ``init_on_all_images = True`` (e.g. to
+    pretrain a teacher on all of them), every training image streamed as a re-iterable of
+    batches (:class:`ImageBatches`)."""
     if getattr(method, "init_on_all_images", False):
-        return np.concatenate([np.asarray(b.images, np.float32) for b in split.batches(
-            batch_size=local_bs, num_workers=num_workers)])
+        return ImageBatches(split, local_bs, num_workers)
     sample = next(iter(split.batches(batch_size=min(local_bs, n_train), num_workers=0)))
     return np.asarray(sample.images, np.float32)
+
+
+def _initial_state(method: Any, init_key: jax.Array, images: Any) -> State:
+    """``method.init``, identical on every process: process 0's result is broadcast to all
+    (each host's own result only fixes the structure), so host-to-host nondeterminism (other
+    GPUs, atomics, thread timing) can never give "replicated" arrays that differ."""
+    state = method.init(init_key, images)
+    if jax.process_count() == 1:
+        return state
+    return multihost_utils.broadcast_one_to_all(jax.device_get(state))
 
 
 def _validate(method: Any, state: State, split: Any, batch_size: int, mesh: DataMesh,
@@ -94,7 +141,7 @@ def _validate(method: Any, state: State, split: Any, batch_size: int, mesh: Data
     """Shared metrics of ``method`` on ``split`` (scored replicated on every device)."""
     from anomjax.metrics import compute_metrics
 
-    score = jax.jit(method.score)
+    score = _jitted_score(method)
     images, labels, maps, masks = [], [], [], []
     for batch in split.batches(batch_size=batch_size, num_workers=num_workers):
         out = score(state, mesh.replicate(np.asarray(batch.images, np.float32)))
@@ -109,7 +156,8 @@ def _validate(method: Any, state: State, split: Any, batch_size: int, mesh: Data
 
 def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int | None,
                  batch_size: int, run_dir: str | Path | None = None, resume: bool = False,
-                 keep: int = 3, checkpoint_every: int | None = None,
+                 allow_config_change: bool = False, keep: int = 3,
+                 checkpoint_every: int | None = None, log_every: int = 10,
                  val_split: Any = None, val_every: int | None = None,
                  compute_dtype: str | None = None, num_workers: int = 4,
                  devices: list[Any] | None = None, disable: bool = False) -> State:
@@ -126,15 +174,28 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
         of an epoch are dropped, so every step has the same shape).
       run_dir: where checkpoints (``checkpoints/``), ``metrics.jsonl`` and ``tensorboard/``
         go; ``None`` trains in memory without any of them.
-      resume: continue from the latest checkpoint in ``run_dir`` (none -> start fresh).
+      resume: continue from the latest checkpoint in ``run_dir`` (none -> start fresh). The
+        checkpoint must have been written with the same batch layout, seed, process count and
+        method hyper-parameters; a mismatch is refused, naming the fields.
+      allow_config_change: on resume, accept changed method hyper-parameters (with a
+        warning), e.g. a lower learning rate after a divergence; the layout must still match.
       keep: how many checkpoints to keep.
       checkpoint_every: also checkpoint every this many steps (besides every epoch end).
+      log_every: fetch the step metrics from the device every this many steps (and before
+        every checkpoint and validation) instead of at every step, so the host never waits
+        for a step to finish before queueing the next. Every step is still logged with its
+        own metrics, and a divergence names the exact step; ``images_per_s`` is the mean
+        throughput of the fetched window.
       val_split, val_every: score ``val_split`` with the shared metrics every ``val_every``
         steps (and log them under ``val/``).
       compute_dtype: ``"bfloat16"`` to run the loss in bfloat16 (float32 master params).
       num_workers: image-loading workers of the data pipeline.
       devices: the devices to train on (default: all devices of all processes).
       disable: turn the progress bar off.
+
+    Raises:
+      TrainingDiverged: a step gave a non-finite loss, gradient or updated state; the last
+        checkpoint (written only after every step up to it was checked finite) is kept.
     """
     if epochs is None:
         epochs = getattr(method, "default_epochs", None)
@@ -143,6 +204,8 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
                              "epochs; give one (epochs=N, or --epochs N on the command line)")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if log_every < 1:
+        raise ValueError(f"log_every must be at least 1, got {log_every}")
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir to read checkpoints from")
     mesh = DataMesh(devices)
@@ -156,11 +219,13 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
     store = CheckpointStore(run_dir, keep) if run_dir is not None else None
     try:
         ts = _train_loop(method, train_split, store, run_dir=run_dir, resume=resume,
-                         epochs=epochs, steps_per_epoch=steps_per_epoch, global_bs=global_bs,
+                         allow_config_change=allow_config_change, epochs=epochs,
+                         steps_per_epoch=steps_per_epoch, global_bs=global_bs,
                          local_bs=local_bs, n_train=n_train, mesh=mesh, keys=keys,
-                         checkpoint_every=checkpoint_every, val_split=val_split,
-                         val_every=val_every, compute_dtype=compute_dtype,
-                         num_workers=num_workers, disable=disable)
+                         checkpoint_every=checkpoint_every, log_every=log_every,
+                         val_split=val_split, val_every=val_every,
+                         compute_dtype=compute_dtype, num_workers=num_workers,
+                         disable=disable)
     finally:
         if store is not None:
             store.close()
@@ -172,12 +237,64 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
     return state
 
 
+class _MetricsWindow:
+    """Step metrics kept on the device until :meth:`flush` fetches them all at once.
+
+    Each step's arrays start their device-to-host copy at once (``copy_to_host_async``), so
+    a flush rarely waits. A flush checks every step in order and raises
+    :class:`TrainingDiverged` at the first one whose loss, gradient or updated state was not
+    finite, after logging the good steps before it.
+    """
+
+    def __init__(self, log: MetricsLog, bar: Any, global_bs: int, run_dir: str | None,
+                 store: CheckpointStore | None):
+        self.log, self.bar, self.global_bs, self.run_dir = log, bar, global_bs, run_dir
+        self.store = store
+        self.pending: list[tuple[int, int, dict[str, jax.Array]]] = []
+        self.tick = time.perf_counter()
+        self.last_saved: int | None = None
+
+    def add(self, step: int, epoch: int, metrics: dict[str, jax.Array]) -> None:
+        for value in metrics.values():
+            value.copy_to_host_async()
+        self.pending.append((step, epoch, metrics))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        fetched = jax.device_get([metrics for _, _, metrics in pending])
+        now = time.perf_counter()
+        rate = self.global_bs * len(pending) / max(now - self.tick, 1e-9)
+        self.tick = now
+        for (step, epoch, _), values in zip(pending, fetched, strict=True):
+            values = {k: float(v) for k, v in values.items()}
+            finite = values.pop("finite") == 1.0
+            if not (finite and math.isfinite(values["loss"])):
+                self._drop_bad_checkpoint(step, values["loss"])
+                raise TrainingDiverged(step, values["loss"], self.last_saved, self.run_dir,
+                                       grad_norm=values["grad_norm"])
+            self.log.write(step, {**values, "images_per_s": rate, "epoch": epoch})
+            self.bar.update(1)
+        self.bar.set_postfix(loss=f"{values['loss']:.4g}", img_s=f"{rate:.1f}")
+
+    def _drop_bad_checkpoint(self, step: int, loss: float) -> None:
+        """A non-finite loss at ``step`` was computed from the weights of ``step - 1``: if that
+        state is the last checkpoint, it is not good, so delete it and fall back to the one
+        before (a finite update with an infinite gradient leaves the checkpoint good)."""
+        if math.isfinite(loss) or self.store is None or self.last_saved != step - 1:
+            return
+        self.store.delete(step - 1)
+        self.last_saved = self.store.latest_step()
+
+
 def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
-                run_dir: str | Path | None, resume: bool, epochs: int, steps_per_epoch: int,
-                global_bs: int, local_bs: int, n_train: int, mesh: DataMesh,
-                keys: tuple[jax.Array, int, jax.Array], checkpoint_every: int | None,
-                val_split: Any, val_every: int | None, compute_dtype: str | None,
-                num_workers: int, disable: bool) -> TrainState:
+                run_dir: str | Path | None, resume: bool, allow_config_change: bool,
+                epochs: int, steps_per_epoch: int, global_bs: int, local_bs: int,
+                n_train: int, mesh: DataMesh, keys: tuple[jax.Array, int, jax.Array],
+                checkpoint_every: int | None, log_every: int, val_split: Any,
+                val_every: int | None, compute_dtype: str | None, num_workers: int,
+                disable: bool) -> TrainState:
     """Initialise or restore the train state, run the remaining steps, return the last."""
     init_key, data_seed, step_key = keys
     total_steps = epochs * steps_per_epoch
@@ -186,18 +303,19 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                          f"{store.latest_step()}); resume them (resume=True, --resume) or "
                          "train into another run folder")
 
-    optimizer, step_fn = _compiled_step(method, total_steps, compute_dtype)
-    ts = init_train_state(method.init(init_key, _init_images(method, train_split, local_bs,
-                                                             n_train, num_workers)),
-                          optimizer, step_key)
+    optimizer, step_fn = _compiled_step(method, total_steps, compute_dtype, mesh.replicated)
+    images = _init_images(method, train_split, local_bs, n_train, num_workers)
+    ts = init_train_state(_initial_state(method, init_key, images), optimizer, step_key)
     ts = mesh.replicate(ts)
     meta = {"global_batch_size": global_bs, "steps_per_epoch": steps_per_epoch,
-            "data_seed": data_seed, "method": getattr(method, "name", type(method).__name__)}
+            "data_seed": data_seed, "process_count": jax.process_count(),
+            "method": getattr(method, "name", type(method).__name__),
+            "method_config": hyperparameters(method)}
 
     start = 0
     if resume and store.latest_step() is not None:
         ts, saved = store.restore(store.latest_step(), ts)
-        _check_layout(saved, meta, store)
+        check_resume(saved, meta, str(store.directory), allow_config_change)
         start = int(jax.device_get(ts.step))
         if start > total_steps:
             warnings.warn(f"the checkpoint in {store.directory} is at step {start}, past the "
@@ -205,55 +323,73 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                           stacklevel=2)
     log = MetricsLog(run_dir, resume_step=start if resume else None,
                      enabled=jax.process_index() == 0)
-    last_saved = start if (resume and start > 0) else None
-
-    def checkpoint(ts: TrainState) -> None:
-        nonlocal last_saved
-        if store is not None:
-            last_saved = store.save(ts, meta)
-
     bar = tqdm(total=total_steps, initial=start, desc=f"train {meta['method']}", unit="step",
                disable=disable or jax.process_index() != 0)
+    window = _MetricsWindow(log, bar, global_bs, None if run_dir is None else str(run_dir),
+                            store)
+    window.last_saved = start if (resume and start > 0) else None
+
+    def checkpoint(ts: TrainState) -> None:
+        window.flush()  # every step up to this one is checked finite before it is saved
+        if store is not None:
+            window.last_saved = store.save(ts, meta)
+
     try:
         step = start
         for epoch in range(start // steps_per_epoch, epochs):
             skip = step - epoch * steps_per_epoch
-            tick = time.perf_counter()
             batches = _epoch_batches(train_split, local_bs, data_seed, epoch, skip,
                                      steps_per_epoch, num_workers)
             for images in prefetch(batches, mesh.shard_batch):
                 ts, metrics = step_fn(ts, images, jax.random.fold_in(ts.key, step))
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 step += 1
-                if not math.isfinite(metrics["loss"]):
-                    raise TrainingDiverged(step, metrics["loss"], last_saved,
-                                           None if run_dir is None else str(run_dir))
-                now = time.perf_counter()
-                metrics["images_per_s"] = global_bs / max(now - tick, 1e-9)
-                metrics["epoch"] = epoch
-                tick = now
-                log.write(step, metrics)
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4g}",
-                                img_s=f"{metrics['images_per_s']:.1f}")
+                window.add(step, epoch, metrics)
+                if step % log_every == 0:
+                    window.flush()
                 if checkpoint_every and step % checkpoint_every == 0:
                     checkpoint(ts)
                 if val_split is not None and val_every and step % val_every == 0:
+                    window.flush()
                     log.write(step, _validate(method, method_state(ts), val_split, global_bs,
                                               mesh, num_workers), prefix="val")
             checkpoint(ts)
+        window.flush()
     finally:
         bar.close()
         log.close()
     return ts
 
 
-def _check_layout(saved: dict[str, Any], current: dict[str, Any],
-                  store: CheckpointStore) -> None:
-    """Refuse to resume a checkpoint written with another batch layout or seed."""
-    for name in ("global_batch_size", "steps_per_epoch", "data_seed", "method"):
-        if saved.get(name) != current[name]:
-            raise ValueError(
-                f"cannot resume from {store.directory}: it was written with {name}="
-                f"{saved.get(name)!r} but this run has {name}={current[name]!r}; use the same "
-                "method, key and batch size, or another run folder")
+_LAYOUT_FIELDS = ("global_batch_size", "steps_per_epoch", "data_seed", "process_count",
+                  "method")
+
+
+def check_resume(saved: dict[str, Any], current: dict[str, Any], where: str,
+                 allow_config_change: bool = False) -> None:
+    """Refuse to resume a checkpoint written with another layout, seed or configuration.
+
+    ``saved`` and ``current`` are checkpoint ``meta`` records. A different batch layout, data
+    seed, process count or method is always refused; different hyper-parameters are refused
+    unless ``allow_config_change`` (then a warning names them). Every differing field is named.
+    """
+    layout = [f"{name}={saved.get(name)!r} (checkpoint) vs {current[name]!r} (this run)"
+              for name in _LAYOUT_FIELDS if name in saved and saved[name] != current[name]]
+    if layout:
+        raise ValueError(f"cannot resume from {where}: it was written with another layout: "
+                         f"{'; '.join(layout)}; use the same method, key, batch size and "
+                         "number of processes, or another run folder")
+    missing = [name for name in (*_LAYOUT_FIELDS, "method_config") if name not in saved]
+    if missing:
+        warnings.warn(f"the checkpoint in {where} does not record {', '.join(missing)} "
+                      "(written by an older anomjax); those are not checked", stacklevel=3)
+    old, new = saved.get("method_config", {}), current["method_config"]
+    changed = [f"{name}={old.get(name)!r} (checkpoint) vs {new.get(name)!r} (this run)"
+               for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+    if not changed or "method_config" not in saved:
+        return
+    if not allow_config_change:
+        raise ValueError(f"cannot resume from {where}: the method's hyper-parameters differ: "
+                         f"{'; '.join(changed)}; use the same settings, or accept the change "
+                         "explicitly (allow_config_change=True, --allow-config-change)")
+    warnings.warn(f"resuming {where} with changed hyper-parameters: {'; '.join(changed)}",
+                  stacklevel=3)

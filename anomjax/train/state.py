@@ -8,7 +8,7 @@ import jax
 import optax
 from flax import struct
 
-from anomjax.methods.base import State
+from anomjax.types import State
 
 
 @struct.dataclass

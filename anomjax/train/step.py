@@ -21,17 +21,29 @@ def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
         tree)
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """``[]`` bool: every floating-point leaf of ``tree`` is free of NaN and infinity."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+             if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
 def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
-                    compute_dtype: str | None = None) -> TrainStep:
+                    compute_dtype: str | None = None,
+                    replicated: jax.sharding.Sharding | None = None) -> TrainStep:
     """``train_step(train_state, images [B, H, W, 3], key) -> (train_state, metrics)``.
 
     Jitted with the train state's buffers donated. The gradient of ``method.loss`` updates the
     params through ``optimizer``; a ``"batch_stats"`` entry of the loss's aux replaces the
     running statistics; every other aux entry is returned as a scalar metric, with ``loss``
-    and ``grad_norm``. With ``compute_dtype="bfloat16"`` the loss runs on bfloat16 copies of
-    the params, carried state and images while the master params and optimiser stay float32.
-    Under a mesh, sharding follows the inputs (batch sharded, state replicated), so the same
-    function runs on one device, many devices or many hosts.
+    and ``grad_norm``, and ``finite``: 1.0 when the loss, the gradient norm and every leaf of
+    the *updated* train state (params, optimiser state, batch statistics) are finite, so a
+    state is known good before it is checkpointed. With ``compute_dtype="bfloat16"`` the loss
+    runs on bfloat16 copies of the params, carried state and images while the master params,
+    the optimiser and the running ``batch_stats`` stay float32 (the statistics are not
+    re-quantised to bfloat16 at every update). Under a mesh, sharding follows the inputs
+    (batch sharded, state replicated); ``replicated`` (the mesh's replicated sharding) pins
+    the outputs to it, so a propagation change can never silently undo the buffer donation.
     """
     dtype = None if compute_dtype in (None, "float32") else jnp.dtype(compute_dtype)
 
@@ -41,7 +53,10 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
             state = method_state(ts)
             x = images
             if dtype is not None:
+                stats = state.pop("batch_stats", None)
                 params, state, x = _cast_floats((params, state, x), dtype)
+                if stats is not None:
+                    state["batch_stats"] = stats
             state["params"] = params
             loss, aux = method.loss(params, state, x, key)
             return loss.astype(jnp.float32), dict(aux)
@@ -53,10 +68,15 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
         if ts.batch_stats is not None:
             batch_stats = jax.tree.map(lambda new, old: new.astype(old.dtype), batch_stats,
                                        ts.batch_stats)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        grad_norm = optax.tree.norm(grads)
+        metrics = {"loss": loss, "grad_norm": grad_norm}
         metrics.update({k: jnp.asarray(v, jnp.float32) for k, v in aux.items()})
         new = ts.replace(params=params, opt_state=opt_state, batch_stats=batch_stats,
                          step=ts.step + 1)
+        finite = all_finite((loss, grad_norm, params, opt_state, batch_stats))
+        metrics["finite"] = finite.astype(jnp.float32)
         return new, metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    if replicated is None:
+        return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))

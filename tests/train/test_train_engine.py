@@ -62,9 +62,18 @@ def test_one_epoch_resumed_to_two_equals_two_straight(tmp_path, straight):
 
 def test_resume_with_another_batch_size_is_refused(tmp_path):
     _train(tmp_path, epochs=1)
-    with pytest.raises(ValueError, match="global_batch_size=4 but this run has "
-                                         "global_batch_size=8"):
+    with pytest.raises(ValueError, match=r"global_batch_size=4 \(checkpoint\) vs 8 \(this run\)"):
         _train(tmp_path, epochs=2, batch_size=8, resume=True)
+
+
+def test_resume_with_other_hyperparameters_is_refused_naming_them(tmp_path):
+    _train(tmp_path, epochs=1)
+    with pytest.raises(ValueError, match=r"hyper-parameters differ: lr=0.05 \(checkpoint\) vs "
+                                         r"0.01 \(this run\); noise=0.05 \(checkpoint\) vs 0.1"):
+        _train(tmp_path, epochs=2, method=ToyConvAE(lr=0.01, noise=0.1), resume=True)
+    meta = json.loads(next((tmp_path / "checkpoints").glob("4/meta/*")).read_text())
+    assert meta["process_count"] == 1
+    assert meta["method_config"] == {"lr": 0.05, "noise": 0.05}
 
 
 def test_training_again_into_a_used_run_dir_is_refused(straight):
@@ -78,14 +87,77 @@ def test_keep_last_k_checkpoints(tmp_path):
                   if p.name.isdigit()) == [7, 8]
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at step \d+; the last good "
-                                               r"checkpoint \(step 4\)"):
+def test_nan_loss_stops_and_drops_the_checkpoint_it_was_computed_from(tmp_path):
+    # lr 1e4: the loss of step 5 (computed from the epoch-end weights of step 4) is infinite,
+    # so checkpoint 4 is not good and is deleted; nothing older exists.
+    with pytest.raises(TrainingDiverged, match=r"the loss is (nan|inf) at step 5; no good "
+                                               r"checkpoint is kept"):
         _train(tmp_path, epochs=20, method=ToyConvAE(lr=1e4))
-    store = CheckpointStore(tmp_path)
-    assert store.latest_step() == 4
+    assert CheckpointStore(tmp_path).latest_step() is None
     good = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in good] == [1, 2, 3, 4]
     assert all(np.isfinite(ln["train/loss"]) for ln in good)
+
+
+@dataclasses.dataclass(frozen=True)
+class OverflowingStats(ToyConvAE):
+    """A finite loss whose running statistic grows 1e20-fold per step: inf after step 2."""
+
+    def init(self, key, images):
+        state = super().init(key, images)
+        return {**state, "batch_stats": {"mean": np.ones(3, np.float32)}}
+
+    def loss(self, params, state, images, key):
+        err, _ = super().loss(params, state, images, key)
+        return err, {"batch_stats": {"mean": state["batch_stats"]["mean"] * 1e20}}
+
+
+def _leaves_finite(tree) -> bool:
+    return all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree)
+               if np.issubdtype(np.asarray(x).dtype, np.inexact))
+
+
+def test_non_finite_updated_state_is_never_saved_as_last_good(tmp_path):
+    """The loss stays finite; the guard must look at the state after the update."""
+    with pytest.raises(TrainingDiverged, match=r"step 2 made the parameters, optimiser state "
+                                               r"or BatchNorm statistics non-finite.*last good "
+                                               r"checkpoint \(step 1\)"):
+        _train(tmp_path, epochs=1, method=OverflowingStats(), checkpoint_every=1, log_every=3)
+    store = CheckpointStore(tmp_path)
+    assert store.latest_step() == 1
+    like = jax.device_get(_init_state_like(OverflowingStats()))
+    restored, _ = store.restore(1, like)
+    assert _leaves_finite(restored)
+    store.close()
+
+
+def _init_state_like(method):
+    from anomjax.train import init_train_state
+
+    state = method.init(jax.random.key(0), toy_split().images[:4])
+    return init_train_state(state, method.optimizer(4), jax.random.key(0))
+
+
+def test_resume_after_divergence_with_a_lower_learning_rate_finishes(tmp_path):
+    with pytest.raises(TrainingDiverged) as info:
+        _train(tmp_path, epochs=20, method=ToyConvAE(lr=1e4), checkpoint_every=1)
+    last = info.value.last_checkpoint
+    # The loss went non-finite at step last + 2, computed from the weights of step last + 1:
+    # that checkpoint was written (its own step was finite) and is then deleted as not good.
+    assert f"at step {last + 2};" in str(info.value)
+    assert CheckpointStore(tmp_path).latest_step() == last
+    with pytest.warns(UserWarning, match=r"changed hyper-parameters: lr=10000.0 \(checkpoint\)"):
+        state = _train(tmp_path, epochs=last // 4 + 1, method=ToyConvAE(lr=1e-3), resume=True,
+                       allow_config_change=True)
+    assert _leaves_finite(state)
+
+
+def test_metrics_fetched_every_n_steps_still_log_every_step(tmp_path):
+    _train(tmp_path, epochs=2, log_every=3)
+    lines = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines] == list(range(1, 9))
+    assert len({ln["train/loss"] for ln in lines}) == 8
+    assert "train/finite" not in lines[0]
 
 
 def test_batch_larger_than_the_data_is_clamped_with_a_warning():
@@ -99,6 +171,10 @@ def test_bfloat16_compute_trains_close_to_float32(straight):
     bf16 = _train(epochs=2, compute_dtype="bfloat16")
     assert bf16["params"]["w"].dtype == np.float32
     np.testing.assert_allclose(bf16["params"]["w"], f32["params"]["w"], atol=0.05)
+    # The running statistics are updated in float32, not re-quantised to bfloat16 per step.
+    mean = np.asarray(bf16["batch_stats"]["mean"])
+    assert mean.dtype == np.float32
+    assert np.any(mean != mean.astype(jax.numpy.bfloat16).astype(np.float32))
 
 
 def test_epoch_seed_is_a_pure_function_of_seed_and_epoch():
@@ -122,19 +198,38 @@ def test_validation_logs_shared_metrics(tmp_path):
     assert val_lines[-1]["val/image_auroc"] == 1.0
 
 
-@pytest.mark.parametrize("all_images", [False, True])
-def test_init_gets_the_first_batch_or_every_training_image(all_images):
+def test_init_gets_the_first_batch():
     seen = []
 
     @dataclasses.dataclass(frozen=True)
     class Recording(ToyConvAE):
-        init_on_all_images: ClassVar[bool] = all_images
-
         def init(self, key, images):
             seen.append(np.asarray(images))
             return super().init(key, images)
 
     split = toy_split(n=10)
     train_method(Recording(), jax.random.key(0), split, epochs=1, batch_size=4, disable=True)
-    expected = split.images if all_images else split.images[:4]
-    np.testing.assert_array_equal(seen[0], expected)
+    np.testing.assert_array_equal(seen[0], split.images[:4])
+
+
+def test_init_on_all_images_streams_a_reiterable_of_batches():
+    passes = []
+
+    @dataclasses.dataclass(frozen=True)
+    class TwoPasses(ToyConvAE):
+        init_on_all_images: ClassVar[bool] = True
+
+        def init(self, key, images):
+            assert not isinstance(images, np.ndarray)
+            for _ in range(2):
+                batches = list(images)
+                assert all(b.dtype == np.float32 and b.shape[1:] == (8, 8, 3) and len(b) <= 4
+                           for b in batches)
+                passes.append(np.concatenate(batches))
+            return super().init(key, passes[0][:4])
+
+    split = toy_split(n=10)
+    train_method(TwoPasses(), jax.random.key(0), split, epochs=1, batch_size=4, disable=True)
+    assert len(passes) == 2
+    np.testing.assert_array_equal(passes[0], split.images)
+    np.testing.assert_array_equal(passes[1], split.images)

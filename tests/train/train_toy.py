@@ -54,6 +54,17 @@ class ToyConvAE:
         return to_scores(err, images.shape[1:3], sigma=1.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class HostSkewedInit(ToyConvAE):
+    """``ToyConvAE`` whose init differs on every process but 0 (as a nondeterministic init
+    would): a multi-host run must still train exactly like one process."""
+
+    def init(self, key: jax.Array, images: jax.Array) -> dict:
+        state = super().init(key, images)
+        skew = 0.01 * jax.process_index()
+        return {**state, "params": jax.tree.map(lambda p: p + skew, state["params"])}
+
+
 class ArraySplit:
     """In-memory split: ``images [N, H, W, 3]``, labels and masks, with the data contract."""
 

@@ -1,7 +1,7 @@
 """Subprocess entry point of the engine tests: train the toy method, save the params.
 
 Usage: python run_toy.py OUT.npz --epochs N --batch-size B [--run-dir D] [--resume]
-       [--checkpoint-every K] [--slow-after S] [--devices N] [--process-id I
+       [--checkpoint-every K] [--slow-after S] [--log-every L] [--devices N] [--process-id I
        --num-processes P --port PORT]
 """
 
@@ -23,6 +23,7 @@ def main() -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--slow-after", type=int, default=None)
+    p.add_argument("--log-every", type=int, default=1)
     p.add_argument("--devices", type=int, default=None)
     p.add_argument("--process-id", type=int, default=None)
     p.add_argument("--num-processes", type=int, default=1)
@@ -39,7 +40,7 @@ def main() -> None:
     import numpy as np
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from train_toy import ToyConvAE, toy_split
+    from train_toy import HostSkewedInit, ToyConvAE, toy_split
 
     from anomjax.train import train_method
 
@@ -47,9 +48,12 @@ def main() -> None:
     if args.slow_after is not None:
         split = SlowSplit(split, args.slow_after)
     devices = jax.devices()[:args.devices] if args.devices else None
-    state = train_method(ToyConvAE(), jax.random.key(3), split, epochs=args.epochs,
+    # Under jax.distributed, process i > 0 initialises differently: process 0's init must win.
+    method = HostSkewedInit() if args.process_id is not None else ToyConvAE()
+    state = train_method(method, jax.random.key(3), split, epochs=args.epochs,
                          batch_size=args.batch_size, run_dir=args.run_dir, resume=args.resume,
-                         checkpoint_every=args.checkpoint_every, num_workers=0,
+                         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                         num_workers=0,
                          devices=devices, disable=True)
     flat = {"/".join(str(k) for k in path): np.asarray(jax.device_get(leaf))
             for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
