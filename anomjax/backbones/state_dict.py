@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomjax.backbones.torch_pickle import read_pth
+from anomjax.backbones.torch_pickle import check_declared_size, read_pth
 
 SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npz")
 
@@ -39,6 +39,9 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: not a readable .safetensors file ({err})") from None
     if suffix == ".npz":
         try:
+            with zipfile.ZipFile(path) as archive:
+                check_declared_size(path, sum(i.file_size for i in archive.infolist()),
+                                    "arrays")
             with np.load(path, allow_pickle=False) as archive:
                 return {name: archive[name] for name in archive.files}
         except (ValueError, OSError, zipfile.BadZipFile) as err:

@@ -6,14 +6,23 @@ keep tensors as ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride,
 inside a pickle. :class:`_RestrictedUnpickler` resolves exactly those globals (tensor rebuild
 functions, typed storages, ``collections.OrderedDict``) to harmless local stand-ins and refuses
 every other global with :class:`UnsafePickleError`, so a crafted file cannot execute anything.
+
+Sizes are checked before any byte is decompressed or copied: every storage's declared size
+must equal its archive member's size, and all storages together, and all tensors together
+(views of one storage are copied once each), may hold at most :data:`MAX_EXPANSION` times
+the file's size on disk (``torch.save`` stores members uncompressed, and float weights
+compress by well under 2x), so a small crafted file cannot claim gigabytes of memory.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
+import os
 import pickle
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,6 +31,9 @@ import ml_dtypes
 import numpy as np
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+#: Bytes a weights file may expand to in memory, per byte on disk (plus 1 MiB).
+MAX_EXPANSION = 8
+_MAX_NESTING = 32
 _STORAGE_DTYPES: dict[str, np.dtype] = {
     "FloatStorage": np.dtype("float32"),
     "DoubleStorage": np.dtype("float64"),
@@ -121,10 +133,27 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise UnsafePickleError(f"{self.source}: unexpected persistent id {pid!r}")
         _, storage_type, key, _location, numel = pid[:5]
         view = pid[5] if len(pid) > 5 else None
+        if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+            raise TorchFileError(f"{self.source}: malformed storage size {numel!r}")
         key = str(key)
         if key not in self.storages:
             self.storages[key] = _StorageRef(key, storage_type.dtype, int(numel), view)
         return self.storages[key]
+
+
+def expansion_budget(path: str | Path) -> int:
+    """The most bytes the weights file ``path`` may expand to in memory."""
+    return MAX_EXPANSION * os.path.getsize(path) + (1 << 20)
+
+
+def check_declared_size(path: str | Path, declared: int, what: str) -> None:
+    """Refuse ``declared`` bytes beyond :func:`expansion_budget` (before reading them)."""
+    budget = expansion_budget(path)
+    if declared > budget:
+        raise TorchFileError(
+            f"{path}: declares {declared} bytes of {what} but the file is only "
+            f"{os.path.getsize(path)} bytes; refusing to expand it more than {MAX_EXPANSION}x "
+            "(a corrupt file or a decompression bomb)")
 
 
 def read_pth(path: str | Path) -> dict[str, np.ndarray]:
@@ -132,15 +161,25 @@ def read_pth(path: str | Path) -> dict[str, np.ndarray]:
 
     Raises:
       UnsafePickleError: the pickle names any global other than tensors/storages/dicts.
-      TorchFileError: the file is not a readable ``.pth`` or holds no tensor dict.
+      TorchFileError: the file is not a readable ``.pth``, holds no tensor dict, or declares
+        more data than its size allows.
     """
     path = Path(path)
-    if zipfile.is_zipfile(path):
-        obj = _read_zip(path)
-    else:
-        with open(path, "rb") as f:
-            obj = _read_legacy(f, str(path))
-    return _flatten_state_dict(obj, str(path))
+    try:
+        if zipfile.is_zipfile(path):
+            obj = _read_zip(path)
+        else:
+            with open(path, "rb") as f:
+                obj = _read_legacy(f, str(path), os.path.getsize(path))
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise TorchFileError(f"{path}: corrupt archive ({type(err).__name__}: {err})") from None
+    tensors = _collect_tensors(obj, str(path))
+    check_declared_size(path, sum(_nbytes(t) for t in tensors.values()), "tensors")
+    return {name: _materialise(t, str(path)) for name, t in tensors.items()}
+
+
+def _nbytes(t: _TensorRef) -> int:
+    return math.prod(t.size) * t.storage.dtype.itemsize
 
 
 def _unpickle(file: BinaryIO, source: str, storages: dict[str, _StorageRef]) -> Any:
@@ -168,16 +207,27 @@ def _read_zip(path: Path) -> Any:
         if prefix + "byteorder" in names:
             byteorder = archive.read(prefix + "byteorder").decode().strip()
         storages: dict[str, _StorageRef] = {}
+        pickle_info = archive.getinfo(pickles[0])
+        check_declared_size(path, pickle_info.file_size, "pickle")
         obj = _unpickle(io.BytesIO(archive.read(pickles[0])), str(path), storages)
+        check_declared_size(path, sum(r.numel * r.dtype.itemsize for r in storages.values()),
+                            "storages")
         for key, ref in storages.items():
             member = f"{prefix}data/{key}"
             if member not in names:
                 raise TorchFileError(f"{path}: storage {member!r} is missing from the archive")
-            _attach(ref, archive.read(member), byteorder, str(path))
+            expected = ref.numel * ref.dtype.itemsize
+            if archive.getinfo(member).file_size != expected:
+                raise TorchFileError(
+                    f"{path}: storage {key!r} declares {ref.numel} elements ({expected} bytes) "
+                    f"but its archive member holds {archive.getinfo(member).file_size} bytes")
+            with archive.open(member) as f:
+                raw = f.read(expected + 1)  # never decompress past the declared size
+            _attach(ref, raw, byteorder, str(path))
     return obj
 
 
-def _read_legacy(f: BinaryIO, source: str) -> Any:
+def _read_legacy(f: BinaryIO, source: str, file_size: int) -> Any:
     storages: dict[str, _StorageRef] = {}
 
     def load() -> Any:
@@ -200,6 +250,9 @@ def _read_legacy(f: BinaryIO, source: str) -> Any:
         if ref is None or len(header) != 8:
             raise TorchFileError(f"{source}: storage {key!r} is missing or truncated")
         numel = int.from_bytes(header, "little" if byteorder == "little" else "big")
+        if numel * ref.dtype.itemsize > file_size - f.tell():
+            raise TorchFileError(f"{source}: storage {key!r} declares {numel} elements, more "
+                                 "than the rest of the file holds (truncated or corrupt)")
         _attach(ref, f.read(numel * ref.dtype.itemsize), byteorder, source, numel)
     return obj
 
@@ -232,8 +285,11 @@ def _materialise(t: _TensorRef, source: str) -> np.ndarray:
     return np.array(view)
 
 
-def _flatten_state_dict(obj: Any, source: str) -> dict[str, np.ndarray]:
-    """``{name: array}`` from a state dict, or from ``{"state_dict"|"model": state_dict}``."""
+def _collect_tensors(obj: Any, source: str, depth: int = 0) -> dict[str, _TensorRef]:
+    """``{name: tensor}`` from a state dict, or from ``{"state_dict"|"model": state_dict}``."""
+    if depth > _MAX_NESTING:
+        raise TorchFileError(f"{source}: state dict nested more than {_MAX_NESTING} levels "
+                             "deep (self-referencing?)")
     if isinstance(obj, Mapping):
         for wrapper in ("state_dict", "model"):
             if isinstance(obj.get(wrapper), Mapping):
@@ -241,13 +297,13 @@ def _flatten_state_dict(obj: Any, source: str) -> dict[str, np.ndarray]:
                 break
     if not isinstance(obj, Mapping):
         raise TorchFileError(f"{source}: holds a {type(obj).__name__}, not a state dict")
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, _TensorRef] = {}
     for name, value in obj.items():
         if isinstance(value, _TensorRef):
-            out[str(name)] = _materialise(value, source)
+            out[str(name)] = value
         elif isinstance(value, Mapping):
-            for sub, arr in _flatten_state_dict(value, source).items():
-                out[f"{name}.{sub}"] = arr
-    if not out:
+            for sub, tensor in _collect_tensors(value, source, depth + 1).items():
+                out[f"{name}.{sub}"] = tensor
+    if not out and depth == 0:
         raise TorchFileError(f"{source}: contains no tensors")
     return out

@@ -127,3 +127,107 @@ def test_safetensors_and_npz_round_trip(tmp_path):
         assert sorted(loaded) == sorted(state)
         for key, value in state.items():
             np.testing.assert_array_equal(loaded[key], value)
+
+
+def _int(value: int) -> bytes:
+    return b"J" + value.to_bytes(4, "little", signed=True)
+
+
+def _text(value: str) -> bytes:
+    return b"X" + len(value).to_bytes(4, "little") + value.encode()
+
+
+def _state_dict_pickle(tensors: list[tuple[str, str, int, int]]) -> bytes:
+    """``{name: float32 tensor of size (n,) on storage key (numel elements)}`` as a pickle."""
+    out = b"\x80\x02}"
+    for name, key, numel, n in tensors:
+        pid = (b"(" + _text("storage") + b"ctorch\nFloatStorage\n" + _text(key) + _text("cpu")
+               + _int(numel) + b"tQ")
+        out += (_text(name) + b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + b"K\x00"
+                + _int(n) + b"\x85K\x01\x85\x89}tRs")
+    return out + b"."
+
+
+def _zip_pth(path: Path, tensors, members: dict[str, bytes], compress: bool = True) -> Path:
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method) as archive:
+        archive.writestr("m/data.pkl", _state_dict_pickle(tensors))
+        for key, raw in members.items():
+            archive.writestr(f"m/data/{key}", raw)
+    return path
+
+
+def test_crafted_state_dict_pickle_round_trips(tmp_path):
+    path = _zip_pth(tmp_path / "ok.pth", [("w", "0", 4, 4)],
+                    {"0": np.arange(4, dtype=np.float32).tobytes()})
+    np.testing.assert_array_equal(read_state_dict(path)["w"], np.arange(4, dtype=np.float32))
+
+
+def test_member_larger_than_its_declared_four_elements_is_not_decompressed(tmp_path):
+    import tracemalloc
+
+    path = _zip_pth(tmp_path / "lie.pth", [("w", "0", 4, 4)], {"0": bytes(64 << 20)})
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(TorchFileError, match=r"declares 4 elements \(16 bytes\) but its "
+                                                 r"archive member holds 67108864 bytes"):
+            read_state_dict(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+def test_decompression_bomb_is_refused_before_decompressing(tmp_path):
+    # 64 MiB of zeros, honestly declared, in a file of about 64 KiB.
+    n = 16 << 20
+    path = _zip_pth(tmp_path / "bomb.pth", [("w", "0", n, n)], {"0": bytes(4 * n)})
+    with pytest.raises(TorchFileError, match=r"bomb\.pth: declares 67108864 bytes of storages "
+                                             r"but the file is only \d+ bytes"):
+        read_state_dict(path)
+
+
+def test_many_views_of_one_storage_are_refused_before_copying(tmp_path):
+    n = 256 << 10  # one 1 MiB storage, stored uncompressed, viewed by 24 tensors
+    path = _zip_pth(tmp_path / "views.pth", [(f"w{i}", "0", n, n) for i in range(24)],
+                    {"0": bytes(4 * n)}, compress=False)
+    with pytest.raises(TorchFileError, match=r"declares 25165824 bytes of tensors"):
+        read_state_dict(path)
+
+
+def test_self_referencing_dict_and_corrupt_files_give_clear_errors(tmp_path):
+    loop: dict = {}
+    loop["self"] = loop
+    path = tmp_path / "loop.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("m/data.pkl", pickle.dumps(loop, protocol=2))
+    with pytest.raises(TorchFileError, match="nested more than 32 levels"):
+        read_state_dict(path)
+
+    good = _zip_pth(tmp_path / "crc.pth", [("w", "0", 4, 4)],
+                    {"0": np.arange(4, dtype=np.float32).tobytes()}, compress=False)
+    raw = bytearray(good.read_bytes())
+    at = raw.index(np.arange(4, dtype=np.float32).tobytes())
+    raw[at] ^= 0xFF
+    good.write_bytes(bytes(raw))
+    with pytest.raises(TorchFileError, match=r"crc\.pth: corrupt archive \(BadZipFile"):
+        read_state_dict(good)
+
+    legacy = tmp_path / "legacy_huge.pth"
+    stream = io.BytesIO()
+    for header in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+        pickle.dump(header, stream, protocol=2)
+    stream.write(_state_dict_pickle([("w", "0", 4, 4)]))
+    pickle.dump(["0"], stream, protocol=2)
+    stream.write((1 << 60).to_bytes(8, "little"))
+    legacy.write_bytes(stream.getvalue())
+    with pytest.raises(TorchFileError, match=r"declares 1152921504606846976 elements, more than"):
+        read_state_dict(legacy)
+
+
+def test_npz_bomb_is_refused_before_decompressing(tmp_path):
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, w=np.zeros(16 << 20, np.float32))
+    with pytest.raises(ValueError, match=r"bomb\.npz: declares \d+ bytes of arrays"):
+        read_state_dict(path)
