@@ -22,6 +22,7 @@ from anomjax.data.dataset import (
 from anomjax.data.errors import DataError
 from anomjax.data.image_io import IMAGE_EXTENSIONS, image_size, read_image, read_mask
 from anomjax.data.layouts import LAYOUTS, FolderSpec, Sample, detect_layout, discover
+from anomjax.data.scan import expand_image_paths, image_files
 from anomjax.data.transforms import (
     NORMALIZATION_PRESETS,
     center_crop,
@@ -47,7 +48,9 @@ __all__ = [
     "denormalize",
     "detect_layout",
     "discover",
+    "expand_image_paths",
     "file_split",
+    "image_files",
     "image_size",
     "iter_image_batches",
     "load_sample",

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from anomjax.data.errors import DataError
-from anomjax.data.image_io import IMAGE_EXTENSIONS, is_image_file
+from anomjax.data.image_io import IMAGE_EXTENSIONS
+from anomjax.data.scan import image_files
 
 LAYOUTS = ("mvtec", "mpdd", "mvtec3d", "btad", "visa", "folder")
 GOOD = "good"
@@ -74,11 +75,8 @@ class FolderSpec:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p)
-                  and not p.name.startswith("."))
+    """Image files directly in ``folder``, sorted by name (see :mod:`anomjax.data.scan`)."""
+    return image_files(folder)
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -100,6 +98,10 @@ def _mask_index(folder: Path) -> dict[str, Path]:
 def _find_mask(image: Path, index: dict[str, Path], mask_folder: Path) -> str:
     mask = index.get(image.stem)
     if mask is None:
+        for name in (image.stem + "_mask.png", image.stem + ".png"):
+            if (mask_folder / name).is_symlink():
+                raise DataError(f"{image}: its mask {mask_folder / name} is a dangling or "
+                                "looping symbolic link")
         raise DataError(f"{image}: defective image has no mask; expected "
                         f"{mask_folder / (image.stem + '_mask.png')} or "
                         f"{mask_folder / (image.stem + '.png')}")
