@@ -1,15 +1,23 @@
 """The ``anomjax`` command: ``fit``, ``test``, ``predict``, ``list``, ``demo``.
 
-Every error a user can cause (bad paths, bad data, unknown names, missing weights) prints
-one clear line on stderr and exits with status 2; ``ANOMJAX_DEBUG=1`` shows the traceback.
+Every error a user can cause (bad paths, bad data, unknown names, missing weights, corrupt
+run files, out-of-range settings) prints one clear line on stderr and exits with status 2;
+``ANOMJAX_DEBUG=1`` shows the traceback. Output paths and run files are checked before the
+work starts.
+
+Multi-host training: start the same ``anomjax fit --distributed ...`` command on every host
+with ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0), ``JAX_NUM_PROCESSES`` and
+``JAX_PROCESS_ID`` set (or under SLURM / Open MPI / a Cloud TPU pod, which JAX detects);
+``--batch-size`` is the global batch, and only process 0 writes the final run files.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
-import json
+import math
 import os
 import sys
 import time
@@ -24,7 +32,14 @@ from tqdm.auto import tqdm
 from anomjax.checkpoint import (
     THRESHOLD_FILE,
     RunError,
+    atomic_writer,
+    check_writable_dir,
+    check_writable_file,
+    load_method,
     load_run,
+    load_threshold,
+    prepare_run_dir,
+    run_lock,
     save_run,
     write_json,
 )
@@ -33,7 +48,10 @@ from anomjax.methods.base import make_method, method_class, method_names
 
 METRIC_KEYS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap",
                "pixel_aupro")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+#: Largest ``--image-size`` / ``--crop`` side: 4096 px already needs ~200 MB per RGB image.
+MAX_IMAGE_SIDE = 4096
+MAX_BATCH_SIZE = 4096
+DEFAULT_BATCH_SIZE = 16
 
 
 class UsageError(Exception):
@@ -42,8 +60,15 @@ class UsageError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``anomjax`` console script."""
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # a bad argument (one line, status 2) or --help (0)
+        return int(exit_.code or 0)
+    try:
+        if getattr(args, "distributed", False):
+            from anomjax.train import initialize_from_env
+
+            initialize_from_env()
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("anomjax: interrupted", file=sys.stderr)
@@ -55,10 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``PROG: error: ...``, status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-parser per command."""
-    parser = argparse.ArgumentParser(prog="anomjax", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="anomjax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     fit = sub.add_parser("fit", help="fit or train a method on one category's normal images")
     fit.add_argument("--method", required=True, help="method name (see `anomjax list`)")
@@ -67,31 +99,46 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--backbone-weights", help="weights file for the backbone")
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a method hyper-parameter, e.g. coreset_ratio=0.01")
-    fit.add_argument("--out", required=True, help="run directory to write")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--batch-size", type=int, default=16)
+    fit.add_argument("--out", required=True,
+                     help="run directory to write (new or empty; see --overwrite, --resume)")
+    fit.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --out, whole")
+    fit.add_argument("--seed", type=_seed, default=0)
+    fit.add_argument("--batch-size", type=_batch_size, default=None,
+                     help="global batch size (default: the method's paper batch size, else "
+                          f"{DEFAULT_BATCH_SIZE})")
     fit.add_argument("--epochs", type=int, help="training epochs (methods that train)")
     fit.add_argument("--resume", action="store_true",
                      help="continue training from the latest checkpoint in --out")
+    fit.add_argument("--allow-config-change", action="store_true",
+                     help="with --resume: accept changed hyper-parameters (e.g. a lower "
+                          "learning rate after a divergence)")
+    fit.add_argument("--distributed", action="store_true",
+                     help="join a multi-host job (jax.distributed.initialize from "
+                          "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
     fit.set_defaults(handler=cmd_fit)
 
     test = sub.add_parser("test", help="evaluate a fitted run on a category's test split")
     test.add_argument("run_dir")
     test.add_argument("--data", required=True, help="one category's folder")
     test.add_argument("--layout", help="dataset layout (default: detected)")
-    test.add_argument("--batch-size", type=int, default=16)
+    test.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH_SIZE)
     test.add_argument("--json", help="write the metrics to this JSON file")
     test.add_argument("--maps", help="folder for maps.npz")
     test.add_argument("--overlays", help="folder for overlay PNGs")
+    test.add_argument("--threshold-quantile", type=_quantile, metavar="Q",
+                      help="set the image threshold to the Q-quantile of the good test "
+                           "images' scores (e.g. 0.99; works without defective images) "
+                           "instead of the F1-optimal one")
     test.set_defaults(handler=cmd_test)
 
     predict = sub.add_parser("predict", help="score new images with a fitted run")
     predict.add_argument("run_dir")
     predict.add_argument("paths", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True, help="folder for heat maps and scores.csv")
-    predict.add_argument("--threshold", type=float,
+    predict.add_argument("--threshold", type=_finite_float,
                          help="image threshold (default: the one `anomjax test` chose)")
-    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH_SIZE)
     predict.set_defaults(handler=cmd_predict)
 
     lister = sub.add_parser("list", help="list methods, backbones and dataset layouts")
@@ -99,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="synthetic data -> PatchCore on Lite0 -> metrics")
     demo.add_argument("--out", default="anomjax-demo", help="folder for data, runs, overlays")
-    demo.add_argument("--image-size", type=int, default=128)
+    demo.add_argument("--image-size", type=_image_side, default=128)
     demo.add_argument("--categories", help="comma-separated synthetic categories (default all)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=cmd_demo)
@@ -109,8 +156,48 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="one category's folder")
     parser.add_argument("--layout", help="dataset layout (default: detected)")
-    parser.add_argument("--image-size", type=int, default=256, help="resize to N x N")
-    parser.add_argument("--crop", type=int, help="then centre-crop to M x M")
+    parser.add_argument("--image-size", type=_image_side, default=256,
+                        help=f"resize to N x N (1 to {MAX_IMAGE_SIDE})")
+    parser.add_argument("--crop", type=_image_side, help="then centre-crop to M x M")
+
+
+def _bounded_int(text: str, what: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{what} must be in [{low}, {high}], got {value}")
+    return value
+
+
+def _image_side(text: str) -> int:
+    return _bounded_int(text, "an image side", 1, MAX_IMAGE_SIDE)
+
+
+def _batch_size(text: str) -> int:
+    return _bounded_int(text, "the batch size", 1, MAX_BATCH_SIZE)
+
+
+def _seed(text: str) -> int:
+    return _bounded_int(text, "the seed", -(2**63), 2**63 - 1)
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _quantile(text: str) -> float:
+    value = _finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a quantile must be in [0, 1], got {text!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------- commands
@@ -121,22 +208,49 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     fields = _method_fields(args.method, args.backbone, args.backbone_weights)
     method = make_method(args.method, _parse_sets(args.set), **fields)
+    if args.allow_config_change and not args.resume:
+        raise UsageError("--allow-config-change applies only with --resume")
+    if args.overwrite and args.resume:
+        raise UsageError("--overwrite and --resume contradict each other: pick one")
+    batch_size = args.batch_size or int(getattr(method, "default_batch_size",
+                                                DEFAULT_BATCH_SIZE))
     dataset = open_dataset(args.data, layout=args.layout, image_size=args.image_size,
                            crop=args.crop)
-    state, seconds = fit_method(method, dataset.train, seed=args.seed,
-                                batch_size=args.batch_size, run_dir=Path(args.out),
-                                epochs=args.epochs, resume=args.resume)
-    extra = {"data": str(Path(args.data).resolve()), "layout": dataset.layout,
-             "image_size": args.image_size, "crop": args.crop, "seed": args.seed,
-             "n_train": len(dataset.train), "fit_seconds": round(seconds, 3),
-             "fit_peak_rss_mb": peak_rss_mb()}
-    run_dir = save_run(args.out, method, state, extra)
-    print(f"fitted {method.name} on {len(dataset.train)} images in {seconds:.1f} s -> {run_dir}")
+    primary = jax.process_index() == 0
+    out = Path(args.out)
+    with _run_folder_lock(out, primary):
+        if primary:
+            prepare_run_dir(out, resume=args.resume, overwrite=args.overwrite)
+        if jax.process_count() > 1:  # nobody writes before process 0 has prepared --out
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("anomjax fit: run folder ready")
+        state, seconds = fit_method(method, dataset.train, seed=args.seed,
+                                    batch_size=batch_size, run_dir=out, epochs=args.epochs,
+                                    resume=args.resume,
+                                    allow_config_change=args.allow_config_change)
+        extra = {"data": str(Path(args.data).resolve()), "layout": dataset.layout,
+                 "image_size": args.image_size, "crop": args.crop, "seed": args.seed,
+                 "batch_size": batch_size, "n_train": len(dataset.train),
+                 "fit_seconds": round(seconds, 3), "fit_peak_rss_mb": peak_rss_mb()}
+        run_dir = save_run(out, method, state, extra)
+    if primary:
+        print(f"fitted {method.name} on {len(dataset.train)} images in {seconds:.1f} s -> "
+              f"{run_dir}")
     return 0
 
 
+def _run_folder_lock(run_dir: Path, primary: bool) -> Any:
+    """The run folder's lock (taken by process 0 only: the others share its run)."""
+    if not primary:
+        return contextlib.nullcontext()
+    check_writable_dir(run_dir, "--out")
+    return run_lock(run_dir)
+
+
 def fit_method(method: Any, train_split: Any, *, seed: int, batch_size: int, run_dir: Path,
-               epochs: int | None = None, resume: bool = False) -> tuple[Any, float]:
+               epochs: int | None = None, resume: bool = False,
+               allow_config_change: bool = False) -> tuple[Any, float]:
     """Fit (one pass) or train (``kind == "train"``) ``method``; returns ``(state, seconds)``."""
     key = jax.random.key(seed)
     start = time.perf_counter()
@@ -144,35 +258,72 @@ def fit_method(method: Any, train_split: Any, *, seed: int, batch_size: int, run
         from anomjax.train import train_method
 
         state = train_method(method, key, train_split, epochs=epochs, batch_size=batch_size,
-                             run_dir=run_dir, resume=resume)
+                             run_dir=run_dir, resume=resume,
+                             allow_config_change=allow_config_change)
     else:
         if epochs is not None or resume:
             raise UsageError(f"{method.name} is fitted in one pass: --epochs/--resume do not "
                              "apply")
-        batches = tqdm(train_split.batches(batch_size), desc=f"fitting {method.name}",
-                       unit="batch", total=-(-len(train_split) // batch_size))
-        state = method.fit(key, batches)
-        jax.block_until_ready(state)
+        with tqdm(train_split.batches(batch_size), desc=f"fitting {method.name}",
+                  unit="batch", total=-(-len(train_split) // batch_size),
+                  disable=jax.process_index() != 0) as batches:
+            state = method.fit(key, batches)
+            jax.block_until_ready(state)
     return state, time.perf_counter() - start
 
 
 def cmd_test(args: argparse.Namespace) -> int:
     from anomjax.data import open_dataset
 
-    method, state, config = load_run(args.run_dir)
-    dataset = open_dataset(args.data, layout=args.layout, image_size=config["image_size"],
-                           crop=config.get("crop"))
-    result = evaluate(method, state, dataset.test, batch_size=args.batch_size,
-                      maps_dir=args.maps, overlays_dir=args.overlays)
+    if args.json:
+        check_writable_file(args.json, "--json")
+    for flag, folder in (("--maps", args.maps), ("--overlays", args.overlays)):
+        if folder:
+            check_writable_dir(folder, flag)
+    _check_image_settings(args.run_dir, load_method(args.run_dir)[1])
+    with run_lock(args.run_dir):
+        method, state, config = load_run(args.run_dir)
+        dataset = open_dataset(args.data, layout=args.layout, image_size=config["image_size"],
+                               crop=config.get("crop"))
+        result = evaluate(method, state, dataset.test, batch_size=args.batch_size,
+                          maps_dir=args.maps, overlays_dir=args.overlays,
+                          threshold_quantile=args.threshold_quantile)
+        if result["threshold"] is not None:
+            write_json(Path(args.run_dir) / THRESHOLD_FILE, result["threshold"])
     record = metrics_record(method, config, result)
-    write_json(Path(args.run_dir) / THRESHOLD_FILE, result["threshold"])
     print(format_table([record]))
     for defect, values in result["per_defect"].items():
         print(f"  {defect:<16}" + "  ".join(f"{k}={values[k]:.4f}" for k in
                                              ("image_auroc", "pixel_auroc", "pixel_aupro")))
+    if result["threshold"] is None:
+        kept = ("the existing one is kept" if (Path(args.run_dir) / THRESHOLD_FILE).exists()
+                else "predict needs --threshold until one is written")
+        print(f"anomjax test: warning: no threshold written ({kept}): "
+              f"{result['threshold_note']}", file=sys.stderr)
+    else:
+        print(f"image threshold {result['threshold']['image_threshold']:.4g} "
+              f"({result['threshold_note']}) -> {Path(args.run_dir) / THRESHOLD_FILE}")
     if args.json:
         write_json(Path(args.json), {**record, "per_defect": result["per_defect"]})
     return 0
+
+
+def _check_image_settings(run_dir: str, config: dict[str, Any]) -> None:
+    """A run's ``image_size``/``crop`` must be sizes the CLI accepts (a crafted config.json
+    could ask for 100000 px)."""
+    from anomjax.data.transforms import as_hw
+
+    for key in ("image_size", "crop"):
+        value = config.get(key)
+        if value is None and key == "crop":
+            continue
+        try:
+            sides = as_hw(tuple(value) if isinstance(value, list) else value)
+        except (TypeError, ValueError) as err:
+            raise RunError(f"{Path(run_dir) / 'config.json'}: invalid {key} ({err})") from None
+        if max(sides) > MAX_IMAGE_SIDE:
+            raise RunError(f"{Path(run_dir) / 'config.json'}: {key}={value!r} exceeds "
+                           f"{MAX_IMAGE_SIDE} px")
 
 
 def metrics_record(method: Any, config: dict[str, Any], result: dict[str, Any]) -> dict:
@@ -188,37 +339,38 @@ def metrics_record(method: Any, config: dict[str, Any], result: dict[str, Any]) 
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from anomjax.data import iter_image_batches
+    from anomjax.data import expand_image_paths, iter_image_batches
     from anomjax.visualize import save_heatmap
 
-    method, state, config = load_run(args.run_dir)
+    _check_image_settings(args.run_dir, load_method(args.run_dir)[1])
     threshold = _predict_threshold(args)
     paths = expand_image_paths(args.paths)
+    _check_utf8_names(paths)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out, "--out")
+    method, state, config = load_run(args.run_dir)
     score_fn = jax.jit(method.score)
     rows = []
-    bar = tqdm(total=len(paths), desc=f"predicting with {method.name}", unit="img")
     batches = iter_image_batches(paths, args.batch_size, config["image_size"], config.get("crop"))
-    for images, names in batches:
-        n = len(names)
-        if n < args.batch_size:
-            pad = np.zeros((args.batch_size - n, *images.shape[1:]), images.dtype)
-            images = np.concatenate([images, pad])
-        scores = score_fn(state, images)
-        for path, image_score, heat in zip(names, np.asarray(scores.image)[:n],
-                                           np.asarray(scores.maps)[:n], strict=True):
-            stem = f"{len(rows):04d}_{Path(path).stem}"
-            save_heatmap(out / f"{stem}_heatmap.png", heat, threshold["pixel_min"],
-                         threshold["pixel_max"])
-            np.save(out / f"{stem}_map.npy", heat.astype(np.float32))
-            rows.append({"path": path, "score": float(image_score),
-                         "normalized_score": normalized(float(image_score), threshold),
-                         "anomalous": int(image_score >= threshold["image_threshold"]),
-                         "heatmap": f"{stem}_heatmap.png"})
-        bar.update(n)
-    bar.close()
-    with open(out / "scores.csv", "w", newline="") as f:
+    with tqdm(total=len(paths), desc=f"predicting with {method.name}", unit="img") as bar:
+        for images, names in batches:
+            n = len(names)
+            if n < args.batch_size:
+                pad = np.zeros((args.batch_size - n, *images.shape[1:]), images.dtype)
+                images = np.concatenate([images, pad])
+            scores = score_fn(state, images)
+            for path, image_score, heat in zip(names, np.asarray(scores.image)[:n],
+                                               np.asarray(scores.maps)[:n], strict=True):
+                stem = f"{len(rows):04d}_{Path(path).stem}"
+                save_heatmap(out / f"{stem}_heatmap.png", heat, threshold["pixel_min"],
+                             threshold["pixel_max"])
+                np.save(out / f"{stem}_map.npy", heat.astype(np.float32))
+                rows.append({"path": path, "score": float(image_score),
+                             "normalized_score": normalized(float(image_score), threshold),
+                             "anomalous": int(image_score >= threshold["image_threshold"]),
+                             "heatmap": f"{stem}_heatmap.png"})
+            bar.update(n)
+    with atomic_writer(out / "scores.csv", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -226,6 +378,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"scored {len(rows)} images, {flagged} above the threshold "
           f"{threshold['image_threshold']:.4g} -> {out / 'scores.csv'}")
     return 0
+
+
+def _check_utf8_names(paths: Sequence[str]) -> None:
+    """``scores.csv`` is UTF-8: refuse, before any work, a file name that cannot be written."""
+    for path in paths:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"{os.fsencode(path)!r}: the file name is not valid UTF-8, so it "
+                             "cannot be written to scores.csv; rename the file") from None
 
 
 def normalized(score: float, threshold: dict[str, float]) -> float:
@@ -239,36 +401,20 @@ def normalized(score: float, threshold: dict[str, float]) -> float:
 
 
 def _predict_threshold(args: argparse.Namespace) -> dict[str, float]:
-    path = Path(args.run_dir) / THRESHOLD_FILE
-    if path.is_file():
-        threshold = json.loads(path.read_text())
-    elif args.threshold is None:
+    threshold = load_threshold(args.run_dir)
+    if threshold is None and args.threshold is None:
         raise RunError(f"{args.run_dir} has no {THRESHOLD_FILE}: run `anomjax test "
-                       f"{args.run_dir} --data DIR` first (it picks the F1-optimal threshold) "
-                       "or pass --threshold")
-    else:
+                       f"{args.run_dir} --data DIR` first (it picks the F1-optimal threshold, "
+                       "or with --threshold-quantile Q one from good images only) or pass "
+                       "--threshold")
+    if threshold is None:
         t = float(args.threshold)
-        threshold = {"image_threshold": t, "image_min": t / 2, "image_max": 2 * t,
-                     "pixel_min": 0.0, "pixel_max": 2 * t}
+        spread = max(abs(t), 1e-6)
+        threshold = {"image_threshold": t, "image_min": t - spread, "image_max": t + spread,
+                     "pixel_min": 0.0, "pixel_max": t + spread}
     if args.threshold is not None:
         threshold["image_threshold"] = float(args.threshold)
     return threshold
-
-
-def expand_image_paths(paths: Sequence[str]) -> list[str]:
-    """Image files named directly plus every image in named folders (recursively, sorted)."""
-    found: list[str] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found.append(str(p))
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
-    if not found:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in "
-                                f"{', '.join(paths)}")
-    return found
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -309,7 +455,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     records = []
     for category in categories:
         dataset = open_dataset(data_root / category, image_size=args.image_size)
-        state, seconds = fit_method(method, dataset.train, seed=args.seed, batch_size=16,
+        state, seconds = fit_method(method, dataset.train, seed=args.seed,
+                                    batch_size=DEFAULT_BATCH_SIZE,
                                     run_dir=out / "runs" / category)
         extra = {"data": str((data_root / category).resolve()), "layout": dataset.layout,
                  "image_size": args.image_size, "crop": None, "seed": args.seed,
@@ -376,6 +523,7 @@ def _is_user_error(err: Exception) -> bool:
     from anomjax.data import DataError
 
     user_errors = (UsageError, RunError, DataError, WeightsNotFoundError, FileNotFoundError,
+                   PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError,
                    ValueError, FloatingPointError)
     return isinstance(err, user_errors)
 

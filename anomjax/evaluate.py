@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from anomjax.metrics import compute_metrics, f1_adaptive_threshold
+from anomjax.metrics import compute_metrics, f1_adaptive_threshold, quantile_threshold
 from anomjax.types import Batch, Scores, State
 from anomjax.visualize import overlay_panel
 
@@ -71,20 +71,20 @@ def predict_split(method: Any, state: State, split: Any, *, batch_size: int = 16
     """Score every image of ``split`` (an ``anomjax.data`` split) with ``method``."""
     score_fn: ScoreFn = jax.jit(method.score)
     paths, labels, types, image_scores, maps, masks = [], [], [], [], [], []
-    bar = tqdm(total=len(split), desc=f"scoring {method.name}", unit="img", disable=not progress)
-    for batch, n in padded_batches(split.batches(batch_size), batch_size):
-        scores = score_fn(state, batch.images)
-        image = np.asarray(scores.image, np.float32)[:n]
-        pixel = np.asarray(scores.maps, np.float32)[:n]
-        _check_scores(method.name, batch, image, pixel)
-        paths += batch.paths
-        types += batch.defect_types
-        labels.append(batch.labels)
-        masks.append(batch.masks)
-        image_scores.append(image)
-        maps.append(pixel)
-        bar.update(n)
-    bar.close()
+    with tqdm(total=len(split), desc=f"scoring {method.name}", unit="img",
+              disable=not progress) as bar:  # closed before any error is printed
+        for batch, n in padded_batches(split.batches(batch_size), batch_size):
+            scores = score_fn(state, batch.images)
+            image = np.asarray(scores.image, np.float32)[:n]
+            pixel = np.asarray(scores.maps, np.float32)[:n]
+            _check_scores(method.name, batch, image, pixel)
+            paths += batch.paths
+            types += batch.defect_types
+            labels.append(batch.labels)
+            masks.append(batch.masks)
+            image_scores.append(image)
+            maps.append(pixel)
+            bar.update(n)
     if not paths:
         raise ValueError("the test split holds no images")
     return Predictions(paths=np.array(paths), labels=np.concatenate(labels).astype(np.int32),
@@ -94,12 +94,13 @@ def predict_split(method: Any, state: State, split: Any, *, batch_size: int = 16
 
 def evaluate(method: Any, state: State, split: Any, *, batch_size: int = 16,
              maps_dir: str | Path | None = None, overlays_dir: str | Path | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             threshold_quantile: float | None = None, progress: bool = True) -> dict[str, Any]:
     """Score ``split`` and compute every shared metric.
 
     Returns a dict with the metric keys of :func:`anomjax.metrics.compute_metrics`, plus
-    ``per_defect`` (the same metrics on good + one defect type), ``threshold`` (F1-optimal
-    image threshold and the score ranges used for normalisation), ``n_test``,
+    ``per_defect`` (the same metrics on good + one defect type), ``threshold`` (see
+    :func:`threshold_record`; ``None`` when the split cannot fix one, with the reason in
+    ``threshold_note``), ``n_test``,
     ``test_seconds``, ``images_per_second`` and ``peak_rss_mb``. With ``maps_dir`` it writes
     ``maps.npz``; with ``overlays_dir`` one overlay PNG per test image.
     """
@@ -109,7 +110,7 @@ def evaluate(method: Any, state: State, split: Any, *, batch_size: int = 16,
     result: dict[str, Any] = dict(compute_metrics(preds.image_scores, preds.labels,
                                                   preds.maps, preds.masks))
     result["per_defect"] = per_defect_metrics(preds)
-    result["threshold"] = threshold_record(preds)
+    result["threshold"], result["threshold_note"] = threshold_record(preds, threshold_quantile)
     result.update(n_test=int(len(preds.labels)), test_seconds=round(seconds, 3),
                   images_per_second=round(len(preds.labels) / max(seconds, 1e-9), 3),
                   peak_rss_mb=peak_rss_mb())
@@ -135,13 +136,40 @@ def per_defect_metrics(preds: Predictions) -> dict[str, dict[str, float]]:
     return out
 
 
-def threshold_record(preds: Predictions) -> dict[str, float]:
-    """F1-optimal image threshold and the score ranges, for deployment-time normalisation."""
-    threshold = float(f1_adaptive_threshold(preds.image_scores, preds.labels))
-    return {"image_threshold": threshold,
-            "image_min": float(preds.image_scores.min()),
-            "image_max": float(preds.image_scores.max()),
-            "pixel_min": float(preds.maps.min()), "pixel_max": float(preds.maps.max())}
+def threshold_record(preds: Predictions, quantile: float | None = None
+                     ) -> tuple[dict[str, Any] | None, str]:
+    """The image threshold and score ranges for deployment-time normalisation, and a note.
+
+    By default the F1-optimal threshold, which needs good *and* defective images: on a
+    split of defects only every threshold up to the lowest score has F1 = 1, so it would
+    flag nearly every good image, and on good images only F1 is undefined; both give
+    ``(None, reason)``. With ``quantile`` the threshold is that quantile of the good images'
+    scores (:func:`anomjax.metrics.quantile_threshold`), which needs good images only.
+    """
+    good = preds.labels == 0
+    n_good = int(good.sum())
+    if quantile is not None:
+        if n_good == 0:
+            raise ValueError("a quantile threshold needs good images, and the test split "
+                             "holds none")
+        threshold = quantile_threshold(preds.image_scores[good], quantile)
+        note = f"quantile {quantile} of the scores of {n_good} good images"
+    elif n_good == 0:
+        return None, ("the test split holds no good images: the F1-optimal threshold would "
+                      "be the lowest defect score and flag nearly every good image; test on "
+                      "a split with good images (--threshold-quantile Q needs only those)")
+    elif n_good == len(good):
+        return None, ("the test split holds no defective images, so F1 is undefined; pass "
+                      "--threshold-quantile Q (e.g. 0.99) to set it from these good images")
+    else:
+        threshold = float(f1_adaptive_threshold(preds.image_scores, preds.labels))
+        note = f"F1-optimal on {n_good} good and {len(good) - n_good} defective images"
+    record = {"image_threshold": threshold,
+              "image_min": float(preds.image_scores.min()),
+              "image_max": float(preds.image_scores.max()),
+              "pixel_min": float(preds.maps.min()), "pixel_max": float(preds.maps.max()),
+              "source": note}
+    return record, note
 
 
 def write_overlays(preds: Predictions, split: Any, out_dir: Path, *, batch_size: int) -> None:
@@ -153,12 +181,16 @@ def write_overlays(preds: Predictions, split: Any, out_dir: Path, *, batch_size:
     out_dir.mkdir(parents=True, exist_ok=True)
     vmin, vmax = float(np.min(preds.maps)), float(np.max(preds.maps))
     index = 0
-    for batch in tqdm(split.batches(batch_size), desc="overlays", unit="batch"):
-        for image, mask in zip(batch.images, batch.masks, strict=True):
-            name = overlay_name(str(preds.paths[index]), str(preds.defect_types[index]), index)
-            title = f"{preds.defect_types[index]}  score {preds.image_scores[index]:.4g}"
-            overlay_panel(image, preds.maps[index], mask, vmin, vmax, title).save(out_dir / name)
-            index += 1
+    with tqdm(total=len(preds.paths), desc="overlays", unit="img") as bar:
+        for batch in split.batches(batch_size):
+            for image, mask in zip(batch.images, batch.masks, strict=True):
+                name = overlay_name(str(preds.paths[index]), str(preds.defect_types[index]),
+                                    index)
+                title = f"{preds.defect_types[index]}  score {preds.image_scores[index]:.4g}"
+                overlay_panel(image, preds.maps[index], mask, vmin, vmax, title).save(
+                    out_dir / name)
+                index += 1
+                bar.update(1)
 
 
 def overlay_name(path: str, defect_type: str, index: int) -> str:

@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="mvtec3d_tire, magnetic_tile, synthetic, synthetic/<category>")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="batch size (default: the method's default_batch_size, else 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs for methods that train (default: the method's own)")
@@ -130,21 +131,22 @@ def run_row(method_name: str, dataset: str, root: Path, args: argparse.Namespace
     key = jax.random.PRNGKey(args.seed)
     start = time.perf_counter()
     epochs = row_epochs(method, args)
+    batch_size = row_batch_size(method, args)
     if method.kind == "train":
         from anomjax.train import train_method
 
-        state = train_method(method, key, ds.train, epochs=epochs, batch_size=args.batch_size)
+        state = train_method(method, key, ds.train, epochs=epochs, batch_size=batch_size)
     else:
-        batches = tqdm(ds.train.batches(args.batch_size), desc=f"fit {method_name}",
-                       total=-(-len(ds.train) // args.batch_size), unit="batch")
+        batches = tqdm(ds.train.batches(batch_size), desc=f"fit {method_name}",
+                       total=-(-len(ds.train) // batch_size), unit="batch")
         state = method.fit(key, batches)
     jax.block_until_ready(state)
     fit_seconds = time.perf_counter() - start
-    result = evaluate(method, state, ds.test, batch_size=args.batch_size)
+    result = evaluate(method, state, ds.test, batch_size=batch_size)
     return {
         "method": method_name, "dataset": dataset,
         "backbone": getattr(method, "backbone", "-"), "image_size": args.image_size,
-        "epochs": epochs, "batch_size": args.batch_size, "overrides": overrides,
+        "epochs": epochs, "batch_size": batch_size, "overrides": overrides,
         "seed": args.seed,
         "n_train": len(ds.train), "n_test": result["n_test"],
         **{k: float(result[k]) for k in ("image_auroc", "image_ap", "image_f1max",
@@ -191,13 +193,21 @@ def dataset_root(dataset: str, args: argparse.Namespace, synthetic_dir: Path | N
 def same_settings(row: dict, method: str, dataset: str, args: argparse.Namespace) -> bool:
     from anomjax.methods import make_method
 
-    epochs = row_epochs(make_method(method, method_overrides(args.overrides, method)), args)
+    built = make_method(method, method_overrides(args.overrides, method))
+    epochs = row_epochs(built, args)
     return (row.get("method") == method and row.get("dataset") == dataset
             and row.get("image_size") == args.image_size and row.get("seed") == args.seed
             and row.get("epochs") == epochs
-            and row.get("batch_size", args.batch_size) == args.batch_size
+            and row.get("batch_size", 16) == row_batch_size(built, args)
             and row.get("overrides") == method_overrides(args.overrides, method)
             and "error" not in row)
+
+
+def row_batch_size(method: Any, args: argparse.Namespace) -> int:
+    """``--batch-size``, else the method's paper batch size (``default_batch_size``), else 16."""
+    if args.batch_size is not None:
+        return args.batch_size
+    return int(getattr(method, "default_batch_size", 16))
 
 
 def spawn_row(method: str, dataset: str, root: Path, args: argparse.Namespace,

@@ -103,3 +103,121 @@ def test_list_names_methods_backbones_and_weights(capsys):
         assert name in out
     lite0 = next(line for line in out.splitlines() if "efficientnet_lite0" in line)
     assert "efficientnet-lite0-57934424.pth" in lite0
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+def _one_line_error(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err, err
+    assert "Traceback" not in err and "\n" not in err
+    return err
+
+
+@pytest.fixture
+def fake_run(run_dir, tmp_path):
+    """A copy of the fitted run's config only (enough for every check made before work)."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "config.json").write_text((run_dir / "config.json").read_text())
+    return fake
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--image-size", "100000"], "an image side must be in [1, 4096], got 100000"),
+    (["--batch-size", "0"], "the batch size must be in [1, 4096], got 0"),
+    (["--seed", "99999999999999999999"], "the seed must be in"),
+    (["--set", "sigma=-1"], "sigma"),
+    (["--set", "sigma=nan"], "sigma"),
+])
+def test_out_of_range_settings_are_refused_before_any_work(category, tmp_path, capsys, args,
+                                                           message):
+    _one_line_error(capsys, ["fit", "--method", "padim", "--data", str(category),
+                             "--out", str(tmp_path / "run"), *args], message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_refuses_a_file_or_another_run_as_out(category, run_dir, tmp_path, capsys):
+    fit = ["fit", "--method", "padim", "--data", str(category), "--image-size", "64"]
+    (tmp_path / "file").write_text("x")
+    _one_line_error(capsys, [*fit, "--out", str(tmp_path / "file")], "exists and is not a folder")
+    _one_line_error(capsys, [*fit, "--out", str(run_dir)], "the folder is not empty")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    _one_line_error(capsys, [*fit, "--out", str(tmp_path / "mine"), "--overwrite"],
+                    "not an anomjax run folder")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_a_run_folder_in_use_is_refused(run_dir, category, capsys):
+    from anomjax.checkpoint import run_lock
+
+    with run_lock(run_dir):
+        _one_line_error(capsys, ["test", str(run_dir), "--data", str(category)],
+                        "is in use by another anomjax process")
+
+
+def test_broken_run_files_are_named_before_any_work(fake_run, category, tmp_path, capsys):
+    config = fake_run / "config.json"
+    good = config.read_text()
+    config.write_text("{x")
+    _one_line_error(capsys, ["test", str(fake_run), "--data", str(category)],
+                    f"{config}: cannot read the run config")
+    config.write_text(good.replace('"image_size": 64', '"image_size": 100000'))
+    _one_line_error(capsys, ["test", str(fake_run), "--data", str(category)],
+                    "image_size=100000 exceeds 4096 px")
+    config.write_text(good.replace('"params": {', '"params": {"bank_dtype": "x", '))
+    _one_line_error(capsys, ["test", str(fake_run), "--data", str(category)],
+                    f"{config}: invalid run config")
+    config.write_text(good)
+    (fake_run / "threshold.json").write_text('{"image_threshold": 1.0}')
+    _one_line_error(capsys, ["predict", str(fake_run), str(category / "test"), "--out",
+                             str(tmp_path / "p")], "'image_min' must be a finite number")
+
+
+def test_output_path_mistakes_are_refused_before_any_work(fake_run, category, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    _one_line_error(capsys, ["test", str(fake_run), "--data", str(category), "--json",
+                             str(tmp_path)], "is a folder; give a file name")
+    _one_line_error(capsys, ["test", str(fake_run), "--data", str(category), "--maps",
+                             str(tmp_path / "file")], "exists and is not a folder")
+    _one_line_error(capsys, ["predict", str(fake_run), str(category / "test"), "--threshold",
+                             "1", "--out", str(tmp_path / "file")], "exists and is not a folder")
+    _one_line_error(capsys, ["predict", str(fake_run), str(category / "test"), "--threshold",
+                             "nan", "--out", str(tmp_path / "p")], "must be a finite number")
+
+
+def test_predict_names_a_non_utf8_file_before_scoring(fake_run, category, tmp_path, capsys):
+    import os
+    import shutil
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    source = next((category / "test" / "good").iterdir())
+    shutil.copy(source, folder / "ok.png")
+    shutil.copy(source, os.fsdecode(bytes(folder) + b"/bad\xff\xfe.png"))
+    _one_line_error(capsys, ["predict", str(fake_run), str(folder), "--threshold", "1",
+                             "--out", str(tmp_path / "p")], "bad\\xff\\xfe.png': the file name "
+                                                            "is not valid UTF-8")
+    assert not (tmp_path / "p" / "scores.csv").exists()
+
+
+def test_quantile_threshold_from_good_images_only(run_dir, category, tmp_path):
+    """A good-only split cannot give an F1 threshold; --threshold-quantile sets one."""
+    import shutil
+
+    good_only = tmp_path / "good_only"
+    shutil.copytree(category, good_only, ignore=shutil.ignore_patterns("ground_truth"))
+    for defect in (good_only / "test").iterdir():
+        if defect.name != "good":
+            shutil.rmtree(defect)
+    assert main(["test", str(run_dir), "--data", str(good_only), "--batch-size", "4",
+                 "--threshold-quantile", "0.75", "--maps", str(tmp_path / "maps"),
+                 "--json", str(tmp_path / "m.json")]) == 0
+    threshold = json.loads((run_dir / "threshold.json").read_text())
+    scores = np.load(tmp_path / "maps" / "maps.npz")["image_scores"]
+    assert threshold["image_threshold"] == pytest.approx(np.quantile(scores, 0.75), rel=1e-6)
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and json.loads(text)["image_auroc"] is None  # strict JSON

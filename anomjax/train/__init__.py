@@ -68,14 +68,16 @@ scratch, and replaces depthwise convolutions by exact shifted sums, which XLA's 
 runs several times faster.
 
 Multi-host: call ``jax.distributed.initialize()`` first (on CPU also
-``jax.config.update("jax_cpu_collectives_implementation", "gloo")``; the CLI does both with
-``anomjax fit --distributed``); ``batch_size`` stays the global batch, each process loads
-``batch_size / process_count`` images per step from its own shard, and every process must
-pass the same arguments. ``method.init`` runs on every process and process 0's result is
-broadcast to all (``multihost_utils.broadcast_one_to_all``).
+``jax.config.update("jax_cpu_collectives_implementation", "gloo")``;
+:func:`initialize_from_env` does both from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``
+and ``JAX_PROCESS_ID``, and ``anomjax fit --distributed`` calls it); ``batch_size`` stays
+the global batch, each process loads ``batch_size / process_count`` images per step from its
+own shard, and every process must pass the same arguments. ``method.init`` runs on every
+process and process 0's result is broadcast to all (``multihost_utils.broadcast_one_to_all``).
 """
 
 from anomjax.train.checkpoint import CheckpointStore
+from anomjax.train.distributed import initialize_from_env
 from anomjax.train.divergence import TrainingDiverged
 from anomjax.train.loop import epoch_seed, train_method
 from anomjax.train.sharding import DataMesh
@@ -88,6 +90,7 @@ __all__ = [
     "TrainState",
     "TrainingDiverged",
     "epoch_seed",
+    "initialize_from_env",
     "init_train_state",
     "make_train_step",
     "method_state",

@@ -113,6 +113,12 @@ class ImageBatches:
                                         num_workers=self.num_workers):
             yield np.asarray(batch.images, np.float32)
 
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """``np.asarray(batches)``: every image stacked ``[N, H, W, 3]`` (all in memory; for
+        methods written against the older contract that received one stacked array)."""
+        stacked = np.concatenate(list(self))
+        return stacked if dtype is None else stacked.astype(dtype)
+
 
 def _init_images(method: Any, split: Any, local_bs: int, n_train: int,
                  num_workers: int) -> np.ndarray | ImageBatches:

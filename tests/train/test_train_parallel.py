@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -52,6 +53,15 @@ def test_eight_devices_match_one_device(tmp_path):
     _assert_same_params(dict(np.load(out)), _single_device_reference())
 
 
+def _read_saved_run(run: Path) -> dict[str, np.ndarray]:
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as checkpointer:
+        state = checkpointer.restore(run / "state")
+    return {"/".join(str(k) for k in path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,8 +75,8 @@ def test_two_processes_on_loopback_match_one_device(tmp_path):
     procs = [subprocess.Popen(
         [sys.executable, str(RUNNER), str(out), "--epochs", "2", "--batch-size", "8",
          "--run-dir", str(tmp_path / "run"), "--process-id", str(i), "--num-processes", "2",
-         "--port", str(port)], env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True) for i in range(2)]
+         "--port", str(port), "--save-run", str(tmp_path / "saved")], env=_env(2),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = []
     for proc in procs:
         try:
@@ -78,4 +88,9 @@ def test_two_processes_on_loopback_match_one_device(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()
                   if p.name.isdigit()) == ["2", "4"]
-    _assert_same_params(dict(np.load(out)), _single_device_reference())
+    reference = _single_device_reference()
+    _assert_same_params(dict(np.load(out)), reference)
+    # The final run files are written once, by process 0 alone.
+    saved = tmp_path / "saved"
+    assert json.loads((saved / "config.json").read_text())["process"] == 0
+    _assert_same_params(_read_saved_run(saved), reference)

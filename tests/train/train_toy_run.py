@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--slow-after", type=int, default=None)
     p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--save-run", default=None, help="also save_run() the result here")
     p.add_argument("--devices", type=int, default=None)
     p.add_argument("--process-id", type=int, default=None)
     p.add_argument("--num-processes", type=int, default=1)
@@ -32,11 +33,13 @@ def main() -> None:
 
     import jax
 
-    if args.process_id is not None:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}",
-                                   num_processes=args.num_processes,
-                                   process_id=args.process_id)
+    if args.process_id is not None:  # the CLI's --distributed entry, from the environment
+        from anomjax.train import initialize_from_env
+
+        os.environ.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{args.port}",
+                          JAX_NUM_PROCESSES=str(args.num_processes),
+                          JAX_PROCESS_ID=str(args.process_id))
+        initialize_from_env()
     import numpy as np
 
     sys.path.insert(0, os.path.dirname(__file__))
@@ -57,6 +60,10 @@ def main() -> None:
                          devices=devices, disable=True)
     flat = {"/".join(str(k) for k in path): np.asarray(jax.device_get(leaf))
             for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+    if args.save_run:
+        from anomjax.checkpoint import save_run
+
+        save_run(args.save_run, method, state, {"process": jax.process_index()})
     if jax.process_index() == 0:
         np.savez(args.out, **flat)
 
