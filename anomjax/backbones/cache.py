@@ -2,8 +2,9 @@
 
 The cache lives in ``$ANOMJAX_CACHE/backbones`` (default ``~/.cache/anomjax/backbones``). An
 entry's name hashes the backbone name and the weights file's absolute path, size and
-modification time, so editing or replacing the file invalidates it. Unreadable entries are
-rebuilt; an unwritable cache folder only costs speed.
+modification time, so editing or replacing the file invalidates it. Unreadable entries, and
+entries whose structure or shapes differ from the backbone's (checked before use), are
+rebuilt with a warning; an unwritable cache folder only costs speed.
 """
 
 from __future__ import annotations
@@ -36,16 +37,24 @@ def cache_path(name: str, source: Path) -> Path:
 
 
 def cached_variables(name: str, source: Path, build: Callable[[], dict[str, Any]],
-                     use_cache: bool = True) -> dict[str, Any]:
-    """``build()``'s result, read from the cache when present, written to it otherwise."""
+                     use_cache: bool = True,
+                     problem: Callable[[Any], str | None] = lambda _: None) -> dict[str, Any]:
+    """``build()``'s result, read from the cache when present, written to it otherwise.
+
+    ``problem(entry)`` describes what is wrong with a restored entry (``None``: usable).
+    """
     if not use_cache:
         return build()
     path = cache_path(name, source)
     if path.is_file():
         try:
-            return serialization.msgpack_restore(path.read_bytes())
+            entry = serialization.msgpack_restore(path.read_bytes())
+            wrong = problem(entry)
         except Exception as err:  # noqa: BLE001 - any corrupt entry is simply rebuilt
-            warnings.warn(f"ignoring unreadable backbone cache entry {path}: {err}", stacklevel=3)
+            wrong = str(err)
+        if wrong is None:
+            return entry
+        warnings.warn(f"ignoring unreadable backbone cache entry {path}: {wrong}", stacklevel=3)
     variables = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -278,7 +278,8 @@ def load_backbone(name: str = DEFAULT_BACKBONE,
     def build() -> dict[str, Any]:
         return variables_from_state_dict(name, read_state_dict(path), str(path))
 
-    variables = cached_variables(name, path, build, use_cache=use_cache)
+    variables = cached_variables(name, path, build, use_cache=use_cache,
+                                 problem=functools.partial(_mismatch, entry))
     variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)
     return get_backbone(name), {k: variables[k] for k in ("params", "batch_stats")}
 
@@ -293,6 +294,23 @@ def get_backbone(name: str) -> Backbone:
     entry = _entry(name)
     return Backbone(name=name, module=entry.module, taps=dict(entry.taps),
                     default_taps=entry.default_taps)
+
+
+def _mismatch(entry: _Entry, variables: Any) -> str | None:
+    """What makes ``variables`` unusable for ``entry`` (other keys, structure or shapes)."""
+    template = _template(entry)
+    if not isinstance(variables, dict):
+        return f"holds a {type(variables).__name__}, not a dict of variables"
+    for collection in ("params", "batch_stats"):
+        if collection not in variables:
+            return f"has no {collection!r} collection"
+        want, got = template[collection], variables[collection]
+        if jax.tree.structure(want) != jax.tree.structure(got):
+            return f"its {collection!r} do not match the architecture"
+        for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+            if tuple(w.shape) != tuple(getattr(g, "shape", ())):
+                return f"its {collection!r} hold shape {getattr(g, 'shape', None)}, not {w.shape}"
+    return None
 
 
 @functools.cache

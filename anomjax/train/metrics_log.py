@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,7 @@ class MetricsLog:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "metrics.jsonl"
-        kept: list[str] = []
-        if resume_step is not None and path.is_file():
-            kept = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+        kept = _lines_up_to(path, resume_step) if resume_step is not None else []
         self._file = open(path, "w")  # noqa: SIM115 (kept open for the whole run)
         for line in kept:
             self._file.write(line + "\n")
@@ -58,3 +56,23 @@ class MetricsLog:
             self._file.close()
             self._writer.close()
             self._file = self._writer = None
+
+
+def _lines_up_to(path: Path, step: int) -> list[str]:
+    """The lines of ``path`` up to ``step``; corrupt lines (a killed writer's half line)
+    are dropped with a warning that names them."""
+    if not path.is_file():
+        return []
+    kept = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record_step = int(record["step"])
+        except (ValueError, KeyError, TypeError):
+            warnings.warn(f"{path}:{number}: dropping a corrupt metrics line", stacklevel=3)
+            continue
+        if record_step <= step:
+            kept.append(line)
+    return kept

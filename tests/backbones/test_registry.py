@@ -146,6 +146,15 @@ def test_converted_weights_are_cached_and_corrupt_entries_rebuilt(lite0):
         _, third = load_backbone("efficientnet_lite0")
     assert any("unreadable backbone cache" in str(w.message) for w in caught)
     np.testing.assert_array_equal(jax.tree.leaves(third)[0], jax.tree.leaves(reference)[0])
+    # Well-formed msgpack that is not this backbone's variables is rebuilt too.
+    from flax import serialization
+
+    for bad, why in (({}, "has no 'params'"),
+                     ({"params": {"x": np.zeros(2)}, "batch_stats": {}}, "do not match")):
+        entries[0].write_bytes(serialization.msgpack_serialize(bad))
+        with pytest.warns(UserWarning, match=why):
+            _, fourth = load_backbone("efficientnet_lite0")
+        np.testing.assert_array_equal(jax.tree.leaves(fourth)[0], jax.tree.leaves(reference)[0])
 
 
 @pytest.mark.parametrize("size,kernel,stride", [((9, 12), 3, 1), ((9, 12), 5, 2),

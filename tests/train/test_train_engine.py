@@ -60,6 +60,18 @@ def test_one_epoch_resumed_to_two_equals_two_straight(tmp_path, straight):
     assert steps == list(range(1, 9))
 
 
+def test_resume_drops_a_corrupt_metrics_line(tmp_path, straight):
+    _train(tmp_path, epochs=1)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('epoch": 2.0}\n')
+    with pytest.warns(UserWarning, match=r"metrics.jsonl:5: dropping a corrupt metrics line"):
+        resumed = _train(tmp_path, epochs=2, resume=True)
+    chex.assert_trees_all_equal(straight[1], resumed)
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if ln.startswith("{")]
+    assert steps == list(range(1, 9))
+
+
 def test_resume_with_another_batch_size_is_refused(tmp_path):
     _train(tmp_path, epochs=1)
     with pytest.raises(ValueError, match=r"global_batch_size=4 \(checkpoint\) vs 8 \(this run\)"):
