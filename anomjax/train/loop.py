@@ -339,6 +339,7 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
         window.flush()  # every step up to this one is checked finite before it is saved
         if store is not None:
             window.last_saved = store.save(ts, meta)
+            window.tick = time.perf_counter()  # the throughput excludes checkpoint writes
 
     try:
         step = start
@@ -358,6 +359,7 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                     window.flush()
                     log.write(step, _validate(method, method_state(ts), val_split, global_bs,
                                               mesh, num_workers), prefix="val")
+                    window.tick = time.perf_counter()
             checkpoint(ts)
         window.flush()
     finally:
