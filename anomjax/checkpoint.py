@@ -64,8 +64,8 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool = False,
     path = Path(run_dir)
     if path.exists() and not path.is_dir():
         raise RunError(f"--out {run_dir}: exists and is not a folder")
-    entries = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE) if (
-        path.is_dir()) else []
+    entries = sorted(p.name for p in path.iterdir()
+                     if p.name != LOCK_FILE and not _empty(p)) if path.is_dir() else []
     if entries and not resume:
         if not overwrite:
             raise RunError(f"--out {run_dir}: the folder is not empty (holds "
@@ -83,6 +83,15 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool = False,
                 victim.unlink()
     check_writable_dir(path, "--out")
     return path.absolute()
+
+
+def _empty(path: Path) -> bool:
+    """An empty folder or file (what a fit that failed before its first step leaves)."""
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        return not any(path.iterdir())
+    return path.is_file() and path.stat().st_size == 0
 
 
 def check_writable_dir(path: str | Path, flag: str) -> None:

@@ -59,6 +59,9 @@ def test_prepare_run_dir_refuses_other_runs_and_replaces_one_whole(tmp_path):
     assert (run / "threshold.json").exists()
     prepare_run_dir(run, overwrite=True)
     assert list(run.iterdir()) == []
+    (run / "checkpoints").mkdir()  # left by a fit that failed before its first step
+    (run / "metrics.jsonl").write_text("")
+    assert prepare_run_dir(run) == run.absolute()
 
 
 def test_save_run_drops_the_threshold_of_the_previous_state(tmp_path):
