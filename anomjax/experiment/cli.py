@@ -53,6 +53,8 @@ def add_commands(sub: Any) -> None:
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE.py[:ARG]",
                         help="config file defining get_config(arg=None)")
+    parser.add_argument("--seeds", type=int, metavar="K",
+                        help="train K independent models in one vmapped step (config.seeds)")
 
 
 def _add_process_args(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +90,8 @@ def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def _config(args: argparse.Namespace) -> ml_collections.ConfigDict:
     config = load_config(args.config)
     apply_overrides(config, getattr(args, "config_overrides", []))
+    if args.seeds is not None:
+        apply_overrides(config, [f"seeds={args.seeds}"])
     return config
 
 

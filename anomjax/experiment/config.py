@@ -12,6 +12,9 @@ A config is an ``ml_collections.ConfigDict`` with at least these fields::
     epochs      training epochs (``None``: the method's default; ignored by fit methods)
     batch_size  global batch size (``None``: the method's default, else 16)
     seed        PRNG seed of fitting/training
+    seeds       K: train K independent models in one vmapped step
+                (:class:`anomjax.methods.population.Population`); each member is saved
+                and tested as its own run (``members/<i>/``), one metrics record each
     save_maps   write ``maps.npz`` of the test split into the run folder (for curves)
     sweep       ConfigDict ``field -> tuple of values``: their Cartesian product is swept
     sweep_zip   ConfigDict ``field -> tuple of values`` (equal lengths): swept together
@@ -48,7 +51,7 @@ def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collec
     config = ml_collections.ConfigDict({
         "method": {"name": method, **params},
         "data": "", "test_data": (), "layout": None, "image_size": 256, "crop": None,
-        "epochs": None, "batch_size": None, "seed": 0, "save_maps": True,
+        "epochs": None, "batch_size": None, "seed": 0, "seeds": 1, "save_maps": True,
         "sweep": {}, "sweep_zip": {},
     })
     for key, value in fields.items():

@@ -8,13 +8,16 @@ The run folder holds what ``anomjax fit`` and ``anomjax test`` write (``config.j
     maps/<category>/maps.npz   scores, maps and masks of each test split (``save_maps``)
     plots/<category>_curves.png   image ROC and pixel PRO curves
 
+With ``config.seeds = K > 1`` the K members are trained together (one vmapped step, see
+:mod:`anomjax.methods.population`) and each member gets the files above in
+``members/<i>/``; the records carry ``member: i``.
+
 It calls the same functions as the command line (``anomjax.cli.fit_method`` and
 ``metrics_record``), so a config run and ``anomjax fit`` + ``anomjax test`` agree.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +48,11 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
     from anomjax.cli import fit_method, metrics_record
     from anomjax.data.multiclass import open_multiclass
     from anomjax.evaluate import evaluate, peak_rss_mb
+    from anomjax.methods.population import Population, member_state
 
     method = build_method(config)
+    if not isinstance(config.seeds, int) or config.seeds < 1:
+        raise ValueError(f"config.seeds must be an integer >= 1, got {config.seeds!r}")
     train_folders = data_folders(config.data)
     if not train_folders:
         raise ValueError("config.data is empty: set it to a category folder "
@@ -60,30 +66,35 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
     trains = method.kind == "train"
     resume = trains and (run_dir / "checkpoints").is_dir() and any(
         (run_dir / "checkpoints").iterdir())
-    state, seconds = fit_method(method, union.train, seed=int(config.seed),
+    fitted = Population(method, config.seeds) if config.seeds > 1 else method
+    state, seconds = fit_method(fitted, union.train, seed=int(config.seed),
                                 batch_size=batch_size, run_dir=run_dir,
                                 epochs=config.epochs if trains else None, resume=resume)
     extra = {"data": [str(Path(f).resolve()) for f in train_folders], "layout": union.layout,
              "image_size": config.image_size, "crop": config.crop, "seed": int(config.seed),
              "n_train": len(union.train), "fit_seconds": round(seconds, 3),
              "fit_peak_rss_mb": peak_rss_mb()}
-    save_run(run_dir, method, state, extra)
-
     test_folders = data_folders(config.test_data) or train_folders
     tests = categories if test_folders == train_folders else open_multiclass(
         test_folders, layout=config.layout, image_size=config.image_size, crop=config.crop)[1]
+    members = ([(run_dir, state, {})] if config.seeds == 1 else
+               [(run_dir / "members" / str(i), member_state(state, i), {"member": i})
+                for i in range(config.seeds)])
     records = []
-    for dataset in tests:
-        maps_dir = run_dir / "maps" / dataset.name if config.save_maps else None
-        result = evaluate(method, state, dataset.test, batch_size=batch_size,
-                          maps_dir=maps_dir, progress=progress)
-        record = {"category": dataset.name, **metrics_record(method, extra, result)}
-        records.append(record)
-        if len(tests) == 1:
-            write_json(run_dir / THRESHOLD_FILE, result["threshold"])
-        if maps_dir is not None:
-            plot_curves(maps_dir / "maps.npz", run_dir / "plots" / f"{dataset.name}_curves.png",
-                        title=f"{method.name} on {dataset.name}")
+    for member_dir, member, tag in members:
+        save_run(member_dir, method, member, {**extra, **tag})
+        for dataset in tests:
+            maps_dir = member_dir / "maps" / dataset.name if config.save_maps else None
+            result = evaluate(method, member, dataset.test, batch_size=batch_size,
+                              maps_dir=maps_dir, progress=progress)
+            records.append({"category": dataset.name, **tag,
+                            **metrics_record(method, extra, result)})
+            if len(tests) == 1:
+                write_json(member_dir / THRESHOLD_FILE, result["threshold"])
+            if maps_dir is not None:
+                plot_curves(maps_dir / "maps.npz",
+                            member_dir / "plots" / f"{dataset.name}_curves.png",
+                            title=f"{method.name} on {dataset.name}")
     write_json(run_dir / METRICS_FILE, records)
     return records
 
@@ -126,9 +137,3 @@ def plot_curves(maps_file: Path, out: Path, *, title: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]] | None:
-    """The metrics records of a finished run, or ``None`` if it has none."""
-    path = Path(run_dir) / METRICS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
