@@ -1,4 +1,5 @@
-"""The ``anomjax`` command: ``fit``, ``test``, ``predict``, ``list``, ``demo``.
+"""The ``anomjax`` command: ``fit``, ``test``, ``predict``, ``list``, ``demo``, and the
+experiment commands ``run``, ``sweep``, ``benchmark`` (:mod:`anomjax.experiment.cli`).
 
 Every error a user can cause (bad paths, bad data, unknown names, missing weights, corrupt
 run files, out-of-range settings) prints one clear line on stderr and exits with status 2;
@@ -60,10 +61,18 @@ class UsageError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``anomjax`` console script."""
+    from anomjax.experiment.cli import split_config_overrides
+
+    try:
+        argv, config_overrides = split_config_overrides(sys.argv[1:] if argv is None else argv)
+    except ValueError as err:
+        print(f"anomjax: error: {err}", file=sys.stderr)
+        return 2
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # a bad argument (one line, status 2) or --help (0)
         return int(exit_.code or 0)
+    args.config_overrides = config_overrides
     try:
         if getattr(args, "distributed", False):
             from anomjax.train import initialize_from_env
@@ -94,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", help="fit or train a method on one category's normal images")
     fit.add_argument("--method", required=True, help="method name (see `anomjax list`)")
-    _add_data_args(fit)
+    _add_data_args(fit, many=True)
     fit.add_argument("--backbone", help="backbone name (default: the method's)")
     fit.add_argument("--backbone-weights", help="weights file for the backbone")
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -150,11 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--categories", help="comma-separated synthetic categories (default all)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=cmd_demo)
+
+    from anomjax.experiment.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
-def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="one category's folder")
+def _add_data_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    if many:
+        parser.add_argument("--data", required=True, action="append",
+                            help="a category's folder; several --data train one model on the "
+                                 "union of their training images (the multi-class setting)")
+    else:
+        parser.add_argument("--data", required=True, help="one category's folder")
     parser.add_argument("--layout", help="dataset layout (default: detected)")
     parser.add_argument("--image-size", type=_image_side, default=256,
                         help=f"resize to N x N (1 to {MAX_IMAGE_SIDE})")
@@ -204,7 +222,7 @@ def _quantile(text: str) -> float:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from anomjax.data import open_dataset
+    from anomjax.data.multiclass import open_multiclass
 
     fields = _method_fields(args.method, args.backbone, args.backbone_weights)
     method = make_method(args.method, _parse_sets(args.set), **fields)
@@ -214,8 +232,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise UsageError("--overwrite and --resume contradict each other: pick one")
     batch_size = args.batch_size or int(getattr(method, "default_batch_size",
                                                 DEFAULT_BATCH_SIZE))
-    dataset = open_dataset(args.data, layout=args.layout, image_size=args.image_size,
-                           crop=args.crop)
+    dataset, _ = open_multiclass(args.data, layout=args.layout, image_size=args.image_size,
+                                 crop=args.crop)
     primary = jax.process_index() == 0
     out = Path(args.out)
     with _run_folder_lock(out, primary):
@@ -229,7 +247,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
                                     batch_size=batch_size, run_dir=out, epochs=args.epochs,
                                     resume=args.resume,
                                     allow_config_change=args.allow_config_change)
-        extra = {"data": str(Path(args.data).resolve()), "layout": dataset.layout,
+        data = [str(Path(d).resolve()) for d in args.data]
+        extra = {"data": data[0] if len(data) == 1 else data, "layout": dataset.layout,
                  "image_size": args.image_size, "crop": args.crop, "seed": args.seed,
                  "batch_size": batch_size, "n_train": len(dataset.train),
                  "fit_seconds": round(seconds, 3), "fit_peak_rss_mb": peak_rss_mb()}

@@ -1,0 +1,161 @@
+"""Configs as code: ``get_config(arg)`` modules, command-line overrides, and the method they build.
+
+A config is an ``ml_collections.ConfigDict`` with at least these fields::
+
+    method      ConfigDict: ``name`` (a registered method) + every hyper-parameter of it
+    data        one category folder, or a tuple of folders (the multi-class setting:
+                one model trained on the union of their training images)
+    test_data   the folders to test on (default ``()``: each folder of ``data``)
+    layout      dataset layout (``None``: detected)
+    image_size  images are resized to N x N ...
+    crop        ... then centre-cropped to M x M (``None``: no crop)
+    epochs      training epochs (``None``: the method's default; ignored by fit methods)
+    batch_size  global batch size (``None``: the method's default, else 16)
+    seed        PRNG seed of fitting/training
+    seeds       K: train K independent models in one vmapped step
+                (:class:`anomjax.methods.population.Population`); each member is saved
+                and tested as its own run (``members/<i>/``), one metrics record each
+    save_maps   write ``maps.npz`` of the test split into the run folder (for curves)
+    sweep       ConfigDict ``field -> tuple of values``: their Cartesian product is swept
+    sweep_zip   ConfigDict ``field -> tuple of values`` (equal lengths): swept together
+
+A config file is a Python module defining ``get_config(arg=None)``; it is named on the
+command line as ``path.py`` or ``path.py:arg``. Overrides ``--config.a.b=v`` (or
+``a.b=v`` in Python) parse ``v`` as the type of the field they replace.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from anomjax.methods.base import method_class
+
+
+def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collections.ConfigDict:
+    """The default config of ``method``: its dataclass defaults (the papers'), the shared
+    run fields of the module docstring, then ``fields``, then ``arg``.
+
+    ``arg`` is the ``:ARG`` of a config file name: comma-separated ``FIELD=VALUE``
+    overrides, e.g. ``"image_size=64,epochs=1"`` (tuple values go in ``--config.`` flags).
+    """
+    cls = method_class(method)
+    params = {f.name: f.default for f in dataclasses.fields(cls)
+              if f.default is not dataclasses.MISSING}
+    config = ml_collections.ConfigDict({
+        "method": {"name": method, **params},
+        "data": "", "test_data": (), "layout": None, "image_size": 256, "crop": None,
+        "epochs": None, "batch_size": None, "seed": 0, "seeds": 1, "save_maps": True,
+        "sweep": {}, "sweep_zip": {},
+    })
+    for key, value in fields.items():
+        set_path(config, key, value)
+    if arg:
+        apply_overrides(config, arg.split(","))
+    return config
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Run ``get_config(arg)`` of the config file named by ``spec`` (``path.py[:arg]``)."""
+    path_text, _, arg = spec.partition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {spec}: no config file {path}")
+    module_spec = importlib.util.spec_from_file_location(f"anomjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise ValueError(f"{path}: not a valid Python config file ({err})") from None
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path}: a config file must define get_config(arg=None)")
+    config = module.get_config(arg or None)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"{path}: get_config returned {type(config).__name__}, "
+                         "not an ml_collections.ConfigDict")
+    return config
+
+
+def parse_value(text: str, like: Any) -> Any:
+    """``text`` read as the type of ``like`` (tuples by commas, ``None`` fields literally);
+    ``none`` clears any field but a string one."""
+    if text.lower() == "none" and not isinstance(like, str):
+        return None
+    if isinstance(like, bool):
+        if text.lower() not in {"true", "false", "1", "0"}:
+            raise ValueError(f"cannot read {text!r} as a boolean")
+        return text.lower() in {"true", "1"}
+    if isinstance(like, int | float | str):
+        return type(like)(text)
+    if isinstance(like, tuple | list):
+        inner = type(like[0]) if like else _literal
+        return tuple(inner(t) for t in text.split(",") if t != "")
+    return _literal(text)
+
+
+def _literal(text: str) -> Any:
+    """A Python literal (number, tuple, None, bool), else the text itself."""
+    if text.lower() == "none":
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def get_path(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    """The value at ``a.b.c``; a clear error names a missing field."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise ValueError(f"the config has no field {dotted!r}")
+        node = node[part]
+    return node
+
+
+def set_path(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` (the field must exist: a typo is an error, not a new field)."""
+    *parents, leaf = dotted.split(".")
+    node = get_path(config, ".".join(parents)) if parents else config
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise ValueError(f"the config has no field {dotted!r}")
+    with node.unlocked():
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
+    """Apply ``a.b=v`` strings, each parsed as the type of the field it replaces."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"config override {item!r}: expected FIELD=VALUE")
+        key = key.removeprefix("config.")
+        try:
+            set_path(config, key, parse_value(text, get_path(config, key)))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"config override {item!r}: {err}") from None
+
+
+def build_method(config: ml_collections.ConfigDict) -> Any:
+    """The method the config describes (its hyper-parameters checked on construction)."""
+    params = config.method.to_dict()
+    name = params.pop("name")
+    cls = method_class(name)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"config.method: {name} has no hyper-parameters {unknown}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+
+
+def data_folders(value: Any) -> tuple[str, ...]:
+    """``config.data`` / ``config.test_data`` as a tuple of folders."""
+    if isinstance(value, str):
+        return (value,) if value else ()
+    return tuple(str(v) for v in value)

@@ -1,0 +1,139 @@
+"""One experiment: fit or train the configured method, save it, test it, write its files.
+
+The run folder holds what ``anomjax fit`` and ``anomjax test`` write (``config.json``,
+``state/``, training checkpoints and logs, ``threshold.json``) plus::
+
+    experiment.json    the whole experiment config
+    metrics.json       one metrics record per test category (the keys of ``anomjax test --json``)
+    maps/<category>/maps.npz   scores, maps and masks of each test split (``save_maps``)
+    plots/<category>_curves.png   image ROC and pixel PRO curves
+
+With ``config.seeds = K > 1`` the K members are trained together (one vmapped step, see
+:mod:`anomjax.methods.population`) and each member gets the files above in
+``members/<i>/``; the records carry ``member: i``.
+
+It calls the same functions as the command line (``anomjax.cli.fit_method`` and
+``metrics_record``), so a config run and ``anomjax fit`` + ``anomjax test`` agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from anomjax.experiment.config import build_method, data_folders
+
+EXPERIMENT_FILE = "experiment.json"
+METRICS_FILE = "metrics.json"
+
+
+def _batch_size(config: ml_collections.ConfigDict, method: Any) -> int:
+    if config.batch_size is not None:
+        return int(config.batch_size)
+    return int(getattr(method, "default_batch_size", 16))
+
+
+def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
+                   progress: bool = True) -> list[dict[str, Any]]:
+    """Fit/train, save, test; returns one metrics record per test category.
+
+    A run folder that already holds training checkpoints (a killed run) resumes from them;
+    a finished run folder is fitted again from scratch only by the caller's choice (the
+    sweep skips runs it has results for).
+    """
+    from anomjax.checkpoint import THRESHOLD_FILE, save_run, write_json
+    from anomjax.cli import fit_method, metrics_record
+    from anomjax.data.multiclass import open_multiclass
+    from anomjax.evaluate import evaluate, peak_rss_mb
+    from anomjax.methods.population import Population, member_state
+
+    method = build_method(config)
+    if not isinstance(config.seeds, int) or config.seeds < 1:
+        raise ValueError(f"config.seeds must be an integer >= 1, got {config.seeds!r}")
+    train_folders = data_folders(config.data)
+    if not train_folders:
+        raise ValueError("config.data is empty: set it to a category folder "
+                         "(--config.data=DIR) or a tuple of folders")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / EXPERIMENT_FILE, config.to_dict())
+    union, categories = open_multiclass(train_folders, layout=config.layout,
+                                        image_size=config.image_size, crop=config.crop)
+    batch_size = _batch_size(config, method)
+    trains = method.kind == "train"
+    resume = trains and (run_dir / "checkpoints").is_dir() and any(
+        (run_dir / "checkpoints").iterdir())
+    fitted = Population(method, config.seeds) if config.seeds > 1 else method
+    state, seconds = fit_method(fitted, union.train, seed=int(config.seed),
+                                batch_size=batch_size, run_dir=run_dir,
+                                epochs=config.epochs if trains else None, resume=resume)
+    extra = {"data": [str(Path(f).resolve()) for f in train_folders], "layout": union.layout,
+             "image_size": config.image_size, "crop": config.crop, "seed": int(config.seed),
+             "n_train": len(union.train), "fit_seconds": round(seconds, 3),
+             "fit_peak_rss_mb": peak_rss_mb()}
+    test_folders = data_folders(config.test_data) or train_folders
+    tests = categories if test_folders == train_folders else open_multiclass(
+        test_folders, layout=config.layout, image_size=config.image_size, crop=config.crop)[1]
+    members = ([(run_dir, state, {})] if config.seeds == 1 else
+               [(run_dir / "members" / str(i), member_state(state, i), {"member": i})
+                for i in range(config.seeds)])
+    records = []
+    for member_dir, member, tag in members:
+        save_run(member_dir, method, member, {**extra, **tag})
+        for dataset in tests:
+            maps_dir = member_dir / "maps" / dataset.name if config.save_maps else None
+            result = evaluate(method, member, dataset.test, batch_size=batch_size,
+                              maps_dir=maps_dir, progress=progress)
+            records.append({"category": dataset.name, **tag,
+                            **metrics_record(method, extra, result)})
+            if len(tests) == 1 and result["threshold"] is not None:
+                write_json(member_dir / THRESHOLD_FILE, result["threshold"])
+            if maps_dir is not None:
+                plot_curves(maps_dir / "maps.npz",
+                            member_dir / "plots" / f"{dataset.name}_curves.png",
+                            title=f"{method.name} on {dataset.name}")
+    write_json(run_dir / METRICS_FILE, records)
+    return records
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` ``[T + 1]`` of image scores at every distinct threshold, from (0, 0)."""
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    tp = np.cumsum(labels)[last]
+    fp = np.cumsum(1.0 - labels)[last]
+    return (np.r_[0.0, fp / max(fp[-1], 1.0)], np.r_[0.0, tp / max(tp[-1], 1.0)])
+
+
+def plot_curves(maps_file: Path, out: Path, *, title: str) -> None:
+    """Image ROC and pixel PRO curves (FPR up to 0.3 shaded) of one test split, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from anomjax.metrics.pro import pro_curve
+
+    saved = np.load(maps_file)
+    labels, scores = saved["labels"], saved["image_scores"]
+    fig, (ax_roc, ax_pro) = plt.subplots(1, 2, figsize=(9, 4))
+    if 0 < labels.sum() < len(labels):
+        fpr, tpr = roc_curve(scores, labels)
+        ax_roc.plot(fpr, tpr)
+    ax_roc.set(xlabel="false-positive rate (images)", ylabel="true-positive rate",
+               title="image ROC", xlim=(0, 1), ylim=(0, 1.01))
+    if saved["masks"].any() and not saved["masks"].all():
+        fpr, pro, _ = pro_curve(saved["maps"], saved["masks"])
+        ax_pro.plot(fpr, pro)
+        ax_pro.axvspan(0, 0.3, alpha=0.1)
+    ax_pro.set(xlabel="false-positive rate (normal pixels)", ylabel="per-region overlap",
+               title="pixel PRO", xlim=(0, 1), ylim=(0, 1.01))
+    fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,212 @@
+"""K independent models of one method trained (or fitted) and scored as one, with ``jax.vmap``.
+
+``Population(method, size=K)`` is itself a method of the same kind, so the one training
+engine, the CLI and the experiment runner drive it unchanged: one jitted, donated train
+step updates all K members at once. Its state stacks the members on a leading ``[K]`` axis:
+
+    state = {"params": [K, ...], "batch_stats": [K, ...],   # always per member
+             "members": {entry: [K, ...]},                    # carried entries that differ
+             "shared": {entry: ...}}                          # carried entries equal in all K
+
+Carried entries identical in every member (a frozen pretrained teacher or backbone) are
+stored once and enter ``vmap`` unbatched, so their computation (e.g. the teacher's forward
+pass) is done once per step for all K members, not K times.
+
+Member ``i`` is initialised with ``jax.random.split(key, K)[i]`` and its loss gets the key
+``fold_in(step key, i)``; every member sees the same batches (one data order for the
+population), so members differ in initialisation and in per-step randomness. The loss is
+the sum of the members' losses, whose gradient with respect to member ``i``'s parameters is
+member ``i``'s own gradient; the optimiser is the method's, vmapped over members, so each
+member's update is exactly the one a separate run would make (tested).
+
+``member_state(state, i)`` is member ``i``'s state for the wrapped method (score, save,
+evaluate it as a single model); ``Population.score`` scores all members in one vmapped
+call and returns their mean (an ensemble). Fit methods (``kind == "fit"``) fit their
+members one after another on one decoded copy of the training images (``fit`` is a Python
+pass over batches, which ``vmap`` cannot batch), then score them vmapped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from anomjax.methods.base import State
+from anomjax.types import Batch, Scores
+
+PER_MEMBER = ("params", "batch_stats")
+
+
+def _stack(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _all_equal(trees: list[Any]) -> bool:
+    first = jax.tree.leaves(trees[0])
+    for other in trees[1:]:
+        leaves = jax.tree.leaves(other)
+        if len(leaves) != len(first) or not all(
+                np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, leaves,
+                                                                           strict=True)):
+            return False
+    return True
+
+
+def stack_members(states: list[State]) -> State:
+    """The population state of member states ``states`` (see the module docstring)."""
+    out: State = {k: _stack([s[k] for s in states]) for k in PER_MEMBER if k in states[0]}
+    members, shared = {}, {}
+    for key in states[0]:
+        if key in PER_MEMBER:
+            continue
+        values = [s[key] for s in states]
+        if _all_equal(values):
+            shared[key] = values[0]
+        else:
+            members[key] = _stack(values)
+    out["members"], out["shared"] = members, shared
+    return out
+
+
+def population_size(state: State) -> int:
+    """K, the number of members of a population state."""
+    for tree in (state.get("params"), state["members"]):
+        leaves = jax.tree.leaves(tree)
+        if leaves:
+            return int(leaves[0].shape[0])
+    raise ValueError("a population state needs at least one per-member array")
+
+
+def member_state(state: State, index: int) -> State:
+    """Member ``index``'s state, as the wrapped method's ``init``/``fit`` would return it."""
+    take = jax.tree.map(lambda x: x[index], {k: state[k] for k in PER_MEMBER if k in state})
+    return {**state["shared"], **jax.tree.map(lambda x: x[index], state["members"]), **take}
+
+
+def _member_axes(state: State) -> tuple[State, State]:
+    """``(batched part, shared part)`` of a population state, for ``vmap``."""
+    batched = {k: state[k] for k in PER_MEMBER if k in state}
+    batched["members"] = state["members"]
+    return batched, state["shared"]
+
+
+def _join(batched: State, shared: State) -> State:
+    out = {**shared, **batched["members"]}
+    out.update({k: batched[k] for k in PER_MEMBER if k in batched})
+    return out
+
+
+def vmapped_optimizer(optimizer: optax.GradientTransformation
+                      ) -> optax.GradientTransformation:
+    """``optimizer`` applied to each member of stacked ``[K, ...]`` params independently."""
+    def init(params: Any) -> Any:
+        return jax.vmap(optimizer.init)(params)
+
+    def update(updates: Any, opt_state: Any, params: Any = None) -> tuple[Any, Any]:
+        if params is None:
+            return jax.vmap(lambda g, s: optimizer.update(g, s))(updates, opt_state)
+        return jax.vmap(optimizer.update)(updates, opt_state, params)
+
+    return optax.GradientTransformation(init, update)
+
+
+@dataclasses.dataclass(frozen=True)
+class Population:
+    """``size`` independent members of ``method``, trained and scored as one (see above).
+
+    Attributes:
+      method: the wrapped method (any registered method).
+      size: K, the number of members (at least 1).
+    """
+
+    method: Any
+    size: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"Population: size must be an integer >= 1, got {self.size!r}")
+        if isinstance(self.method, Population):
+            raise ValueError("Population: the wrapped method is already a population")
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    @property
+    def kind(self) -> str:
+        return self.method.kind
+
+    @property
+    def default_epochs(self) -> int | None:
+        return getattr(self.method, "default_epochs", None)
+
+    @property
+    def init_on_all_images(self) -> bool:
+        return getattr(self.method, "init_on_all_images", False)
+
+    def member_keys(self, key: jax.Array) -> jax.Array:
+        """``[K]`` keys: member ``i`` is initialised or fitted with entry ``i``."""
+        return jax.random.split(key, self.size)
+
+    # ------------------------------------------------------------------ training methods
+
+    def init(self, key: jax.Array, images: Any) -> State:
+        """Each member's ``method.init`` with its own key, stacked."""
+        return stack_members([self.method.init(k, images) for k in self.member_keys(key)])
+
+    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
+        """The wrapped method's optimiser, vmapped over members."""
+        return vmapped_optimizer(self.method.optimizer(total_steps))
+
+    def loss(self, params: Any, state: State, images: jax.Array,
+             key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        """Sum of the members' losses on ``images``; aux entries are the members' mean
+        (``loss_member<i>`` each member's loss) and their stacked ``batch_stats``."""
+        batched, shared = _member_axes({**state, "params": params})
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(self.size))
+
+        def member_loss(member: State, k: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+            full = _join(member, shared)
+            return self.method.loss(full["params"], full, images, k)
+
+        losses, aux = jax.vmap(member_loss)(batched, keys)
+        out: dict[str, Any] = {k: jnp.mean(v) for k, v in aux.items() if k != "batch_stats"}
+        if "batch_stats" in aux:
+            out["batch_stats"] = aux["batch_stats"]
+        out.update({f"loss_member{i}": losses[i] for i in range(self.size)})
+        return jnp.sum(losses), out
+
+    def calibrate(self, state: State, batches: Iterable[Batch]) -> State:
+        """Each member calibrated by the wrapped method (if it calibrates) on the same
+        batches (decoded once)."""
+        if not hasattr(self.method, "calibrate"):
+            return state
+        cached = list(batches)
+        return stack_members([self.method.calibrate(member_state(state, i), iter(cached))
+                              for i in range(population_size(state))])
+
+    # ------------------------------------------------------------------ fit methods
+
+    def fit(self, key: jax.Array, batches: Iterable[Batch]) -> State:
+        """Each member fitted with its own key on the same batches (decoded once)."""
+        cached = list(batches)
+        return stack_members([self.method.fit(k, iter(cached))
+                              for k in self.member_keys(key)])
+
+    # ------------------------------------------------------------------ scoring
+
+    def member_scores(self, state: State, images: jax.Array) -> Scores:
+        """Every member's scores in one vmapped call: image ``[K, B]``, maps ``[K, B, H, W]``."""
+        batched, shared = _member_axes(state)
+        return jax.vmap(lambda m: self.method.score(_join(m, shared), images))(batched)
+
+    def score(self, state: State, images: jax.Array) -> Scores:
+        """The members' mean scores (an ensemble of the K models)."""
+        scores = self.member_scores(state, images)
+        return Scores(image=jnp.mean(scores.image, axis=0), maps=jnp.mean(scores.maps, axis=0))

@@ -1,0 +1,7 @@
+"""Semi-orthogonal PaDiM (Kim et al., 2021) on one category: resize 256, centre crop 224."""
+
+from anomjax.experiment import base_config
+
+
+def get_config(arg=None):
+    return base_config("so_padim", arg, image_size=256, crop=224, batch_size=32)
