@@ -32,8 +32,8 @@ channels 24/40/80). Lite0's stage outputs are linear (about half of the values n
 while the official decoder ends every stage in a ReLU (right for ResNet teachers, whose taps
 are post-ReLU): a non-negative ``D_k`` cannot point where a signed ``E_k`` does, which leaves a
 floor of about 0.3 on ``1 - cos`` per scale. So the last block of each decoder stage ends
-without its ReLU unless ``decoder_final_relu`` says otherwise (default ``None``: on for the
-ResNet backbones, off for the others). Any backbone of :mod:`anomjax.backbones` whose three
+without its ReLU unless ``decoder_final_relu`` says otherwise (default ``"auto"``: on for
+the ResNet backbones, off for the others). Any backbone of :mod:`anomjax.backbones` whose three
 taps have strides ``s, 2s, 4s`` runs (``wide_resnet50_2`` with ``layer1, layer2, layer3`` and
 user-supplied weights runs with basic blocks: not the paper's WRN50 model). Bilinear
 upsampling uses half-pixel centres (the official code: ``align_corners=True``); the
@@ -147,8 +147,9 @@ class ReverseDistillation:
       backbone_weights: optional weight file for the teacher (e.g. a torchvision state dict).
       taps: three teacher taps, shallow to deep, with strides ``s, 2s, 4s``.
       blocks: basic blocks per residual stage (OCE and each decoder stage).
-      decoder_final_relu: end each decoder stage in a ReLU (official code; right for
-        post-ReLU ResNet taps); ``None`` chooses it from the backbone (ResNets on, others off).
+      decoder_final_relu: ``"on"``: end each decoder stage in a ReLU (official code; right
+        for post-ReLU ResNet taps), ``"off"``: linear stage outputs, ``"auto"``: on for the
+        ResNet backbones, off for the others.
       loss_cosine: ``"flattened"`` (official code) or ``"per_position"`` (paper), see above.
       learning_rate, beta1, beta2: Adam settings (paper: 0.005, 0.5, 0.999).
       sigma: Gaussian smoothing of the map, in input pixels (paper: 4).
@@ -164,7 +165,7 @@ class ReverseDistillation:
     backbone_weights: str | None = hyper(None)
     taps: tuple[str, ...] = hyper(("stage2", "stage3", "stage4"))  # checked by init
     blocks: int = hyper(2, low=1, high=16)
-    decoder_final_relu: bool | None = hyper(None, choices=(None, True, False))
+    decoder_final_relu: str = hyper("auto", choices=("auto", "on", "off"))
     loss_cosine: str = hyper("flattened", choices=LOSSES)
     learning_rate: float = hyper(0.005, low=0.0, high=1.0, low_open=True)
     beta1: float = hyper(0.5, low=0.0, high=1.0, high_open=True)
@@ -174,8 +175,8 @@ class ReverseDistillation:
     @property
     def final_relu(self) -> bool:
         """Whether decoder stages end in a ReLU (``decoder_final_relu``, or by backbone)."""
-        if self.decoder_final_relu is not None:
-            return self.decoder_final_relu
+        if self.decoder_final_relu != "auto":
+            return self.decoder_final_relu == "on"
         return self.backbone.startswith(("resnet", "wide_resnet"))
 
     def _teacher(self) -> Any:
