@@ -141,9 +141,9 @@ def test_attributions_guided_vanilla_and_smooth_grad(trained):
     attributions of noisy copies (the authors' noise, drawn with the same keys)."""
     method, state, test, _ = trained
     images = jnp.asarray(test.images[-2:])
-    vanilla_method = MKD(localization="gradients")
+    vanilla_fn = jax.jit(MKD(localization="gradients").attribution)
     gbp = jax.jit(method.attribution)(state, images)
-    vanilla = jax.jit(vanilla_method.attribution)(state, images)
+    vanilla = vanilla_fn(state, images)
     assert gbp.shape == vanilla.shape == (2, 64, 64)
     assert not np.allclose(gbp, vanilla, rtol=0.05)
     smooth = MKD(localization="smooth_grad", smooth_grad_samples=3)
@@ -152,8 +152,7 @@ def test_attributions_guided_vanilla_and_smooth_grad(trained):
     std = np.asarray(smooth_grad_std(images, 0.05))
     noisy = [images + jax.random.normal(k, images.shape) * std
              for k in jax.random.split(key, 3)]
-    want = np.mean([np.asarray(jax.jit(vanilla_method.attribution)(state, x)) for x in noisy],
-                   axis=0)
+    want = np.mean([np.asarray(vanilla_fn(state, x)) for x in noisy], axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-8)
     assert not np.allclose(got, vanilla, rtol=1e-3)
     maps = jax.jit(smooth.score)(state, images).maps
