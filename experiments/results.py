@@ -48,15 +48,20 @@ NOTES = {
     "spade": "Lite0 pyramid stage2/3/5 + pooled stage7 (paper: WRN50); image score = mean "
              "distance to K nearest images",
     "stpm": "Lite0 stage2/3/5 teacher and random student (paper: R18 layer1-3); SGD lr 0.4; "
-            "student BN statistics recomputed after training (precise BN)",
+            "student BN statistics recomputed after training (precise BN); from code fca4ebc "
+            "the authors' loss (mean over batch and positions, before: B/2 times it)",
     "reverse_distillation": "Lite0 stage2/3/4 encoder, basic-block OCBE and decoder (paper: "
-                            "WRN50 with bottlenecks); Adam lr 0.005",
+                            "WRN50 with bottlenecks); Adam lr 0.005; from code f14b6b2 decoder "
+                            "stages end without ReLU and the official flattened cosine loss "
+                            "(before: final ReLU, per-position loss)",
     "mkd": "Lite0 stage2/3/5/7 source (paper: VGG16); small VGG cloner; map = guided-backprop "
            "input gradient",
     "uninformed_students": "teacher distilled from Lite0 patch features of the training images "
-                           "(paper: R18 on ImageNet); 17/33/65 patch students, M=3",
+                           "(paper: R18 on ImageNet); 17/33/65 patch students, M=3; from code "
+                           "f14b6b2 fresh teacher crops every step (before: 4096 fixed crops)",
     "dfr": "Lite0 stage1-4 regional features (paper: VGG19 relu1_1-relu4_4); 1x1 conv AE, "
-           "latent by PCA 90 %",
+           "latent by PCA 90 % (from code f14b6b2 on the first 10 training images, before: "
+           "the first batch)",
 }
 
 

@@ -19,7 +19,7 @@ TINY_SETTINGS = {
     "reverse_distillation": [],
     "mkd": ["taps=stage2,stage3", "score_taps=1"],
     "uninformed_students": ["patch_sizes=17", "students=2", "width=16", "descriptor_dim=16",
-                            "distill_size=32", "teacher_patches=64", "teacher_steps=5"],
+                            "distill_size=32", "teacher_batch=16", "teacher_steps=5"],
     "dfr": ["taps=stage1,stage2"],
 }
 

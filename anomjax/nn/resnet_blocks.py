@@ -43,12 +43,14 @@ class BasicBlock(nn.Module):
 
     ``stride=2`` halves the resolution (first conv strided, 1x1 strided shortcut);
     ``upsample=True`` doubles it instead (first conv a 2x2 transposed conv, likewise the
-    shortcut). ``[B, H, W, C] -> [B, H', W', features]``.
+    shortcut). ``final_relu=False`` leaves out the ReLU after the residual sum, so the output
+    can be negative (to reconstruct a signed target). ``[B, H, W, C] -> [B, H', W', features]``.
     """
 
     features: int
     stride: int = 1
     upsample: bool = False
+    final_relu: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -66,20 +68,25 @@ class BasicBlock(nn.Module):
         elif self.stride != 1 or x.shape[-1] != self.features:
             x = conv(self.features, 1, self.stride, name="shortcut")(x)
             x = batch_norm(train, "shortcut_bn")(x)
-        return nn.relu(x + y)
+        return nn.relu(x + y) if self.final_relu else x + y
 
 
 class ResidualStage(nn.Module):
-    """``blocks`` basic blocks; the first one changes resolution (``stride`` or ``upsample``)."""
+    """``blocks`` basic blocks; the first one changes resolution (``stride`` or ``upsample``).
+
+    ``final_relu=False``: the last block's output is linear (signed).
+    """
 
     features: int
     blocks: int
     stride: int = 1
     upsample: bool = False
+    final_relu: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = BasicBlock(self.features, self.stride, self.upsample, name="block0")(x, train)
-        for i in range(1, self.blocks):
-            x = BasicBlock(self.features, name=f"block{i}")(x, train)
+        for i in range(self.blocks):
+            first, last = i == 0, i == self.blocks - 1
+            x = BasicBlock(self.features, self.stride if first else 1, self.upsample and first,
+                           self.final_relu or not last, name=f"block{i}")(x, train)
         return x

@@ -10,7 +10,12 @@ import pytest
 from trained_toy import assert_localises, train_and_score
 
 from anomjax.methods import make_method
-from anomjax.methods.reconstruction.dfr import DFR, pca_dimension, regional_features
+from anomjax.methods.reconstruction.dfr import (
+    DFR,
+    first_images,
+    pca_dimension,
+    regional_features,
+)
 
 
 def test_paper_defaults():
@@ -19,6 +24,26 @@ def test_paper_defaults():
     assert (method.pool_size, method.pool_stride, method.variance_kept) == (4, 4, 0.9)
     assert (method.learning_rate, method.latent_dim, method.sigma) == (1e-4, 0, 0.0)
     assert (method.upsample, method.default_epochs) == ("bilinear", 150)
+    assert (method.default_batch_size, method.default_image_size, method.pca_images) == (
+        4, 256, 10)
+    assert method.init_on_all_images
+    with pytest.raises(ValueError, match="upsample"):
+        DFR(upsample="bicubic")
+    with pytest.raises(ValueError, match="variance_kept"):
+        DFR(variance_kept=1.5)
+
+
+def test_first_images_reads_batches_only_as_far_as_needed():
+    def batches():
+        yield np.zeros((4, 8, 8, 3)) + 1
+        yield np.zeros((4, 8, 8, 3)) + 2
+        yield np.zeros((4, 8, 8, 3)) + 3
+        raise AssertionError("read past the images needed")
+
+    got = first_images(batches(), 6)
+    assert got.shape == (6, 8, 8, 3) and got.dtype == np.float32
+    np.testing.assert_array_equal(got[:, 0, 0, 0], [1, 1, 1, 1, 2, 2])
+    assert first_images(np.ones((3, 8, 8, 3)), 10).shape == (3, 8, 8, 3)
 
 
 def test_regional_features_average_nearest_upsampled_maps():
@@ -73,8 +98,8 @@ def test_trained_model_scores_defects_above_normal_pixels(trained):
 
 
 @pytest.mark.slow
-def test_autoencoder_shape_follows_pca_and_loss_matches_map(trained):
-    method, state, test, _ = trained
+def test_autoencoder_shape_follows_pca_and_loss_is_the_mean_of_its_map(trained):
+    method, state, test, scores = trained
     params = state["params"]
     channels = params["conv0"]["kernel"].shape[2]
     latent = params["conv2"]["kernel"].shape[-1]
@@ -82,5 +107,20 @@ def test_autoencoder_shape_follows_pca_and_loss_matches_map(trained):
     assert params["conv0"]["kernel"].shape[-1] == (channels + 2 * latent) // 2
     assert params["conv5"]["kernel"].shape[-1] == channels and 1 <= latent < channels
     images = jnp.asarray(test.images[:2])
-    errors, _ = jax.jit(method._errors, static_argnums=3)(params, state, images, False)
-    assert errors.shape == (2, 16, 16)
+    reconstruct = jax.jit(method._reconstruct, static_argnums=3)
+    # training loss = mean over images, positions and channels of the squared error (NumPy)
+    feats, recon, _ = reconstruct(params, state, images, True)
+    f, r = np.asarray(feats, np.float64), np.asarray(recon, np.float64)
+    loss, _ = jax.jit(method.loss)(params, state, images, jax.random.PRNGKey(0))
+    assert f.shape == (2, 16, 16, channels)
+    assert float(loss) == pytest.approx(np.mean((r - f) ** 2), rel=1e-4)
+    # the score map (sigma 0) is the channel-mean squared error in eval mode (NumPy),
+    # upsampled by the shared bilinear resize (tested in tests/test_scoring.py)
+    from anomjax.scoring import upsample
+
+    feats, recon, _ = reconstruct(params, state, images, False)
+    errors = np.mean((np.asarray(recon, np.float64) - np.asarray(feats, np.float64)) ** 2, -1)
+    maps = np.asarray(scores.maps)[:2]
+    np.testing.assert_allclose(maps, upsample(jnp.asarray(errors, jnp.float32), (64, 64)),
+                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(scores.image[:2], maps.max(axis=(1, 2)), rtol=1e-6)

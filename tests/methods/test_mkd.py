@@ -10,7 +10,13 @@ import pytest
 from trained_toy import assert_localises, train_and_score
 
 from anomjax.methods import make_method
-from anomjax.methods.distillation.mkd import MKD, Cloner, guided_relu, value_direction_loss
+from anomjax.methods.distillation.mkd import (
+    MKD,
+    Cloner,
+    guided_relu,
+    smooth_grad_std,
+    value_direction_loss,
+)
 
 
 def test_paper_defaults():
@@ -18,6 +24,11 @@ def test_paper_defaults():
     assert isinstance(method, MKD) and method.kind == "train"
     assert (method.learning_rate, method.cloner_width, method.sigma) == (1e-3, 16, 4.0)
     assert (len(method.taps), method.score_taps, method.localization) == (4, 3, "gbp")
+    assert (method.default_epochs, method.default_batch_size, method.default_image_size) == (
+        601, 128, 128)
+    assert (method.smooth_grad_samples, method.smooth_grad_noise) == (50, 0.05)
+    with pytest.raises(ValueError, match="localization"):
+        MKD(localization="cam")
 
 
 def test_value_direction_loss_matches_numpy():
@@ -39,6 +50,31 @@ def test_guided_relu_passes_only_positive_gradients_at_positive_inputs():
     grad = jax.grad(lambda v: jnp.sum(guided_relu(v) * jnp.array([5.0, -4.0, 6.0])))(x)
     np.testing.assert_array_equal(grad, [0.0, 0.0, 6.0])
     np.testing.assert_array_equal(guided_relu(x), jax.nn.relu(x))
+
+
+def test_guided_backpropagation_of_a_two_layer_net_matches_the_hand_derived_gradient():
+    """f(x) = w2 . relu(W1 x): vanilla df/dx = W1^T (1[h > 0] w2); guided backpropagation
+    also drops the negative gradients arriving at the ReLU: W1^T (1[h > 0] 1[w2 > 0] w2)."""
+    rng = np.random.default_rng(0)
+    w1, w2, x = rng.normal(size=(6, 4)), rng.normal(size=6), rng.normal(size=4)
+    h = w1 @ x
+    assert np.any((h > 0) & (w2 < 0)) and np.any((h > 0) & (w2 > 0))  # both cases occur
+    vanilla = w1.T @ ((h > 0) * w2)
+    guided = w1.T @ ((h > 0) * (w2 > 0) * w2)
+    w1j, w2j = jnp.asarray(w1), jnp.asarray(w2)
+    got = jax.grad(lambda v: w2j @ guided_relu(w1j @ v))(jnp.asarray(x))
+    np.testing.assert_allclose(got, guided, rtol=1e-6)
+    got_vanilla = jax.grad(lambda v: w2j @ jax.nn.relu(w1j @ v))(jnp.asarray(x))
+    np.testing.assert_allclose(got_vanilla, vanilla, rtol=1e-6)
+    assert not np.allclose(guided, vanilla)
+
+
+def test_smooth_grad_noise_is_the_authors():
+    """``sigma = 0.05 / (max - min)``, noise ``normal_(0, sigma ** 2)``: std (0.05/range)^2."""
+    images = jnp.stack([jnp.linspace(0.0, 1.0, 12).reshape(2, 2, 3),
+                        jnp.linspace(0.2, 0.7, 12).reshape(2, 2, 3)])
+    np.testing.assert_allclose(smooth_grad_std(images, 0.05).ravel(),
+                               [(0.05 / 1.0) ** 2, (0.05 / 0.5) ** 2], rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -77,11 +113,47 @@ def test_trained_model_localises_defects_by_input_gradients(trained):
 
 
 @pytest.mark.slow
-def test_guided_backpropagation_differs_from_vanilla_gradients(trained):
+def test_image_score_is_the_loss_on_the_three_deepest_taps(trained):
+    """In NumPy: sum over the 3 deepest taps of mean squared error + 2 (1 - cos) per image."""
+    from anomjax.nn.teacher import frozen_features, teacher
+
+    method, state, test, scores = trained
+    images = jnp.asarray(test.images)
+    backbone = teacher(method.backbone)
+    real = jax.jit(lambda x: frozen_features(backbone, state["frozen"]["teacher"], x,
+                                             method.taps))(images)
+    cloner = method._cloner(backbone)
+    pred = jax.jit(lambda x: cloner.apply({"params": state["params"],
+                                           "batch_stats": state["batch_stats"]}, x,
+                                          train=False))(images)
+    want = np.zeros(len(images))
+    for p, r in zip(pred[1:], real[1:], strict=True):
+        p = np.asarray(p, np.float64).reshape(len(images), -1)
+        r = np.asarray(r, np.float64).reshape(len(images), -1)
+        cos = (p * r).sum(1) / (np.linalg.norm(p, axis=1) * np.linalg.norm(r, axis=1))
+        want += ((p - r) ** 2).mean(1) + 2.0 * (1 - cos)
+    np.testing.assert_allclose(scores.image, want, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_attributions_guided_vanilla_and_smooth_grad(trained):
+    """GBP differs from the vanilla gradient; SmoothGrad is the mean of the vanilla
+    attributions of noisy copies (the authors' noise, drawn with the same keys)."""
     method, state, test, _ = trained
     images = jnp.asarray(test.images[-2:])
+    vanilla_fn = jax.jit(MKD(localization="gradients").attribution)
     gbp = jax.jit(method.attribution)(state, images)
-    vanilla = jax.jit(MKD(localization="gradients").attribution)(state, images)
+    vanilla = vanilla_fn(state, images)
     assert gbp.shape == vanilla.shape == (2, 64, 64)
-    assert np.all(np.asarray(gbp) >= 0) and np.all(np.asarray(vanilla) >= 0)
-    assert not np.allclose(gbp, vanilla)
+    assert not np.allclose(gbp, vanilla, rtol=0.05)
+    smooth = MKD(localization="smooth_grad", smooth_grad_samples=3)
+    key = jax.random.PRNGKey(7)
+    got = jax.jit(smooth.attribution)(state, images, key)
+    std = np.asarray(smooth_grad_std(images, 0.05))
+    noisy = [images + jax.random.normal(k, images.shape) * std
+             for k in jax.random.split(key, 3)]
+    want = np.mean([np.asarray(vanilla_fn(state, x)) for x in noisy], axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-8)
+    assert not np.allclose(got, vanilla, rtol=1e-3)
+    maps = jax.jit(smooth.score)(state, images).maps
+    assert maps.shape == (2, 64, 64) and np.all(np.isfinite(maps))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from trained_toy import assert_localises, train_and_score
 
+from anomjax.data.synthetic import make_category
 from anomjax.methods import make_method
 from anomjax.methods.distillation.uninformed_students import (
     DensePatchNet,
@@ -21,7 +22,7 @@ from anomjax.methods.distillation.uninformed_students import (
 )
 
 TINY = dict(patch_sizes=(17,), students=2, width=16, descriptor_dim=16, distill_size=32,
-            teacher_patches=256, teacher_steps=100, learning_rate=3e-3)
+            teacher_batch=32, teacher_steps=100, learning_rate=3e-3)
 
 
 def test_paper_defaults():
@@ -30,6 +31,63 @@ def test_paper_defaults():
     assert (method.patch_sizes, method.students, method.descriptor_dim) == ((17, 33, 65), 3, 128)
     assert (method.learning_rate, method.weight_decay) == (1e-4, 1e-5)
     assert [patch_extent(p) for p in (17, 33, 65)] == [17, 32, 60]
+    assert (method.teacher_batch, method.teacher_steps) == (64, 2000)
+    with pytest.raises(ValueError, match="teacher_steps"):
+        UninformedStudents(teacher_steps=0)
+
+
+@pytest.fixture(scope="module")
+def two_scales():
+    """An (untrained) two-scale model initialised from a list of image batches."""
+    method = UninformedStudents(patch_sizes=(17, 33), students=2, width=4, descriptor_dim=4,
+                                distill_tap="stage1", distill_size=16, teacher_batch=4,
+                                teacher_steps=2)
+    images = np.random.default_rng(0).uniform(size=(5, 40, 40, 3)).astype(np.float32)
+    state = method.init(jax.random.PRNGKey(0), [images[:3], images[3:]])
+    return method, state, images
+
+
+def test_init_streams_batches_and_normalises_over_all_of_them(two_scales):
+    """The init images come as a list of batches (never stacked); the teacher's descriptor
+    statistics are those of all images' dense descriptors (NumPy over the stacked set)."""
+    method, state, images = two_scales
+    for p in method.patch_sizes:
+        s = f"p{p}"
+        desc = np.asarray(jax.jit(dense_descriptors, static_argnums=0)(
+            method._net(p), state["frozen"]["teacher"][s], jnp.asarray(images)), np.float64)
+        np.testing.assert_allclose(state["frozen"]["teacher_mean"][s], desc.mean((0, 1, 2)),
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(state["frozen"]["teacher_std"][s], desc.std((0, 1, 2)),
+                                   rtol=1e-3, atol=1e-5)
+
+
+def test_score_is_the_mean_over_scales_of_standardised_error_plus_variance(two_scales):
+    """In NumPy from the teacher targets y and students' predictions mu_i:
+    e = ||mean_i mu_i - y||^2, v = mean_i ||mu_i||^2 - ||mean_i mu_i||^2, each standardised
+    by the stored statistics, summed, averaged over the scales; image score = max."""
+    method, state, images = two_scales
+    rng = np.random.default_rng(1)
+    frozen = dict(state["frozen"])
+    for stat in ("error_mean", "error_std", "variance_mean", "variance_std"):
+        frozen[stat] = {s: jnp.float32(rng.uniform(0.5, 2.0)) for s in frozen[stat]}
+    state = dict(state, frozen=frozen)
+    x = jnp.asarray(images[:2])
+    scores = jax.jit(method.score)(state, x)
+    want = 0.0
+    for p in method.patch_sizes:
+        s = f"p{p}"
+        target, preds = jax.jit(method._predictions, static_argnums=3)(
+            state["params"], state, x, p)
+        y, mu = np.asarray(target, np.float64), np.asarray(preds, np.float64)
+        mean = mu.mean(0)
+        e = ((mean - y) ** 2).sum(-1)
+        v = (mu ** 2).sum(-1).mean(0) - (mean ** 2).sum(-1)
+        f = {k: float(frozen[k][s]) for k in frozen if k.startswith(("error", "variance"))}
+        want = want + ((e - f["error_mean"]) / f["error_std"]
+                       + (v - f["variance_mean"]) / f["variance_std"])
+    want = want / len(method.patch_sizes)
+    np.testing.assert_allclose(scores.maps, want, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(scores.image, want.max(axis=(1, 2)), rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -115,9 +173,15 @@ def test_state_layout_and_calibration(trained):
     assert jax.tree.leaves(state["params"]["p17"])[0].shape[0] == 2  # two stacked students
     assert frozen["teacher_mean"]["p17"].shape == (16,)
     assert np.all(np.asarray(frozen["teacher_std"]["p17"]) > 0)
-    # calibrate ran after training: the statistics moved from their identity initial values
+    # calibrate ran after training: the statistics are those of the training images' raw
+    # error and variance maps (NumPy over the training set)
+    ds = make_category("metal", n_train=16, n_test_good=2, n_test_defect=4, image_size=48,
+                       seed=0)  # the category train_and_score trained on
+    train = np.concatenate([b.images for b in ds.train.batches(batch_size=16)])
     error, variance = jax.jit(method._raw_scores, static_argnums=2)(
-        state, jnp.asarray(test.images[:2]), 17)
-    assert error.shape == variance.shape == (2, 48, 48) and float(variance.min()) >= -1e-4
-    assert float(frozen["error_std"]["p17"]) > 0 and float(frozen["variance_std"]["p17"]) > 0
-    assert float(frozen["error_mean"]["p17"]) != 0.0
+        state, jnp.asarray(train), 17)
+    e, v = np.asarray(error, np.float64), np.asarray(variance, np.float64)
+    np.testing.assert_allclose(frozen["error_mean"]["p17"], e.mean(), rtol=1e-3)
+    np.testing.assert_allclose(frozen["error_std"]["p17"], e.std(), rtol=1e-3)
+    np.testing.assert_allclose(frozen["variance_mean"]["p17"], v.mean(), rtol=1e-3)
+    np.testing.assert_allclose(frozen["variance_std"]["p17"], v.std(), rtol=1e-3)

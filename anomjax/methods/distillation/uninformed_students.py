@@ -12,11 +12,13 @@ images, see ``calibrate``), averaged over the scales.
 Teacher pretraining (paper: knowledge distillation of a pretrained ResNet-18's 512-d
 descriptors of ImageNet patches, plus a compactness loss decorrelating the descriptor
 channels) happens in ``init``, which the training engine gives every training image
-(``init_on_all_images``): patches sampled from all of them are resized to
-``distill_size`` and described by the frozen backbone's globally pooled ``distill_tap``
-features, and a linear decoder on the teacher's descriptor regresses them for
-``teacher_steps`` Adam steps (lr 2e-4, weight decay 1e-5, batch 64). The students then train
-through :mod:`anomjax.train` (Adam, lr 1e-4, weight decay 1e-5).
+(``init_on_all_images``) as a re-iterable of ``[b, H, W, 3]`` batches (a single array also
+works), so that they are never all stacked in memory. Every Adam step (lr 2e-4, weight decay
+1e-5, ``teacher_batch`` 64 crops) draws fresh random crops from the next batch of images
+(cycling through them), resizes them to ``distill_size``, describes them by the frozen
+backbone's globally pooled ``distill_tap`` features, and a linear decoder on the teacher's
+descriptor regresses those; one batch drives one step of every scale's teacher. The
+students then train through :mod:`anomjax.train` (Adam, lr 1e-4, weight decay 1e-5).
 
 Architectures (paper supplement, leaky ReLU slope 5e-3, no activation after the last layer):
 p17: conv 6x6/128, 5x5/256, 5x5/256, 4x4/128; p33: conv 5x5/128, max-pool 2, 5x5/256, max-pool
@@ -33,14 +35,16 @@ Deviations: the teacher is distilled from EfficientNet-Lite0 features of patches
 training images (ImageNet and ResNet-18 weights are not available offline) instead of
 ImageNet patches; the metric-learning (triplet) loss is not used (the paper's MVTec setting
 uses knowledge distillation and compactness only); normalisation statistics come from the
-training images rather than a separate validation set. ``init`` reruns the (deterministic)
-teacher pretraining when a run is resumed.
+training images rather than a separate validation set. The teacher's pretraining length,
+``teacher_steps`` = 2000 steps of 64 crops, is this library's budget for CPU runs, not the
+paper's (which pretrains on ImageNet patches). ``init`` reruns the (deterministic) teacher
+pretraining when a run is resumed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -65,8 +69,12 @@ _ARCHITECTURES: dict[int, tuple[tuple[str, int, int], ...]] = {
          ("pool", 2, 0), ("conv", 4, 2), ("conv", 1, 0)),
 }
 _TEACHER_LR = 2e-4
-_TEACHER_BATCH = 64
 _WEIGHT_DECAY = 1e-5
+
+
+def _teacher_optimizer() -> optax.GradientTransformation:
+    """The paper's teacher optimiser: Adam, lr 2e-4, weight decay 1e-5."""
+    return optax.chain(optax.add_decayed_weights(_WEIGHT_DECAY), optax.adam(_TEACHER_LR))
 
 
 def patch_extent(patch_size: int) -> int:
@@ -166,24 +174,43 @@ class _DistillHead(nn.Module):
         return desc, nn.Dense(self.target_dim, name="decoder")(desc)
 
 
-def _descriptor_stats(net: DensePatchNet, params: Any, images: jax.Array,
+def _descriptor_stats(net: DensePatchNet, params: Any, batches: Iterable[np.ndarray],
                       chunk: int = 8) -> tuple[jax.Array, jax.Array]:
-    """Per-channel mean and std ``[dim]`` of the dense descriptors of ``images [N, H, W, 3]``,
-    accumulated ``chunk`` images at a time (float64 sums)."""
+    """Per-channel mean and std ``[dim]`` of the dense descriptors of the images of
+    ``batches`` (``[b, H, W, 3]`` each), ``chunk`` images at a time (float64 sums)."""
     @jax.jit
-    def moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def moments(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         desc = dense_descriptors(net, params, x)
         return jnp.sum(desc, axis=(0, 1, 2)), jnp.sum(jnp.square(desc), axis=(0, 1, 2))
 
     total, total_sq, count = 0.0, 0.0, 0
-    for start in range(0, images.shape[0], chunk):
-        part = images[start:start + chunk]
-        s1, s2 = moments(part)
-        total = total + np.asarray(s1, np.float64)
-        total_sq = total_sq + np.asarray(s2, np.float64)
-        count += int(np.prod(part.shape[:3]))
+    for batch in batches:
+        for start in range(0, batch.shape[0], chunk):
+            part = jnp.asarray(batch[start:start + chunk], jnp.float32)
+            s1, s2 = moments(params, part)
+            total = total + np.asarray(s1, np.float64)
+            total_sq = total_sq + np.asarray(s2, np.float64)
+            count += int(np.prod(part.shape[:3]))
     mean, std = _mean_std(total, total_sq, count)
     return jnp.asarray(mean, jnp.float32), jnp.asarray(np.maximum(std, 1e-6), jnp.float32)
+
+
+def image_batches(images: Any) -> Sequence[np.ndarray] | Iterable[np.ndarray]:
+    """``images``: one ``[N, H, W, 3]`` array, or a re-iterable of such batches -> batches."""
+    if hasattr(images, "shape"):
+        return [np.asarray(images, np.float32)]
+    return images
+
+
+def _cycle(batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """The batches over and over (re-iterating ``batches``)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield np.asarray(batch, np.float32)
+        if empty:
+            raise ValueError("uninformed_students.init got no images")
 
 
 def _mean_std(total: Any, total_sq: Any, count: int) -> tuple[Any, Any]:
@@ -205,8 +232,8 @@ class UninformedStudents:
       backbone, backbone_weights, distill_tap, distill_size: the pretrained network whose
         pooled ``distill_tap`` features of ``distill_size``-pixel patch resizes the teacher
         imitates.
-      teacher_patches, teacher_steps: patches sampled from the init images, and Adam steps
-        of teacher pretraining.
+      teacher_batch, teacher_steps: fresh crops per step, and Adam steps of teacher
+        pretraining (paper: batch 64; the steps are this library's budget).
       compactness_weight: weight of the teacher's compactness loss (paper: 1).
       learning_rate, weight_decay: students' Adam (paper: 1e-4, 1e-5).
       sigma: Gaussian smoothing of the map (paper: none, 0).
@@ -225,8 +252,8 @@ class UninformedStudents:
     backbone_weights: str | None = None
     distill_tap: str = "stage7"
     distill_size: int = 64
-    teacher_patches: int = 4096
-    teacher_steps: int = 2000
+    teacher_batch: int = hyper(64, low=2, high=4096)
+    teacher_steps: int = hyper(2000, low=1, high=10**7)
     compactness_weight: float = 1.0
     learning_rate: float = 1e-4
     weight_decay: float = 1e-5
@@ -262,65 +289,96 @@ class UninformedStudents:
         out = jax.lax.map(describe, crops.reshape(-1, chunk, *crops.shape[1:]))
         return out.reshape(-1, out.shape[-1])[:n]
 
-    def _pretrain_teacher(self, key: jax.Array, images: jax.Array, p: int,
-                          variables: Any) -> Any:
-        """Distil the backbone into the scale-``p`` teacher; returns its ``DensePatchNet``
-        params."""
+    def _teacher_step(self, p: int, target_dim: int) -> Any:
+        """The jitted teacher step of scale ``p``:
+        ``(params, opt_state, variables, images [b, H, W, 3], n_valid, key) ->
+        (params, opt_state)``; crops come from the first ``n_valid`` images."""
         extent = patch_extent(p)
-        b, h, w, _ = images.shape
-        if h < extent or w < extent:
-            raise ValueError(f"uninformed_students: patch size {p} needs images of at least "
-                             f"{extent}x{extent} pixels, got {h}x{w}")
-        k_pos, k_init, k_steps = jax.random.split(key, 3)
-        ki, ky, kx = jax.random.split(k_pos, 3)
-        n = self.teacher_patches
-        idx = jax.random.randint(ki, (n,), 0, b)
-        ys = jax.random.randint(ky, (n,), 0, h - extent + 1)
-        xs = jax.random.randint(kx, (n,), 0, w - extent + 1)
-        crops = jax.vmap(lambda i, y, x: jax.lax.dynamic_slice(
-            images[i], (y, x, 0), (extent, extent, 3)))(idx, ys, xs)
-        targets = jax.jit(self._patch_targets)(crops, variables)
-        head = _DistillHead(p, self.width, self.descriptor_dim, targets.shape[-1])
-        params = head.init(k_init, crops[:1])["params"]
-        opt = optax.chain(optax.add_decayed_weights(_WEIGHT_DECAY), optax.adam(_TEACHER_LR))
+        head = _DistillHead(p, self.width, self.descriptor_dim, target_dim)
 
-        def step(params: Any, opt_state: Any, step_key: jax.Array) -> tuple[Any, Any]:
-            pick = jax.random.randint(step_key, (_TEACHER_BATCH,), 0, n)
+        def step(params: Any, opt_state: Any, variables: Any, images: jax.Array,
+                 n_valid: jax.Array, key: jax.Array) -> tuple[Any, Any]:
+            ki, ky, kx = jax.random.split(key, 3)
+            n, (h, w) = self.teacher_batch, images.shape[1:3]
+            idx = jax.random.randint(ki, (n,), 0, n_valid)
+            ys = jax.random.randint(ky, (n,), 0, h - extent + 1)
+            xs = jax.random.randint(kx, (n,), 0, w - extent + 1)
+            crops = jax.vmap(lambda i, y, x: jax.lax.dynamic_slice(
+                images[i], (y, x, 0), (extent, extent, 3)))(idx, ys, xs)
+            targets = jax.lax.stop_gradient(self._patch_targets(crops, variables))
 
             def loss_fn(params: Any) -> jax.Array:
-                desc, pred = head.apply({"params": params}, crops[pick])
-                kd = jnp.mean(jnp.sum((pred - targets[pick]) ** 2, axis=-1))
+                desc, pred = head.apply({"params": params}, crops)
+                kd = jnp.mean(jnp.sum((pred - targets) ** 2, axis=-1))
                 return kd + self.compactness_weight * compactness_loss(desc)
 
             grads = jax.grad(loss_fn)(params)
-            updates, opt_state = opt.update(grads, opt_state, params)
+            updates, opt_state = _teacher_optimizer().update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
 
-        # A Python loop over a jitted step: XLA:CPU runs convolutions inside lax.scan ~8x
+        return head, jax.jit(step, donate_argnums=(0, 1))
+
+    def _pretrain_teachers(self, key: jax.Array, batches: Iterable[np.ndarray],
+                           variables: Any) -> dict[int, Any]:
+        """Distil the backbone into every scale's teacher; ``{p: DensePatchNet params}``."""
+        first = next(iter(batches), None)
+        if first is None:
+            raise ValueError("uninformed_students.init got no images")
+        size, h, w = first.shape[:3]
+        for p in self.patch_sizes:
+            extent = patch_extent(p)
+            if h < extent or w < extent:
+                raise ValueError(f"uninformed_students: patch size {p} needs images of at "
+                                 f"least {extent}x{extent} pixels, got {h}x{w}")
+        target_dim = jax.eval_shape(self._patch_targets, jnp.zeros((1, 32, 32, 3)),
+                                    variables).shape[-1]
+        opt = _teacher_optimizer()
+        runs, params, opt_states, step_keys = {}, {}, {}, {}
+        for p, k in zip(self.patch_sizes, jax.random.split(key, len(self.patch_sizes)),
+                        strict=True):
+            k_init, step_keys[p] = jax.random.split(k)
+            head, runs[p] = self._teacher_step(p, target_dim)
+            extent = patch_extent(p)
+            params[p] = head.init(k_init, jnp.zeros((1, extent, extent, 3)))["params"]
+            opt_states[p] = opt.init(params[p])
+        # A Python loop over jitted steps: XLA:CPU runs convolutions inside lax.scan ~8x
         # slower than the same step dispatched one by one.
-        run = jax.jit(step, donate_argnums=(0, 1))
-        opt_state = opt.init(params)
-        for step_key in tqdm(jax.random.split(k_steps, self.teacher_steps),
-                             desc=f"teacher p{p}", leave=False, disable=None):
-            params, opt_state = run(params, opt_state, step_key)
-        return params["net"]
+        for i, batch in zip(tqdm(range(self.teacher_steps), desc="teachers", leave=False,
+                                 disable=None), _cycle(batches), strict=False):
+            n = batch.shape[0]
+            if n > size or batch.shape[1:3] != (h, w):
+                raise ValueError(f"uninformed_students.init: image batches must all be "
+                                 f"[<= {size}, {h}, {w}, 3], got {list(batch.shape)}")
+            if n < size:  # one compiled shape; the padding is never cropped
+                batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]),
+                                                        np.float32)])
+            for p in self.patch_sizes:
+                params[p], opt_states[p] = runs[p](params[p], opt_states[p], variables, batch,
+                                                   jnp.int32(n),
+                                                   jax.random.fold_in(step_keys[p], i))
+        return {p: params[p]["net"] for p in self.patch_sizes}
 
     # ---------------------------------------------------------------- protocol
 
-    def init(self, key: jax.Array, images: jax.Array) -> State:
-        """Pretrain one teacher per scale, store its descriptor statistics, init students."""
+    def init(self, key: jax.Array, images: Any) -> State:
+        """Pretrain one teacher per scale, store its descriptor statistics, init students.
+
+        ``images``: ``[N, H, W, 3]`` float images, or a re-iterable of ``[b, H, W, 3]`` batches
+        (what the engine passes for ``init_on_all_images``).
+        """
         self._check()
         check_taps(teacher(self.backbone), (self.distill_tap,))
-        images = jnp.asarray(images, jnp.float32)
+        batches = image_batches(images)
         variables = teacher_variables(self.backbone, self.backbone_weights)
+        k_teachers, k_all_students = jax.random.split(key)
+        trained = self._pretrain_teachers(k_teachers, batches, variables)
         params, teachers, t_mean, t_std = {}, {}, {}, {}
-        for p, k in zip(self.patch_sizes, jax.random.split(key, len(self.patch_sizes)),
-                        strict=True):
-            k_teacher, k_students = jax.random.split(k)
-            tp = self._pretrain_teacher(k_teacher, images, p, variables)
+        for p, k_students in zip(self.patch_sizes,
+                                 jax.random.split(k_all_students, len(self.patch_sizes)),
+                                 strict=True):
             s = f"p{p}"
-            teachers[s] = tp
-            t_mean[s], t_std[s] = _descriptor_stats(self._net(p), tp, images)
+            teachers[s] = trained[p]
+            t_mean[s], t_std[s] = _descriptor_stats(self._net(p), trained[p], batches)
             patch = jnp.zeros((1, patch_extent(p), patch_extent(p), 3), jnp.float32)
             params[s] = jax.jit(jax.vmap(lambda kk, p=p, patch=patch: self._net(p).init(
                 kk, patch)["params"]))(jax.random.split(k_students, self.students))

@@ -11,9 +11,13 @@ number of principal components keeping 90 % of the variance of the training feat
 anomaly map is the per-position mean squared error over channels, upsampled bilinearly to the
 input size; the image score is its maximum.
 
-Paper/authors' defaults kept: Adam lr 1e-4, 150 epochs (authors' script), bilinear resizing,
-4x4 regional window with stride 4, PCA at 90 % variance on one batch of training images (the
-authors' code also uses a single batch), no smoothing of the map (``sigma = 0``). Deviations:
+Paper/authors' defaults kept: Adam lr 1e-4, 150 epochs (authors' script,
+``default_epochs``), batch size 4 (``default_batch_size``), 256 x 256 images
+(``default_image_size``), bilinear resizing, 4x4 regional window with stride 4, PCA at 90 %
+variance on the features of the first 10 training images in dataset order (``pca_images``;
+the authors' code takes the first batch of 10 of an unshuffled loader), no smoothing of the
+map (``sigma = 0``). The engine hands ``init`` the training images (``init_on_all_images``)
+as an array or a re-iterable of batches; only the first ``pca_images`` are read. Deviations:
 the paper uses the twelve VGG19 layers relu1_1 to relu4_4; the default here is
 EfficientNet-Lite0 ``stage1..stage4`` (strides 2-16); resizing uses half-pixel centres (the
 authors use ``align_corners=True``).
@@ -27,14 +31,18 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from anomjax.backbones import backbone_names
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.nn.pointwise import PointwiseConv
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import to_scores
 from anomjax.types import Scores
+
+BACKBONES = tuple(backbone_names())
 
 
 def regional_features(feats: list[jax.Array], size: tuple[int, int], pool_size: int,
@@ -58,6 +66,22 @@ def regional_features(feats: list[jax.Array], size: tuple[int, int], pool_size: 
     return jnp.concatenate(out, axis=-1)
 
 
+def first_images(images: Any, n: int) -> np.ndarray:
+    """The first ``n`` images ``[n', H, W, 3]`` (``n' <= n``) of one ``[N, H, W, 3]`` array or
+    of a re-iterable of such batches (read no further than needed)."""
+    if hasattr(images, "shape"):
+        return np.asarray(images[:n], np.float32)
+    taken, count = [], 0
+    for batch in images:
+        taken.append(np.asarray(batch[:n - count], np.float32))
+        count += len(taken[-1])
+        if count >= n:
+            break
+    if not taken:
+        raise ValueError("dfr.init got no images")
+    return np.concatenate(taken)
+
+
 def pca_dimension(features: jax.Array, variance_kept: float) -> int:
     """Smallest number of principal components of ``features [N, C]`` whose variance share
     reaches ``variance_kept``."""
@@ -66,6 +90,11 @@ def pca_dimension(features: jax.Array, variance_kept: float) -> int:
     eig = jnp.clip(jnp.linalg.eigvalsh(cov)[::-1], 0.0, None)
     share = jnp.cumsum(eig) / jnp.maximum(jnp.sum(eig), 1e-12)
     return int(jnp.searchsorted(share, variance_kept) + 1)
+
+
+def reconstruction_errors(feats: jax.Array, recon: jax.Array) -> jax.Array:
+    """Per-position mean squared error over channels: ``[B, h, w, C] x2 -> [B, h, w]``."""
+    return jnp.mean((recon - feats) ** 2, axis=-1)
 
 
 class FeatureAutoencoder(nn.Module):
@@ -99,6 +128,8 @@ class DFR:
       pool_size, pool_stride: regional aggregation window and stride (input pixels).
       latent_dim: autoencoder code size; ``0`` chooses it by PCA (``variance_kept``) at init.
       variance_kept: variance share kept by the PCA choice of ``latent_dim`` (paper: 0.9).
+      pca_images: how many training images (the first, in dataset order) the PCA sees
+        (authors: 10).
       learning_rate: Adam learning rate (paper: 1e-4).
       sigma: Gaussian smoothing of the map in input pixels (paper: none, 0).
     """
@@ -106,16 +137,20 @@ class DFR:
     name: ClassVar[str] = "dfr"
     kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 150  # the authors' script
+    default_batch_size: ClassVar[int] = 4  # the authors' main.py
+    default_image_size: ClassVar[int] = 256  # the authors' main.py
+    init_on_all_images: ClassVar[bool] = True  # init reads the first `pca_images` of them
 
-    backbone: str = "efficientnet_lite0"
-    backbone_weights: str | None = None
-    taps: tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4")
-    upsample: str = "bilinear"
-    pool_size: int = 4
-    pool_stride: int = 4
-    latent_dim: int = 0
-    variance_kept: float = 0.9
-    learning_rate: float = 1e-4
+    backbone: str = hyper("efficientnet_lite0", choices=BACKBONES)
+    backbone_weights: str | None = hyper(None)
+    taps: tuple[str, ...] = hyper(("stage1", "stage2", "stage3", "stage4"))  # checked by init
+    upsample: str = hyper("bilinear", choices=("bilinear", "nearest"))
+    pool_size: int = hyper(4, low=1, high=64)
+    pool_stride: int = hyper(4, low=1, high=64)
+    latent_dim: int = hyper(0, low=0, high=100000)
+    variance_kept: float = hyper(0.9, low=0.0, high=1.0, low_open=True, high_open=True)
+    pca_images: int = hyper(10, low=1, high=100000)
+    learning_rate: float = hyper(1e-4, low=0.0, high=1.0, low_open=True)
     sigma: float = hyper(0.0, low=0.0, high=64.0)
 
     def _features(self, state: State, images: jax.Array) -> jax.Array:
@@ -125,17 +160,19 @@ class DFR:
             regional_features(feats, images.shape[1:3], self.pool_size, self.pool_stride,
                               self.upsample))
 
-    def init(self, key: jax.Array, images: jax.Array) -> State:
-        """Teacher variables and the autoencoder (latent size from PCA when ``latent_dim=0``)."""
+    def init(self, key: jax.Array, images: Any) -> State:
+        """Teacher variables and the autoencoder (latent size from PCA when ``latent_dim=0``).
+
+        ``images``: ``[N, H, W, 3]``, or a re-iterable of such batches; the PCA uses the first
+        ``pca_images`` of them.
+        """
         if self.pool_stride < 1 or self.pool_size < self.pool_stride:
             raise ValueError(f"dfr needs pool_size >= pool_stride >= 1, got pool_size="
                              f"{self.pool_size}, pool_stride={self.pool_stride}")
-        if self.upsample not in ("bilinear", "nearest"):
-            raise ValueError(f"dfr upsample must be 'bilinear' or 'nearest', got "
-                             f"{self.upsample!r}")
         check_taps(teacher(self.backbone), self.taps)
         frozen = {"teacher": teacher_variables(self.backbone, self.backbone_weights)}
-        feats = jax.jit(self._features)({"frozen": frozen}, jnp.asarray(images))
+        sample = first_images(images, 1 if self.latent_dim else self.pca_images)
+        feats = jax.jit(self._features)({"frozen": frozen}, jnp.asarray(sample))
         channels = feats.shape[-1]
         latent = self.latent_dim or pca_dimension(feats.reshape(-1, channels),
                                                   self.variance_kept)
@@ -148,29 +185,28 @@ class DFR:
         del total_steps
         return optax.adam(self.learning_rate)
 
-    def _errors(self, params: Any, state: State, images: jax.Array,
-                train: bool) -> tuple[jax.Array, Any]:
-        """Per-position mean squared reconstruction error ``[B, h, w]`` and batch stats."""
+    def _reconstruct(self, params: Any, state: State, images: jax.Array,
+                     train: bool) -> tuple[jax.Array, jax.Array, Any]:
+        """Regional features and their reconstruction ``[B, h, w, C]`` each, and batch stats."""
         feats = self._features(state, images)
-        channels = feats.shape[-1]
         latent = params["conv2"]["kernel"].shape[-1]
-        net = FeatureAutoencoder(channels, latent)
+        net = FeatureAutoencoder(feats.shape[-1], latent)
         variables = {"params": params, "batch_stats": state["batch_stats"]}
         if train:
             recon, updates = net.apply(variables, feats, train=True, mutable=["batch_stats"])
-            stats = updates["batch_stats"]
-        else:
-            recon, stats = net.apply(variables, feats, train=False), state["batch_stats"]
-        return jnp.mean((recon.astype(jnp.float32) - feats) ** 2, axis=-1), stats
+            return feats, recon.astype(jnp.float32), updates["batch_stats"]
+        recon = net.apply(variables, feats, train=False)
+        return feats, recon.astype(jnp.float32), state["batch_stats"]
 
     def loss(self, params: Any, state: State, images: jax.Array,
              key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Mean squared error between regional features and their reconstruction."""
+        """Mean squared error between regional features and their reconstruction (the mean of
+        the training-mode error map)."""
         del key
-        errors, stats = self._errors(params, state, images, train=True)
-        return jnp.mean(errors), {"batch_stats": stats}
+        feats, recon, stats = self._reconstruct(params, state, images, train=True)
+        return jnp.mean(reconstruction_errors(feats, recon)), {"batch_stats": stats}
 
     def score(self, state: State, images: jax.Array) -> Scores:
         """Map = upsampled per-position reconstruction error; image score = its max."""
-        errors, _ = self._errors(state["params"], state, images, train=False)
-        return to_scores(errors, images.shape[1:3], self.sigma)
+        feats, recon, _ = self._reconstruct(state["params"], state, images, train=False)
+        return to_scores(reconstruction_errors(feats, recon), images.shape[1:3], self.sigma)
