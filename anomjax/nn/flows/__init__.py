@@ -28,7 +28,13 @@ from anomjax.nn.flows.flow import (
     sequential,
     standard_normal,
 )
-from anomjax.nn.flows.subnets import ConvSubnet, CrossScaleConv, FullyConnected, bind
+from anomjax.nn.flows.subnets import (
+    ConvSubnet,
+    CrossScaleConv,
+    FullyConnected,
+    bind,
+    init_params,
+)
 
 __all__ = [
     "GAUSSIAN_LOG_NORMALISER",
@@ -50,6 +56,7 @@ __all__ = [
     "density",
     "gaussian_log_prob",
     "glow_block",
+    "init_params",
     "pack",
     "positional_encoding_2d",
     "random_permutation",

@@ -17,8 +17,22 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 HIGHEST = jax.lax.Precision.HIGHEST
+# PyTorch's default initialisation of Linear and Conv2d (which the authors' code used):
+# weights and biases uniform in +-1 / sqrt(fan_in).
+TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> Callable[..., jax.Array]:
+    """PyTorch's default bias initialisation for a layer with ``fan_in`` inputs."""
+    bound = 1.0 / max(fan_in, 1) ** 0.5
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
 
 
 class FullyConnected(nn.Module):
@@ -31,15 +45,23 @@ class FullyConnected(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, width in enumerate(self.hidden):
-            x = nn.relu(nn.Dense(width, precision=HIGHEST, name=f"fc{i}")(x))
-        return nn.Dense(self.features, precision=HIGHEST, name="out")(x)
+            x = nn.relu(_dense(width, x.shape[-1], f"fc{i}")(x))
+        return _dense(self.features, x.shape[-1], "out")(x)
 
 
-def _conv(features: int, kernel: int, name: str, stride: int = 1) -> nn.Conv:
-    """PyTorch-style convolution: symmetric zero padding ``kernel // 2`` on each side."""
+def _dense(features: int, fan_in: int, name: str) -> nn.Dense:
+    return nn.Dense(features, precision=HIGHEST, kernel_init=TORCH_KERNEL_INIT,
+                    bias_init=torch_bias_init(fan_in), name=name)
+
+
+def _conv(features: int, kernel: int, in_channels: int, name: str, stride: int = 1) -> nn.Conv:
+    """PyTorch-style convolution: symmetric zero padding ``kernel // 2`` on each side,
+    PyTorch's default initialisation."""
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                   padding=((pad, pad), (pad, pad)), precision=HIGHEST, name=name)
+                   padding=((pad, pad), (pad, pad)), precision=HIGHEST,
+                   kernel_init=TORCH_KERNEL_INIT,
+                   bias_init=torch_bias_init(in_channels * kernel * kernel), name=name)
 
 
 class ConvSubnet(nn.Module):
@@ -51,8 +73,9 @@ class ConvSubnet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.relu(_conv(self.hidden, self.kernel_size, "conv0")(x))
-        return _conv(self.features, self.kernel_size, "conv1")(x)
+        k = self.kernel_size
+        x = nn.relu(_conv(self.hidden, k, x.shape[-1], "conv0")(x))
+        return _conv(self.features, k, self.hidden, "conv1")(x)
 
 
 def _upsample2(x: jax.Array) -> jax.Array:
@@ -80,16 +103,42 @@ class CrossScaleConv(nn.Module):
     @nn.compact
     def __call__(self, xs: tuple[jax.Array, jax.Array, jax.Array]
                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        k, f = self.kernel_size, self.features
-        y = [nn.leaky_relu(_conv(self.hidden, k, f"conv_scale{i}_0")(x), self.leaky_slope)
+        k, f, h = self.kernel_size, self.features, self.hidden
+        y = [nn.leaky_relu(_conv(h, k, x.shape[-1], f"conv_scale{i}_0")(x), self.leaky_slope)
              for i, x in enumerate(xs)]
-        out = [_conv(f, k, f"conv_scale{i}_1")(y[i]) for i in range(3)]
-        out[0] = out[0] + _conv(f, k, "up_conv10")(_upsample2(y[1]))
-        out[1] = (out[1] + _conv(f, k, "down_conv01", stride=2)(y[0])
-                  + _conv(f, k, "up_conv21")(_upsample2(y[2])))
-        out[2] = out[2] + _conv(f, k, "down_conv12", stride=2)(y[1])
+        out = [_conv(f, k, h, f"conv_scale{i}_1")(y[i]) for i in range(3)]
+        out[0] = out[0] + _conv(f, k, h, "up_conv10")(_upsample2(y[1]))
+        out[1] = (out[1] + _conv(f, k, h, "down_conv01", stride=2)(y[0])
+                  + _conv(f, k, h, "up_conv21")(_upsample2(y[2])))
+        out[2] = out[2] + _conv(f, k, h, "down_conv12", stride=2)(y[1])
         gammas = [self.param(f"gamma{i}", nn.initializers.zeros, (1,)) for i in range(3)]
         return tuple(o * g.astype(o.dtype) for o, g in zip(out, gammas, strict=True))
+
+
+def init_params(module: nn.Module, key: jax.Array, sample: Any) -> Any:
+    """Params of ``module`` for input like ``sample`` with PyTorch's default distribution
+    (kernels and biases uniform in ``+-1/sqrt(fan_in)``; CS-Flow's ``gamma`` at 0), drawn with
+    NumPy from a seed derived from ``key``: a flow has dozens of subnets, and compiling their
+    random initialisation with XLA takes far longer than drawing them."""
+    shapes = jax.eval_shape(module.init, key, sample)["params"]
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+    def fill(tree: Any) -> Any:
+        out = {}
+        fan_in = None
+        if "kernel" in tree:
+            fan_in = int(np.prod(tree["kernel"].shape[:-1]))
+        for name, leaf in tree.items():
+            if isinstance(leaf, dict):
+                out[name] = fill(leaf)
+            elif name in ("kernel", "bias"):
+                bound = 1.0 / np.sqrt(max(fan_in or 1, 1))
+                out[name] = jnp.asarray(rng.uniform(-bound, bound, leaf.shape), leaf.dtype)
+            else:
+                out[name] = jnp.zeros(leaf.shape, leaf.dtype)
+        return out
+
+    return fill(shapes)
 
 
 def bind(module: nn.Module, params: Any) -> Callable[[Any], Any]:
