@@ -44,7 +44,7 @@ def test_parallel_permutation_permutes_each_scales_channels():
 def test_scores_are_the_half_squared_latents(trained):
     state, test, scores = trained
     images = jnp.asarray(test.images[:2])
-    z, _, shapes = TINY._latents(state["params"], state, images)
+    z, _, shapes = TINY._latents(state["params"], state, images)  # eager: shapes are static
     assert float(scores.image[0]) == pytest.approx(float(np.mean(np.asarray(z[0]) ** 2 / 2)),
                                                    rel=1e-5)
     assert [s[:2] for s in shapes] == [(8, 8), (4, 4), (2, 2)]

@@ -3,6 +3,7 @@ gradient map, and a trained model that scores synthetic defects above normal reg
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def test_image_score_is_mean_z2_over_the_rotated_copies(trained):
     images = jnp.asarray(test.images[:1])
     angles = jnp.arange(4, dtype=jnp.float32) * 90.0
     copies = rotate(jnp.repeat(images, 4, axis=0), angles)
-    _, z2 = TINY._nll(state["params"], state, copies)
+    _, z2 = jax.jit(TINY._nll)(state["params"], state, copies)
     assert float(scores.image[0]) == pytest.approx(float(np.mean(z2)), rel=1e-5)
     assert scores.maps.shape == (len(test), 64, 64)
     assert np.all(np.asarray(scores.maps) >= 0)

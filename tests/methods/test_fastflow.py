@@ -46,7 +46,7 @@ def test_layer_norm_is_over_positions_and_channels():
 def test_map_is_the_mean_negative_probability_and_loss_the_nll(trained):
     state, test, scores = trained
     images = jnp.asarray(test.images[:2])
-    latents = TINY._latents(state["params"], state, images)
+    latents = jax.jit(TINY._latents)(state["params"], state, images)
     maps = []
     for z, _ in latents:
         prob = np.exp(-0.5 * np.mean(np.asarray(z) ** 2, axis=-1))
@@ -54,7 +54,7 @@ def test_map_is_the_mean_negative_probability_and_loss_the_nll(trained):
     np.testing.assert_allclose(scores.maps[:2], np.mean(maps, axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scores.image[:2], np.mean(maps, axis=0).max(axis=(1, 2)),
                                rtol=1e-5)
-    loss, aux = TINY.loss(state["params"], state, images, jax.random.key(0))
+    loss, _ = jax.jit(TINY.loss)(state["params"], state, images, jax.random.key(0))
     want = sum(np.mean(0.5 * np.sum(np.asarray(z) ** 2, axis=(1, 2, 3)) - np.asarray(ld))
                for z, ld in latents)
     assert float(loss) == pytest.approx(want, rel=1e-5)
