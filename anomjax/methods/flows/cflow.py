@@ -177,11 +177,12 @@ class CFlow:
     def calibrate(self, state: State, batches: Iterable[Batch]) -> State:
         """``reference``: the maximum of each level's ``log p / C`` over the training
         images (the normaliser the authors take over the test set)."""
-        maps_of = jax.jit(lambda x: [jnp.max(m) for m in
-                                     self._log_prob_maps(state["params"], state, x)])
+        maxima = jax.jit(lambda st, x: jnp.stack(
+            [jnp.max(m) for m in self._log_prob_maps(st["params"], st, x)]))
         best = np.full(len(self.taps), -np.inf)
         for batch in batches:
-            best = np.maximum(best, np.asarray(maps_of(jnp.asarray(batch.images, jnp.float32))))
+            best = np.maximum(best, np.asarray(maxima(state, jnp.asarray(batch.images,
+                                                                         jnp.float32))))
         return {**state, "reference": jnp.asarray(best, jnp.float32)}
 
     def score(self, state: State, images: jax.Array) -> Scores:
