@@ -7,9 +7,10 @@ one position, ``C_l`` channels). A conditional flow decoder per level maps a fib
 maximises ``log p = C * log N(0) - 0.5 ||z||^2 + log|det J|`` through the authors' loss
 ``-log sigmoid(log p / C)``, summed over levels. At test time the per-position
 ``log p / C`` of each level is normalised to ``(-inf, 0]`` by subtracting a constant,
-exponentiated, upsampled bilinearly to the input and summed over levels; the map is
-``L - sum`` (higher = more anomalous) and the image score its maximum, as in the authors'
-code.
+exponentiated, upsampled bilinearly to the input and summed over levels; the map is minus
+the sum (higher = more anomalous) and the image score its maximum. The authors' map is
+``max - sum`` with the maximum over the test set, in float64; the constant changes no
+ranking, and in float32 ``L - sum`` would round every probability below ``1e-7 L`` away.
 
 Authors' defaults kept: encoder levels of strides 8/16/32 (WRN50 ``layer2..layer4``); 8
 FrEIA ``AllInOneBlock`` couplings per decoder with the condition concatenated to the
@@ -186,11 +187,11 @@ class CFlow:
         return {**state, "reference": jnp.asarray(best, jnp.float32)}
 
     def score(self, state: State, images: jax.Array) -> Scores:
-        """Map = ``L - sum_l upsample(exp(log p_l / C - reference_l))``; image = its max."""
+        """Map = ``-sum_l upsample(exp(log p_l / C - reference_l))``; image = its max."""
         check_images(self.name, images)
         size = images.shape[1:3]
         total = jnp.zeros((images.shape[0], *size), jnp.float32)
         for level, log_p in enumerate(self._log_prob_maps(state["params"], state, images)):
             prob = jnp.exp(jnp.minimum(log_p - state["reference"][level], 0.0))
             total = total + upsample(prob, size)
-        return to_scores(len(self.taps) - total, size, self.sigma)
+        return to_scores(-total, size, self.sigma)
