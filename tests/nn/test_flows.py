@@ -30,6 +30,7 @@ from anomjax.nn.flows import (
     bind,
     density,
     glow_block,
+    init_params,
     pack,
     positional_encoding_2d,
     random_permutation,
@@ -46,21 +47,21 @@ KEY = jax.random.key(0)
 def _fc(in_dim: int, out_dim: int, seed: int = 0, scale: float = 1.0):
     """A bound random MLP ``[..., in_dim] -> [..., out_dim]`` with weights times ``scale``."""
     net = FullyConnected(out_dim, (8,))
-    params = net.init(jax.random.key(seed), jnp.zeros((1, in_dim)))["params"]
+    params = init_params(net, jax.random.key(seed), jnp.zeros((1, in_dim)))
     params = jax.tree.map(lambda p: p * scale, params)
     return bind(net, params)
 
 
 def _conv(in_dim: int, out_dim: int, kernel: int, seed: int = 0):
     net = ConvSubnet(out_dim, 5, kernel)
-    params = net.init(jax.random.key(seed), jnp.zeros((1, 3, 3, in_dim)))["params"]
+    params = init_params(net, jax.random.key(seed), jnp.zeros((1, 3, 3, in_dim)))
     return bind(net, params)
 
 
 def _cross_scale(in_dim: int, out_dim: int, shapes):
     net = CrossScaleConv(out_dim, 6, 3)
     xs = tuple(jnp.zeros((1, *s[:2], in_dim)) for s in shapes)
-    params = net.init(jax.random.key(3), xs)["params"]
+    params = init_params(net, jax.random.key(3), xs)
     # gamma starts at 0 (identity coupling); give it a value so the test sees a real transform
     params = {**params, "gamma0": jnp.ones(1), "gamma1": jnp.full(1, 0.5),
               "gamma2": jnp.full(1, 2.0)}
@@ -247,7 +248,7 @@ def test_a_trained_flow_recovers_a_2d_density():
     small, and far below that of the best single Gaussian."""
     blocks, hidden = 6, 32
     net = FullyConnected(2, (hidden, hidden))
-    params = [net.init(jax.random.key(i), jnp.zeros((1, 1)))["params"] for i in range(2 * blocks)]
+    params = [init_params(net, jax.random.key(i), jnp.zeros((1, 1))) for i in range(2 * blocks)]
     clamp = SoftClamp("atan", 3.0)
 
     def flow_of(ps):
@@ -281,3 +282,19 @@ def test_a_trained_flow_recovers_a_2d_density():
     kl_gauss = float(np.mean(true_lp - gauss.logpdf(held_out)))
     assert kl_flow < 0.08, (kl_flow, kl_gauss)
     assert kl_flow < 0.2 * kl_gauss, (kl_flow, kl_gauss)
+
+
+def test_a_bfloat16_subnet_keeps_the_coupling_and_log_det_in_float32():
+    """Under the engine's bfloat16 option the subnet runs in bfloat16 but the affine
+    arithmetic and the log-determinant stay float32 (close to the float32 result)."""
+    net = FullyConnected(6, (16,))
+    params = init_params(net, jax.random.key(0), jnp.zeros((1, 2)))
+    half = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    x = jax.random.normal(jax.random.key(1), (4, 5))
+    full = AffineCoupling(bind(net, params), 2, SoftClamp("tanh", 2.0))
+    low = AffineCoupling(bind(net, half), 2, SoftClamp("tanh", 2.0))
+    y, log_det = jax.jit(low.forward_and_log_det)(x.astype(jnp.bfloat16))
+    assert y.dtype == jnp.float32 and log_det.dtype == jnp.float32
+    y_ref, log_det_ref = full.forward_and_log_det(x)
+    np.testing.assert_allclose(log_det, log_det_ref, atol=0.1)
+    np.testing.assert_allclose(y, y_ref, atol=0.1)
