@@ -73,7 +73,7 @@ def run_ours(model: str, args: argparse.Namespace) -> dict:
         "fit_wall_s": fit_s, "test_wall_s": result["test_seconds"],
         "peak_rss_mib": rss_mib,
         "metrics": {"image_auroc": result["image_auroc"], "pixel_auroc": result["pixel_auroc"],
-                    "aupro": result["aupro"]},
+                    "aupro": result["pixel_aupro"]},
     }
 
 
