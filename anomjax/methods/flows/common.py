@@ -73,7 +73,9 @@ def rotate(images: jax.Array, degrees: jax.Array, method: str = "nearest") -> ja
     """Rotate ``images [N, H, W, C]`` counter-clockwise by ``degrees [N]`` about the image
     centre, zeros outside, same size (torchvision's ``rotate(img, angle)`` with nearest
     interpolation, or bilinear with ``method="bilinear"``)."""
-    n, h, w, _ = images.shape
+    if method not in ("nearest", "bilinear"):
+        raise ValueError(f"rotate: method must be 'nearest' or 'bilinear', got {method!r}")
+    _, h, w, _ = images.shape
     theta = jnp.deg2rad(degrees.astype(jnp.float32))[:, None, None]
     yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
                           indexing="ij")
@@ -84,11 +86,11 @@ def rotate(images: jax.Array, degrees: jax.Array, method: str = "nearest") -> ja
     src_x = cos * dx - sin * dy + cx
     src_y = sin * dx + cos * dy + cy
 
+    order = 0 if method == "nearest" else 1
+
     def sample(img: jax.Array, sy: jax.Array, sx: jax.Array) -> jax.Array:
-        order = 0 if method == "nearest" else 1
-        coords = [sy, sx]
         return jnp.stack([jax.scipy.ndimage.map_coordinates(
-            img[..., c], coords, order=order, mode="constant", cval=0.0)
+            img[..., c], [sy, sx], order=order, mode="constant", cval=0.0)
             for c in range(img.shape[-1])], axis=-1)
 
     if method == "nearest":
