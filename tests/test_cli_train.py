@@ -21,6 +21,11 @@ TINY_SETTINGS = {
     "uninformed_students": ["patch_sizes=17", "students=2", "width=16", "descriptor_dim=16",
                             "distill_size=32", "teacher_batch=16", "teacher_steps=5"],
     "dfr": ["taps=stage1,stage2"],
+    "differnet": ["taps=stage5", "coupling_blocks=2", "fc_internal=32", "n_transforms=1",
+                  "n_transforms_test=2"],
+    "cflow": ["taps=stage2,stage3", "condition_dim=16", "coupling_blocks=2"],
+    "csflow": ["tap=stage3", "coupling_blocks=1", "hidden=16"],
+    "fastflow": ["taps=stage2,stage3", "flow_steps=2"],
 }
 
 

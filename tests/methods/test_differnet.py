@@ -1,0 +1,65 @@
+"""DifferNet: the authors' defaults, rotations, the image score over rotated copies, the
+gradient map, and a trained model that scores synthetic defects above normal regions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from anomjax.methods import make_method, method_config, method_from_config
+from anomjax.methods.flows.common import rotate
+from anomjax.methods.flows.differnet import DifferNet
+from tests.methods.trained_toy import assert_localises, train_and_score
+
+TINY = DifferNet(taps=("stage5",), coupling_blocks=4, fc_internal=64, n_transforms=2,
+                 n_transforms_test=4)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return train_and_score(TINY, epochs=4)
+
+
+def test_authors_defaults_and_registry():
+    m = DifferNet()
+    assert (m.n_scales, m.coupling_blocks, m.fc_internal, m.fc_layers, m.clamp) == (
+        3, 8, 2048, 3, 3.0)
+    assert (m.n_transforms, m.n_transforms_test, m.learning_rate) == (4, 64, 2e-4)
+    assert make_method("differnet", {"taps": "stage5", "coupling_blocks": "4",
+                                     "fc_internal": "64", "n_transforms": "2",
+                                     "n_transforms_test": "4"}) == TINY
+    assert method_from_config(method_config(TINY)) == TINY
+
+
+def test_rotation_by_quarter_turns_is_numpys_rot90_and_zero_outside():
+    img = np.random.default_rng(0).uniform(size=(1, 6, 6, 3)).astype(np.float32)
+    for k in (1, 2, 3):
+        got = rotate(jnp.asarray(img), jnp.asarray([90.0 * k]))
+        np.testing.assert_allclose(got[0], np.rot90(img[0], k), atol=1e-6)
+    got = np.asarray(rotate(jnp.ones((1, 9, 9, 1)), jnp.asarray([45.0])))
+    assert got[0, 0, 0, 0] == 0 and got[0, 4, 4, 0] == 1  # corners leave the image
+
+
+def test_image_score_is_mean_z2_over_the_rotated_copies(trained):
+    state, test, scores = trained
+    images = jnp.asarray(test.images[:1])
+    angles = jnp.arange(4, dtype=jnp.float32) * 90.0
+    copies = rotate(jnp.repeat(images, 4, axis=0), angles)
+    _, z2 = jax.jit(TINY._nll)(state["params"], state, copies)
+    assert float(scores.image[0]) == pytest.approx(float(np.mean(z2)), rel=1e-5)
+    assert scores.maps.shape == (len(test), 64, 64)
+    assert np.all(np.asarray(scores.maps) >= 0)
+
+
+def test_odd_image_size_is_a_clear_error(trained):
+    state, _, _ = trained
+    with pytest.raises(ValueError, match="multiple of 4"):
+        TINY.score(state, jnp.zeros((1, 30, 30, 3)))
+
+
+@pytest.mark.slow
+def test_trained_differnet_scores_defects_above_normal_regions(trained):
+    _, test, scores = trained
+    assert_localises(test, scores, 64, min_pixel_auroc=0.6)

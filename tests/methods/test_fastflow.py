@@ -1,0 +1,74 @@
+"""FastFlow: the paper's defaults, LayerNorm, the map formula, and a trained model that
+localises synthetic defects."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from anomjax.methods import make_method, method_config, method_from_config
+from anomjax.methods.flows.fastflow import FastFlow, layer_norm
+from tests.methods.trained_toy import assert_localises, train_and_score
+
+TINY = FastFlow(taps=("stage2", "stage3"), flow_steps=4)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return train_and_score(TINY, epochs=4)
+
+
+def test_paper_defaults_and_registry():
+    m = FastFlow()
+    assert (m.flow_steps, m.hidden_ratio, m.conv3x3_only, m.clamp) == (8, 1.0, False, 2.0)
+    assert (m.learning_rate, m.weight_decay) == (1e-3, 1e-5)
+    assert [s.kernel_size for s in m._subnets(24)] == [3, 1] * 4
+    assert [s.hidden for s in m._subnets(24)] == [12] * 8
+    assert make_method("fastflow", {"taps": "stage2,stage3", "flow_steps": "4"}) == TINY
+    assert method_from_config(method_config(TINY)) == TINY
+    with pytest.raises(ValueError, match="flow_steps"):
+        FastFlow(flow_steps=0)
+
+
+def test_layer_norm_is_over_positions_and_channels():
+    x = np.random.default_rng(0).normal(size=(2, 3, 4, 5)) * 3 + 1
+    scale, bias = np.random.default_rng(1).normal(size=(2, 3, 4, 5))
+    flat = x.reshape(2, -1)
+    want = ((flat - flat.mean(1, keepdims=True)) / np.sqrt(flat.var(1, keepdims=True) + 1e-5))
+    want = want.reshape(x.shape) * scale + bias
+    got = layer_norm(jnp.asarray(x, jnp.float32), {"scale": jnp.asarray(scale, jnp.float32),
+                                                   "bias": jnp.asarray(bias, jnp.float32)})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_map_is_the_mean_negative_probability_and_loss_the_nll(trained):
+    state, test, scores = trained
+    images = jnp.asarray(test.images[:2])
+    latents = jax.jit(TINY._latents)(state["params"], state, images)
+    maps = []
+    for z, _ in latents:
+        prob = np.exp(-0.5 * np.mean(np.asarray(z) ** 2, axis=-1))
+        maps.append(np.asarray(jax.image.resize(jnp.asarray(-prob), (2, 64, 64), "bilinear")))
+    np.testing.assert_allclose(scores.maps[:2], np.mean(maps, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores.image[:2], np.mean(maps, axis=0).max(axis=(1, 2)),
+                               rtol=1e-5)
+    loss, _ = jax.jit(TINY.loss)(state["params"], state, images, jax.random.key(0))
+    want = sum(np.mean(0.5 * np.sum(np.asarray(z) ** 2, axis=(1, 2, 3)) - np.asarray(ld))
+               for z, ld in latents)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+
+
+def test_scoring_another_size_is_a_clear_error(trained):
+    state, _, _ = trained
+    with pytest.raises(ValueError, match="training size"):
+        TINY.score(state, jnp.zeros((1, 32, 32, 3)))
+    with pytest.raises(ValueError, match="divide uint8"):
+        TINY.score(state, jnp.zeros((1, 64, 64, 3), jnp.uint8))
+
+
+@pytest.mark.slow
+def test_trained_fastflow_scores_defects_above_normal_regions(trained):
+    _, test, scores = trained
+    assert_localises(test, scores, 64, min_pixel_auroc=0.8)
