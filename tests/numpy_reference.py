@@ -28,7 +28,7 @@ def _bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
 
 
 def torch_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``F.interpolate(bilinear, align_corners=False)`` of ``[B, h, w, ...]`` to ``[B, *size, ...]``."""
+    """``F.interpolate(bilinear, align_corners=False)`` of ``[B, h, w, ...]`` to ``size``."""
     wy = _bilinear_weights(x.shape[1], size[0])
     wx = _bilinear_weights(x.shape[2], size[1])
     return np.einsum("yh,xw,bhw...->byx...", wy, wx, x.astype(np.float64))
@@ -49,7 +49,7 @@ def adaptive_avg_pool1d(x: np.ndarray, out_dim: int) -> np.ndarray:
 
 
 def unfold(x: np.ndarray, p: int) -> np.ndarray:
-    """``nn.Unfold(p, padding=p // 2)`` of ``[B, h, w, C]`` as ``[B, h, w, C, p, p]`` (zeros out)."""
+    """``nn.Unfold(p, padding=p // 2)`` of ``[B, h, w, C]``: ``[B, h, w, C, p, p]``, zero padded."""
     r = p // 2
     padded = np.pad(x, ((0, 0), (r, r), (r, r), (0, 0)))
     h, w = x.shape[1:3]
