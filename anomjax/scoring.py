@@ -44,10 +44,13 @@ def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
 
 
 def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Bilinear resize of ``[B, h, w]`` maps to ``[B, *size]`` (half-pixel centres)."""
+    """Bilinear resize of ``[B, h, w]`` maps to ``[B, *size]`` (half-pixel centres, i.e.
+    PyTorch's ``align_corners=False``); maps already of that size are returned as they are."""
     b = maps.shape[0]
-    return jax.image.resize(maps.astype(jnp.float32), (b, *size), method="bilinear",
-                            antialias=False)
+    maps = maps.astype(jnp.float32)
+    if tuple(maps.shape[1:]) == tuple(size):
+        return maps
+    return jax.image.resize(maps, (b, *size), method="bilinear", antialias=False)
 
 
 def to_scores(patch_maps: jax.Array, size: tuple[int, int], sigma: float,
