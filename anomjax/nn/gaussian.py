@@ -50,7 +50,8 @@ def update_stats(stats: GaussianStats, features: jax.Array) -> GaussianStats:
     total = count + n_batch
     delta = batch_mean - stats["mean"]
     mean = stats["mean"] + delta * (n_batch / total)
-    cross = jnp.einsum("...i,...j->...ij", delta, delta) * (count * n_batch / total)
+    cross = jnp.einsum("...i,...j->...ij", delta, delta,
+                       precision=jax.lax.Precision.HIGHEST) * (count * n_batch / total)
     return {"count": total, "mean": mean, "scatter": stats["scatter"] + batch_scatter + cross}
 
 

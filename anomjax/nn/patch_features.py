@@ -96,12 +96,15 @@ def _two_stage(rows: Sequence[int], blocks: Sequence[np.ndarray], layer_dim: int
 def compact_basis(pool: np.ndarray) -> np.ndarray:
     """``B`` ``[F, K]``, ``K = rank(pool)``: ``|(x - y) B| = |(x - y) W|`` for ``W = pool``.
 
-    From the SVD ``W = U S V^T``: ``|x W| = |x U S|`` because ``V`` has orthonormal columns;
-    singular values below ``max(F, T) * eps * s_max`` are dropped (exact rank).
+    From the eigendecomposition of the smaller Gram matrix: with ``W^T W = V L V^T``,
+    ``B = W V`` (``T <= F``); with ``W W^T = U L U^T``, ``B = U L^(1/2)``. Eigenvalues below
+    ``max(F, T) * eps * l_max`` are dropped (the exact rank of the pooling maps).
     """
-    u, s, _ = np.linalg.svd(pool, full_matrices=False)
-    rank = int(np.sum(s > s[0] * max(pool.shape) * np.finfo(pool.dtype).eps))
-    return u[:, :rank] * s[:rank]
+    f, t = pool.shape
+    gram = pool.T @ pool if t <= f else pool @ pool.T
+    lam, vec = np.linalg.eigh(gram)
+    keep = lam > lam.max() * max(f, t) * np.finfo(pool.dtype).eps
+    return pool @ vec[:, keep] if t <= f else vec[:, keep] * np.sqrt(lam[keep])
 
 
 @functools.cache
