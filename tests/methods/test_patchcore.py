@@ -193,6 +193,9 @@ def test_defect_pixels_score_above_normal_ones(fitted):
     assert roc_auc_score(test.masks.ravel(), maps.ravel()) > 0.9
     assert roc_auc_score(test.labels, np.asarray(scores.image)) == 1.0
     assert np.isfinite(maps).all()
+    texture = toy_test_set(subtle=True)  # no colour cue: stripes of another period and angle
+    texture_maps = np.asarray(method.score(state, texture.images).maps)
+    assert roc_auc_score(texture.masks.ravel(), texture_maps.ravel()) > 0.97
     jitted = jax.jit(method.score)(state, test.images)
     np.testing.assert_allclose(np.asarray(jitted.maps), maps, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(np.asarray(jitted.image), np.asarray(scores.image), rtol=1e-4)
