@@ -44,8 +44,8 @@ NOTES = {
                  "(C x 3 x 3 flattened, pooled to 1024 per layer, then to 1024; bank in its "
                  "872-d compact basis); greedy coreset on 128-d projection; Euclidean distance "
                  "and Eq. 7 image score (paper; the authors' code: squared L2, max)",
-    "padim": "Lite0 stage2/3/5 (paper: R18/WRN50 layer1-3), d = 100 random channels of 176 "
-             "(as anomalib's Lite0)",
+    "padim": "Lite0 stage2/3/5 (paper: R18/WRN50 layer1-3), d = all 176 channels (paper: "
+             "random 100 of 448 / 550 of 1792)",
     "so_padim": "Lite0 stage2/3/5 (paper: R18/WRN50 layer1-3), semi-orthogonal k = WRN50 "
                 "ratio of 176",
     "spade": "Lite0 pyramid stage2/3/5 (paper: WRN50 layer1-3), per-layer NN maps averaged "
