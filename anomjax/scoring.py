@@ -11,6 +11,8 @@ import jax.numpy as jnp
 
 from anomjax.types import Scores
 
+HIGHEST = jax.lax.Precision.HIGHEST
+
 
 def gaussian_kernel_1d(sigma: float, truncate: float = 4.0) -> jax.Array:
     """Normalised 1-D Gaussian taps ``[2r+1]`` with radius ``r = round(truncate * sigma)``."""
@@ -23,7 +25,8 @@ def gaussian_kernel_1d(sigma: float, truncate: float = 4.0) -> jax.Array:
 def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
     """Separable Gaussian smoothing of ``[B, H, W]`` maps with reflect padding.
 
-    Matches ``scipy.ndimage.gaussian_filter(mode="reflect", truncate=4)`` per image.
+    Matches ``scipy.ndimage.gaussian_filter(mode="reflect", truncate=4)`` per image. The two
+    convolutions run at ``Precision.HIGHEST`` (full float32 on GPU/TPU, not TF32/bfloat16).
     ``sigma <= 0`` returns the maps unchanged.
     """
     if sigma <= 0:
@@ -34,17 +37,20 @@ def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
     x = jnp.pad(x, ((0, 0), (0, 0), (r, r), (r, r)), mode="symmetric")
     dn = ("NCHW", "OIHW", "NCHW")
     x = jax.lax.conv_general_dilated(x, k.reshape(1, 1, -1, 1), (1, 1), "VALID",
-                                     dimension_numbers=dn)
+                                     dimension_numbers=dn, precision=HIGHEST)
     x = jax.lax.conv_general_dilated(x, k.reshape(1, 1, 1, -1), (1, 1), "VALID",
-                                     dimension_numbers=dn)
+                                     dimension_numbers=dn, precision=HIGHEST)
     return x[:, 0]
 
 
 def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Bilinear resize of ``[B, h, w]`` maps to ``[B, *size]`` (half-pixel centres)."""
+    """Bilinear resize of ``[B, h, w]`` maps to ``[B, *size]`` (half-pixel centres, i.e.
+    PyTorch's ``align_corners=False``); maps already of that size are returned as they are."""
     b = maps.shape[0]
-    return jax.image.resize(maps.astype(jnp.float32), (b, *size), method="bilinear",
-                            antialias=False)
+    maps = maps.astype(jnp.float32)
+    if tuple(maps.shape[1:]) == tuple(size):
+        return maps
+    return jax.image.resize(maps, (b, *size), method="bilinear", antialias=False)
 
 
 def to_scores(patch_maps: jax.Array, size: tuple[int, int], sigma: float,

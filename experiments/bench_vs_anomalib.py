@@ -11,9 +11,10 @@ keeps the JSON records.
     python experiments/bench_vs_anomalib.py --data ../shared/data/mvtec3d_tire
 
 Settings that differ between the libraries (printed with the table): anomalib's ``fit``
-includes one validation pass over the test set (its default), and each library's PaDiM uses
-its own Lite0 stages and channel count (anomalib: blocks 1/2/4 and 100 channels; anomjax:
-``stage2``/``stage3``/``stage5`` and the paper's WRN50 proportion).
+includes one validation pass over the test set (its default). Both libraries' Lite0 PaDiM
+tap the same blocks (anomalib's timm blocks 1/2/4 are anomjax's ``stage2``/``3``/``5``) and
+keep 100 random channels by default; ``--padim-dims 54,100,176`` runs anomjax's PaDiM once
+per ``d`` (each against the one anomalib run).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
 
 def run_anomjax(method_name: str, data: str, image_size: int, coreset_ratio: float,
-                batch_size: int, seed: int) -> dict:
+                batch_size: int, seed: int, n_features: int = 0) -> dict:
     """Fit and evaluate one anomjax method in this process; timings, memory, metrics."""
     import dataclasses
 
@@ -47,6 +48,8 @@ def run_anomjax(method_name: str, data: str, image_size: int, coreset_ratio: flo
 
     fields = {"coreset_ratio": coreset_ratio, "progress": False} if method_name == "patchcore" \
         else {}
+    if n_features:
+        fields["n_features"] = n_features
     method = make_method(method_name, **fields)
     ds = open_dataset(data, image_size=image_size)
     start = time.perf_counter()
@@ -101,7 +104,7 @@ def _timed_run(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float]:
 
 def child(args: argparse.Namespace) -> None:
     record = run_anomjax(args.child, args.data, args.image_size, args.coreset_ratio,
-                         args.batch_size, args.seed)
+                         args.batch_size, args.seed, args.n_features)
     print("RECORD " + json.dumps(record), flush=True)
 
 
@@ -110,7 +113,9 @@ def table(records: list[dict]) -> str:
     lines = ["| method | library | fit s | test s | fit+test s | process CPU s | peak RSS MiB "
              "| image AUROC | pixel AUROC | AUPRO |", "|---" * 10 + "|"]
     for r in records:
-        lines.append(f"| {r['method']} | {r['library']} | {r['fit_s']:.1f} | {r['test_s']:.1f} | "
+        label = r["method"] + (f" d={r['settings']['n_features']}"
+                               if r.get("settings", {}).get("n_features") else "")
+        lines.append(f"| {label} | {r['library']} | {r['fit_s']:.1f} | {r['test_s']:.1f} | "
                      f"{r['fit_s'] + r['test_s']:.1f} | {r['process_cpu_s']:.0f} | "
                      f"{r['peak_rss_mb']:.0f} | "
                      f"{r['image_auroc']:.4f} | {r['pixel_auroc']:.4f} | {r['pixel_aupro']:.4f} |")
@@ -119,13 +124,14 @@ def table(records: list[dict]) -> str:
         if "bf16_bank_minus_fp32" in r:
             lines.append("- anomjax patchcore with a bfloat16 bank, minus float32: " + ", ".join(
                 f"{k} {100 * v:+.2f} pt" for k, v in r["bf16_bank_minus_fp32"].items()))
-    for method in dict.fromkeys(r["method"] for r in records):
-        ours = next((r for r in records if r["method"] == method and r["library"] == "anomjax"),
-                    None)
+    for ours in [r for r in records if r["library"] == "anomjax"]:
+        method = ours["method"]
         peer = next((r for r in records if r["method"] == method and r["library"] == "anomalib"),
                     None)
-        if ours is None or peer is None:
+        if peer is None:
             continue
+        if ours["settings"].get("n_features"):
+            method += f" d={ours['settings']['n_features']}"
         speed = (peer["fit_s"] + peer["test_s"]) / (ours["fit_s"] + ours["test_s"])
         deltas = ", ".join(f"{k} {100 * (ours[k] - peer[k]):+.1f} pt"
                            for k in METRICS)
@@ -150,6 +156,9 @@ def main() -> None:
     parser.add_argument("--weights", default=None,
                         help="Lite0 .pth for anomalib (default: the file anomjax itself loads)")
     parser.add_argument("--skip-anomalib", action="store_true")
+    parser.add_argument("--padim-dims", default="",
+                        help="comma-separated PaDiM d values to run (default: the method's)")
+    parser.add_argument("--n-features", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="/tmp/bench_vs_anomalib",
                         help="folder for the JSON records")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -163,16 +172,19 @@ def main() -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
+    dims = [int(d) for d in args.padim_dims.split(",") if d] or [0]
     for method in [m for m in args.methods.split(",") if m]:
-        cmd = [sys.executable, __file__, "--child", method, "--data", args.data,
-               "--image-size", str(args.image_size), "--coreset-ratio", str(args.coreset_ratio),
-               "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
-        proc, cpu_s = _timed_run(cmd)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RECORD ")]
-        if proc.returncode != 0 or not lines:
-            raise SystemExit(f"anomjax {method} failed:\n{proc.stderr[-3000:]}")
-        records.append(dict(json.loads(lines[-1][len("RECORD "):]), process_cpu_s=cpu_s))
-        print(f"anomjax {method}: {records[-1]}", file=sys.stderr, flush=True)
+        for d in dims if method == "padim" else [0]:
+            cmd = [sys.executable, __file__, "--child", method, "--data", args.data,
+                   "--image-size", str(args.image_size), "--coreset-ratio",
+                   str(args.coreset_ratio), "--batch-size", str(args.batch_size), "--seed",
+                   str(args.seed), "--n-features", str(d)]
+            proc, cpu_s = _timed_run(cmd)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RECORD ")]
+            if proc.returncode != 0 or not lines:
+                raise SystemExit(f"anomjax {method} failed:\n{proc.stderr[-3000:]}")
+            records.append(dict(json.loads(lines[-1][len("RECORD "):]), process_cpu_s=cpu_s))
+            print(f"anomjax {method}: {records[-1]}", file=sys.stderr, flush=True)
         if not args.skip_anomalib:
             records.append(run_anomalib(method, args.data, args.image_size, args.coreset_ratio,
                                         args.anomalib_python, weights, out_dir))

@@ -41,12 +41,16 @@ REAL_DATASETS = ("mvtec3d_tire", "magnetic_tile")
 
 # Deviations from each paper worth reading next to its numbers (details: the docstrings).
 NOTES = {
-    "patchcore": "Lite0 stage3+stage5 (paper: WRN50 layer2+3), 3x3 aggregation, 1024-d, "
-                 "greedy coreset on 128-d projection",
-    "padim": "Lite0 stage2/3/5 (paper: R18/WRN50 layer1-3), random d = WRN50 ratio of 176",
+    "patchcore": "Lite0 stage3+stage5 (paper: WRN50 layer2+3); the authors' 3x3 patch pooling "
+                 "(C x 3 x 3 flattened, pooled to 1024 per layer, then to 1024; bank in its "
+                 "872-d compact basis); greedy coreset on 128-d projection; Euclidean distance "
+                 "and Eq. 7 image score (paper; the authors' code: squared L2, max)",
+    "padim": "Lite0 stage2/3/5 (paper: R18/WRN50 layer1-3), d = all 176 channels (paper: "
+             "random 100 of 448 / 550 of 1792)",
     "so_padim": "Lite0 stage2/3/5 (paper: R18/WRN50 layer1-3), semi-orthogonal k = WRN50 "
                 "ratio of 176",
-    "spade": "Lite0 pyramid stage2/3/5 + pooled stage7 (paper: WRN50); image score = mean "
+    "spade": "Lite0 pyramid stage2/3/5 (paper: WRN50 layer1-3), per-layer NN maps averaged "
+             "(reference code), image descriptor = pooled 1280-ch head; image score = mean "
              "distance to K nearest images",
     "stpm": "Lite0 stage2/3/5 teacher and random student (paper: R18 layer1-3); SGD lr 0.4; "
             "student BN statistics recomputed after training (precise BN); from code fca4ebc "

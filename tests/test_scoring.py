@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from numpy_reference import torch_bilinear
 from scipy import ndimage
 
 from anomjax.scoring import gaussian_blur, to_scores, upsample
@@ -26,11 +27,13 @@ def test_zero_sigma_is_identity():
     np.testing.assert_array_equal(np.asarray(gaussian_blur(maps, 0.0)), maps)
 
 
-def test_upsample_keeps_constant_and_shape():
-    maps = np.full((3, 4, 5), 2.5, np.float32)
-    out = np.asarray(upsample(maps, (16, 20)))
-    assert out.shape == (3, 16, 20)
-    np.testing.assert_allclose(out, 2.5)
+@pytest.mark.parametrize(("shape", "size"), [((4, 5), (16, 20)), ((7, 5), (13, 32)),
+                                             ((13, 6), (100, 17))])
+def test_upsample_is_torch_bilinear_align_corners_false(shape, size):
+    maps = np.random.default_rng(2).random((2, *shape)).astype(np.float32)  # non-constant
+    got = np.asarray(upsample(maps, size))
+    assert got.shape == (2, *size)
+    np.testing.assert_allclose(got, torch_bilinear(maps, size), rtol=1e-5, atol=1e-6)
 
 
 def test_to_scores_image_score_is_max_of_smoothed_map():

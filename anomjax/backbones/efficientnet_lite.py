@@ -12,7 +12,8 @@ On the CPU backend the stem runs as a matrix product over image patches
 (:mod:`anomjax.nn.depthwise`), only for speed: same parameters, same numbers up to rounding.
 
 Feature taps ``stage1`` .. ``stage7`` are the outputs of the seven MBConv block groups
-(strides 2, 4, 8, 16, 16, 32, 32).
+(strides 2, 4, 8, 16, 16, 32, 32); ``head`` is the classifier head's activation map (1x1
+conv to 1280 channels, BN, ReLU6; stride 32) whose global average is the classifier's input.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from anomjax.nn.pointwise import PointwiseConv
 BN_EPS = 1e-3
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
+HEAD_TAP = "head"
+"""Tap of the head's activations (1x1 conv -> BN -> ReLU6, ``HEAD_CHANNELS``) before pooling."""
 NUM_CLASSES = 1000
 # (width, depth) coefficients of efficientnet_lite_builder.py.
 COEFFICIENTS = {0: (1.0, 1.0), 1: (1.0, 1.1), 2: (1.1, 1.2), 3: (1.2, 1.4), 4: (1.4, 1.8)}
@@ -166,8 +169,9 @@ class EfficientNetLite(nn.Module):
     def __call__(self, images: jax.Array, taps: tuple[str, ...] = (),
                  logits: bool = False) -> dict[str, jax.Array]:
         stages = lite_stages(self.variant)
-        wanted = [int(t.removeprefix("stage")) for t in taps]
-        depth = len(stages) if logits else max(wanted, default=0)
+        head = logits or HEAD_TAP in taps
+        wanted = [int(t.removeprefix("stage")) for t in taps if t != HEAD_TAP]
+        depth = len(stages) if head else max(wanted, default=0)
         x = (images * 255.0 - 127.0) / 128.0
         stem = (PatchConv(STEM_CHANNELS, 3, 2, kernel_init=_conv_init, name="stem_conv")
                 if jax.default_backend() == "cpu" else _conv(STEM_CHANNELS, 3, "stem_conv", 2))
@@ -181,8 +185,11 @@ class EfficientNetLite(nn.Module):
                            name=f"stage{s}_block{b}")(x)
             if s in wanted:
                 out[f"stage{s}"] = x
-        if logits:
+        if head:
             x = jax.nn.relu6(_bn("head_bn")(_conv(HEAD_CHANNELS, 1, "head_conv")(x)))
+            if HEAD_TAP in taps:
+                out[HEAD_TAP] = x
+        if logits:
             x = jnp.mean(x, axis=(1, 2))
             out["logits"] = nn.Dense(NUM_CLASSES, kernel_init=_dense_init, name="fc")(x)
         return out

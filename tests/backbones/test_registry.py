@@ -40,13 +40,13 @@ def test_names_and_taps_follow_the_contract():
         "efficientnet_lite4", "resnet18", "resnet34", "resnet50", "resnet101",
         "wide_resnet50_2", "wide_resnet101_2"]
     lite0 = get_backbone("efficientnet_lite0").taps
-    assert [t.stride for t in lite0.values()] == [2, 4, 8, 16, 16, 32, 32]
-    assert [t.channels for t in lite0.values()] == [16, 24, 40, 80, 112, 192, 320]
-    assert list(lite0) == [f"stage{i}" for i in range(1, 8)]
+    assert [t.stride for t in lite0.values()] == [2, 4, 8, 16, 16, 32, 32, 32]
+    assert [t.channels for t in lite0.values()] == [16, 24, 40, 80, 112, 192, 320, 1280]
+    assert list(lite0) == [*(f"stage{i}" for i in range(1, 8)), "head"]
     assert get_backbone("resnet18").taps["layer3"] == TapInfo(stride=16, channels=256)
     assert get_backbone("wide_resnet50_2").taps["layer2"] == TapInfo(stride=8, channels=512)
     assert [t.channels for t in get_backbone("efficientnet_lite4").taps.values()] == [
-        24, 32, 56, 112, 160, 272, 448]
+        24, 32, 56, 112, 160, 272, 448, 1280]
 
 
 def test_features_shapes_dtype_and_jit(lite0):

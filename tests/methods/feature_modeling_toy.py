@@ -7,8 +7,11 @@ import numpy as np
 from anomjax.types import Batch
 
 
-def toy_images(n: int, *, size: int = 64, seed: int = 0, defective: bool = False) -> Batch:
-    """``n`` striped images ``[n, size, size, 3]``; defective ones carry a reddish square."""
+def toy_images(n: int, *, size: int = 64, seed: int = 0, defective: bool = False,
+               subtle: bool = False) -> Batch:
+    """``n`` striped images ``[n, size, size, 3]``; defective ones carry a reddish square, or
+    with ``subtle`` a square of the same colours whose stripes run at another period and
+    angle (a texture defect: no colour or brightness cue)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     images = np.empty((n, size, size, 3), np.float32)
@@ -21,7 +24,14 @@ def toy_images(n: int, *, size: int = 64, seed: int = 0, defective: bool = False
         if defective:
             side = size // 4
             top, left = rng.integers(side // 2, size - side - side // 2, size=2)
-            image[top:top + side, left:left + side] = (0.85, 0.2, 0.15)
+            if subtle:
+                other = 0.5 + 0.25 * np.sin(2 * np.pi * (yy - 0.3 * xx) / 5.0)
+                patch = other[..., None] * np.array([0.9, 0.85, 0.8])
+                patch = patch + rng.normal(0, 0.02, patch.shape)
+                image[top:top + side, left:left + side] = patch[top:top + side,
+                                                                left:left + side]
+            else:
+                image[top:top + side, left:left + side] = (0.85, 0.2, 0.15)
             masks[i, top:top + side, left:left + side] = 1
         images[i] = np.clip(image, 0.0, 1.0)
     label = int(defective)
@@ -42,10 +52,10 @@ def batches_of(batch: Batch, batch_size: int) -> list[Batch]:
     return out
 
 
-def toy_test_set(size: int = 64) -> Batch:
-    """Four normal then four defective images."""
+def toy_test_set(size: int = 64, subtle: bool = False) -> Batch:
+    """Four normal then four defective images (texture defects with ``subtle``)."""
     good = toy_images(4, size=size, seed=100)
-    bad = toy_images(4, size=size, seed=200, defective=True)
+    bad = toy_images(4, size=size, seed=200, defective=True, subtle=subtle)
     return Batch(images=np.concatenate([good.images, bad.images]),
                  labels=np.concatenate([good.labels, bad.labels]),
                  masks=np.concatenate([good.masks, bad.masks]),

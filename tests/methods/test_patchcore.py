@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from feature_modeling_toy import batches_of, toy_images, toy_test_set
+from numpy_reference import adaptive_avg_pool1d, euclidean, torch_bilinear, unfold
 from sklearn.metrics import roc_auc_score
 
 from anomjax.methods import make_method
@@ -15,13 +16,14 @@ from anomjax.methods.feature_modeling.patchcore import (
     PatchCore,
     _softmax_weight,
     default_layers,
+    reweighted_image_score,
 )
 from anomjax.nn.patch_features import (
     adaptive_avg_pool_matrix,
-    aligned_neighbourhood_features,
     compact_basis,
-    neighbourhood_average,
-    pooling_matrix,
+    compact_patch_basis,
+    local_patch_features,
+    patch_pooling_matrix,
 )
 
 # ---- patch features (fast) -------------------------------------------------------------
@@ -35,38 +37,62 @@ def test_adaptive_pool_matches_pytorch_windows():
     np.testing.assert_allclose(up, [0.0, 0.5, 1.0, 1.5, 2.0])
 
 
-def test_pooling_matrix_is_the_two_stage_pooling():
+def official_patch_features(maps: list[np.ndarray], layer_dim: int, target_dim: int,
+                            aggregation: str) -> np.ndarray:
+    """NumPy of patchcore-inspection's recipe ``[N, target_dim]`` (or anomalib's 3x3 mean).
+
+    ``"patch"``: ``PatchMaker.patchify`` (Unfold 3x3, zero padding), every ``C x 3 x 3`` value
+    of the deeper layers bilinearly interpolated to the first grid, ``MeanMapper`` (flatten
+    channel-major, ``adaptive_avg_pool1d`` to ``layer_dim``), ``Aggregator`` (flatten the
+    layers, ``adaptive_avg_pool1d`` to ``target_dim``). ``"mean"``: the 3x3 mean first.
+    """
+    b, h, w = maps[0].shape[:3]
+    pooled = []
+    for x in maps:
+        patches = unfold(x, 3)  # [B, h_i, w_i, C, 3, 3]
+        if aggregation == "mean":
+            patches = patches.mean(axis=(-2, -1))
+        patches = patches.reshape(*patches.shape[:3], -1)
+        if patches.shape[1:3] != (h, w):
+            patches = torch_bilinear(patches, (h, w))
+        pooled.append(adaptive_avg_pool1d(patches.reshape(b * h * w, -1), layer_dim))
+    return adaptive_avg_pool1d(np.concatenate(pooled, axis=1), target_dim)
+
+
+@pytest.mark.parametrize("aggregation", ["patch", "mean"])
+@pytest.mark.parametrize(("channels", "dims"), [((4, 6), (1024, 1024)), ((24, 40), (64, 48))])
+def test_patch_features_match_the_official_recipe(aggregation, channels, dims):
     rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(6, 40)), rng.normal(size=(6, 112))
-    staged = np.concatenate([a @ adaptive_avg_pool_matrix(40, 1024),
-                             b @ adaptive_avg_pool_matrix(112, 1024)], axis=1)
-    staged = staged @ adaptive_avg_pool_matrix(2048, 1024)
-    np.testing.assert_allclose(np.concatenate([a, b], 1) @ pooling_matrix((40, 112)), staged,
-                               rtol=1e-10, atol=1e-12)
+    maps = [rng.normal(size=(2, 6, 5, channels[0])), rng.normal(size=(2, 3, 3, channels[1]))]
+    want = official_patch_features(maps, *dims, aggregation)
+    basis = compact_patch_basis(channels, *dims, 3, aggregation)
+    got = local_patch_features([jnp.asarray(m, jnp.float32) for m in maps], jnp.asarray(basis))
+    got = np.asarray(got).reshape(-1, basis.shape[1])
+    assert basis.shape[1] <= dims[1]
+    np.testing.assert_allclose(euclidean(got, got), euclidean(want, want), rtol=1e-4,
+                               atol=1e-4)
 
 
-@pytest.mark.parametrize(("channels", "dim"), [((40, 112), 1024), ((96, 160), 128)])
-def test_compact_basis_is_an_isometry_of_the_pooled_features(channels, dim):
-    w = pooling_matrix(channels, dim, dim)
+def test_official_recipe_keeps_the_taps_apart_on_lite0():
+    # Lite0 stage3 + stage5: 9 x 40 and 9 x 112 values per patch pooled to 1024 each.
+    assert compact_patch_basis((40, 112), aggregation="patch").shape == (1368, 872)
+    assert compact_patch_basis((40, 112), aggregation="mean").shape == (1368, 152)
+
+
+@pytest.mark.parametrize("aggregation", ["patch", "mean"])
+def test_compact_basis_is_an_isometry_of_the_pooled_features(aggregation):
+    w = patch_pooling_matrix((8, 16), 128, 96, 3, aggregation)
     basis = compact_basis(w)
-    assert basis.shape == (sum(channels), min(sum(channels), dim))
-    x = np.random.default_rng(1).normal(size=(8, sum(channels)))
+    x = np.random.default_rng(1).normal(size=(8, w.shape[0]))
     full = np.linalg.norm((x[:, None] - x[None]) @ w, axis=-1)
     compact = np.linalg.norm((x[:, None] - x[None]) @ basis, axis=-1)
     np.testing.assert_allclose(compact, full, rtol=1e-8, atol=1e-10)
+    assert basis.shape[1] == np.linalg.matrix_rank(w)
 
 
-def test_neighbourhood_average_and_alignment():
-    x = np.random.default_rng(2).normal(size=(2, 5, 6, 3)).astype(np.float32)
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    ref = sum(padded[:, i:i + 5, j:j + 6] for i in range(3) for j in range(3)) / 9
-    np.testing.assert_allclose(np.asarray(neighbourhood_average(jnp.asarray(x))), ref, atol=1e-6)
-    deep = np.random.default_rng(3).normal(size=(2, 3, 3, 4)).astype(np.float32)
-    out = aligned_neighbourhood_features([jnp.asarray(x), jnp.asarray(deep)])
-    chex.assert_shape(out, (2, 5, 6, 7))
-    np.testing.assert_allclose(np.asarray(out[..., :3]), ref, atol=1e-6)
-    with pytest.raises(ValueError, match="odd"):
-        neighbourhood_average(jnp.asarray(x), 2)
+def test_even_patch_size_is_rejected():
+    with pytest.raises(ValueError, match="patch_size=4 must be odd"):
+        PatchCore(patch_size=4)
 
 
 def test_softmax_weight_is_the_papers_formula():
@@ -80,17 +106,62 @@ def test_softmax_weight_is_the_papers_formula():
     np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5)
 
 
+def eq7_case():
+    """Two test patches, a bank whose ``b = 3`` neighbours of ``n*`` are not those of ``m*``.
+
+    ``m* = (3, 0)``'s nearest entry is ``n* = (0, 0)``; three entries lie close to ``n*`` on
+    the far side, and three lie just beyond distance 3 of ``m*`` (near ``m*``, far from
+    ``n*``), so ``N_3(n*)`` and ``N_3(m*)`` differ.
+    """
+    bank = np.array([[0.0, 0.0], [-0.2, 0.0], [-0.3, 0.1], [-0.3, -0.1],
+                     [3.0, 3.05], [3.0, -3.05], [6.05, 0.0]])
+    patches = np.array([[[3.0, 0.0], [0.5, 0.0]]])  # [B=1, P=2, K=2]
+    dist = euclidean(patches[0], bank)
+    return patches, bank, dist.min(1)[None], dist.argmin(1)[None]
+
+
+def test_image_score_is_eq7_over_the_neighbours_of_n_star():
+    patches, bank, patch_dist, patch_index = eq7_case()
+    m_star, s_star = patches[0, 0], patch_dist[0, 0]
+    n_star = bank[patch_index[0, 0]]
+
+    def eq7(centre):
+        support = bank[np.argsort(euclidean(centre[None], bank)[0])[:3]]
+        d = euclidean(m_star[None], support)[0]
+        return (1 - np.exp(s_star) / np.exp(d).sum()) * s_star
+
+    want, wrong = eq7(n_star), eq7(m_star)
+    assert abs(want - wrong) > 0.05  # the case tells the two apart
+    args = (jnp.asarray(patch_dist, jnp.float32), jnp.asarray(patch_index, jnp.int32),
+            jnp.asarray(patches, jnp.float32), jnp.asarray(bank, jnp.float32))
+    got = reweighted_image_score(*args, 3, max_block_bytes=2**20)
+    np.testing.assert_allclose(np.asarray(got), [want], rtol=1e-5)
+    plain = reweighted_image_score(*args, 1, max_block_bytes=2**20)  # b = 1: the plain max
+    np.testing.assert_allclose(np.asarray(plain), [s_star], rtol=1e-6)
+    with pytest.raises(ValueError, match="num_neighbours"):
+        reweighted_image_score(*args, 0, max_block_bytes=2**20)
+
+
 def test_defaults_and_validation():
+    method = PatchCore()  # the paper's settings (and the authors' aggregation)
+    assert (method.coreset_ratio, method.num_neighbours, method.sigma, method.patch_size,
+            method.layer_dim, method.target_dim, method.projection_dim,
+            method.aggregation) == (0.1, 9, 4.0, 3, 1024, 1024, 128, "patch")
     assert default_layers("wide_resnet50_2") == ("layer2", "layer3")
     assert default_layers("efficientnet_lite0") == ("stage3", "stage5")
-    assert PatchCore().coreset_ratio == 0.1 and PatchCore().num_neighbours == 9
     assert make_method("patchcore", {"coreset_ratio": "0.01"}).coreset_ratio == 0.01
     with pytest.raises(ValueError, match="coreset_ratio"):
         PatchCore(coreset_ratio=0.0)
     with pytest.raises(ValueError, match="bank_dtype"):
         PatchCore(bank_dtype="float16")
-    with pytest.raises(ValueError, match="shallow to deep"):
-        _ = PatchCore(layers=("stage5", "stage3")).feature_layers
+    with pytest.raises(ValueError, match="num_neighbours=0 must be in"):
+        PatchCore(num_neighbours=0)
+    with pytest.raises(ValueError, match="aggregation"):
+        PatchCore(aggregation="max")
+    with pytest.raises(ValueError, match="fine to coarse"):
+        PatchCore(layers=("stage5", "stage3"))
+    with pytest.raises(ValueError, match=r"no tap\(s\) \['layer2'\]"):
+        PatchCore(layers=("layer2", "stage5"))
 
 
 # ---- the method (one fit per module) ----------------------------------------------------
@@ -107,8 +178,8 @@ def fitted():
 def test_state_and_bank_size(fitted):
     method, state = fitted
     # 6 images of 64 px, stride-8 grid of 8 x 8 patches, 25 % kept; 40 + 112 channels.
-    chex.assert_shape(state["bank"], (int(6 * 64 * 0.25), 152))
-    chex.assert_shape(state["basis"], (152, 152))
+    chex.assert_shape(state["bank"], (int(6 * 64 * 0.25), 872))
+    chex.assert_shape(state["basis"], (9 * 152, 872))
     assert set(state) == {"backbone", "basis", "bank"}
 
 
@@ -122,6 +193,9 @@ def test_defect_pixels_score_above_normal_ones(fitted):
     assert roc_auc_score(test.masks.ravel(), maps.ravel()) > 0.9
     assert roc_auc_score(test.labels, np.asarray(scores.image)) == 1.0
     assert np.isfinite(maps).all()
+    texture = toy_test_set(subtle=True)  # no colour cue: stripes of another period and angle
+    texture_maps = np.asarray(method.score(state, texture.images).maps)
+    assert roc_auc_score(texture.masks.ravel(), texture_maps.ravel()) > 0.97
     jitted = jax.jit(method.score)(state, test.images)
     np.testing.assert_allclose(np.asarray(jitted.maps), maps, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(np.asarray(jitted.image), np.asarray(scores.image), rtol=1e-4)

@@ -74,13 +74,17 @@ def test_float32_stays_accurate_far_from_the_origin():
     np.testing.assert_allclose(cov[0, 0], ref, rtol=1e-3, atol=1e-6)
 
 
-def test_cholesky_factor_reconstructs_covariance(data):
-    train, _ = data
+def test_inverse_cholesky_factor_whitens_the_covariance(data):
+    train, queries = data
     fitted = _fit(train, batch_size=23)
-    chol = np.asarray(fitted["chol"], np.float64)
-    assert np.allclose(np.triu(chol[0, 0], 1), 0.0)
+    inv = np.asarray(fitted["inv_chol"], np.float64)
+    assert np.allclose(np.triu(inv[0, 0], 1), 0.0)
     cov = np.cov(train[:, 0, 0].astype(np.float64), rowvar=False) + 0.01 * np.eye(8)
-    np.testing.assert_allclose(chol[0, 0] @ chol[0, 0].T, cov, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(inv[0, 0] @ cov @ inv[0, 0].T, np.eye(8), atol=1e-4)
+    # a state holding the factor itself (fitted before) scores the same by substitution
+    chol = {"mean": fitted["mean"], "chol": np.linalg.inv(inv).astype(np.float32)}
+    np.testing.assert_allclose(np.asarray(gaussian.mahalanobis(chol, queries)),
+                               np.asarray(gaussian.mahalanobis(fitted, queries)), rtol=1e-4)
 
 
 def test_epsilon_keeps_rank_deficient_covariance_solvable():

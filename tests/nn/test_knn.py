@@ -67,3 +67,17 @@ def test_bad_shapes_are_named():
         nearest_neighbours(np.zeros((3, 4)), np.zeros((5, 4)), 6)
     with pytest.raises(ValueError, match=r"\[Q, D\]"):
         nearest_neighbours(np.zeros((3,)), np.zeros((5, 4)))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_returned_distances_are_exact_far_from_the_origin(k):
+    """Near neighbours of large vectors: ``|q|^2 - 2 q.b + |b|^2`` cancels in float32 (error
+    about ``eps |q|^2``); the returned distances are recomputed from the differences."""
+    rng = np.random.default_rng(5)
+    bank = (300.0 + rng.normal(size=(64, 16))).astype(np.float32)
+    queries = (bank[:10] + 0.01 * rng.normal(size=(10, 16))).astype(np.float32)
+    dist, idx = nearest_neighbours(queries, bank, k)
+    want_d, want_i = brute_force(queries, bank, k)
+    np.testing.assert_array_equal(np.asarray(idx)[:, 0], np.arange(10))
+    np.testing.assert_array_equal(np.asarray(idx), want_i)
+    np.testing.assert_allclose(np.asarray(dist), want_d, rtol=1e-4)

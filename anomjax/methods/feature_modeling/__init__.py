@@ -3,9 +3,8 @@
 Importing this package registers its methods.
 """
 
-from anomjax.methods.feature_modeling.padim import PaDiM
+from anomjax.methods.feature_modeling.padim import PaDiM, SemiOrthogonalPaDiM
 from anomjax.methods.feature_modeling.patchcore import PatchCore
-from anomjax.methods.feature_modeling.so_padim import SemiOrthogonalPaDiM
 from anomjax.methods.feature_modeling.spade import SPADE
 
 __all__ = ["PaDiM", "PatchCore", "SPADE", "SemiOrthogonalPaDiM"]

@@ -13,7 +13,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from anomjax.backbones import load_backbone
+from anomjax.backbones import backbone_names, get_backbone, load_backbone
+
+BACKBONES = tuple(backbone_names())
+"""Valid ``backbone`` values of the feature-modeling methods."""
 
 
 def load_variables(name: str, weights: str | None, key: jax.Array) -> dict[str, Any]:
@@ -35,3 +38,21 @@ def check_images(images: Any, paths: Sequence[str]) -> np.ndarray:
                if not ok]
         raise ValueError(f"images hold NaN or infinite values: {', '.join(bad) or where}")
     return images.astype(np.float32, copy=False)
+
+
+def check_taps(method: str, backbone: str, taps: Sequence[str], count: int | None = None,
+               field: str = "taps") -> tuple[str, ...]:
+    """``taps`` if they exist on ``backbone`` and run fine to coarse, else a ``ValueError``."""
+    taps = tuple(taps)
+    available = get_backbone(backbone).taps
+    unknown = [t for t in taps if t not in available]
+    if unknown:
+        raise ValueError(f"{method}: hyper-parameter {field}={taps!r}: {backbone} has no tap(s) "
+                         f"{unknown}; available: {', '.join(available)}")
+    if count is not None and len(taps) != count:
+        raise ValueError(f"{method}: hyper-parameter {field}={taps!r} must name {count} taps")
+    strides = [available[t].stride for t in taps]
+    if strides != sorted(strides) or len(set(taps)) != len(taps):
+        raise ValueError(f"{method}: hyper-parameter {field}={taps!r} must be distinct taps "
+                         f"ordered fine to coarse (shallow to deep); their strides are {strides}")
+    return taps

@@ -3,9 +3,14 @@
 Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022.
 
 * Features (:mod:`anomjax.nn.patch_features`): two mid-level taps of a frozen ImageNet
-  backbone, each averaged over the 3x3 neighbourhood of every position, the deeper map
-  resized bilinearly to the shallower one's grid, every layer adaptive-average-pooled to
-  1024 channels and the concatenation pooled to 1024.
+  backbone; every position is described by its 3x3 neighbourhood, the deeper map is resized
+  bilinearly to the shallower one's grid, every layer is adaptive-average-pooled to 1024
+  values and the concatenation pooled to 1024. ``aggregation="patch"`` (default) pools the
+  flattened ``C x 3 x 3`` neighbourhood, as the authors' code does (``PatchMaker`` +
+  ``MeanMapper`` + ``Aggregator``); ``aggregation="mean"`` averages the 3x3 window first
+  and pools the channels (anomalib's ``AvgPool2d``; this library's earlier default). The
+  two nearly coincide on WideResNet-50 and differ on Lite0 and ResNet18, where the authors'
+  feature keeps the nine taps apart.
 * Memory bank (:mod:`anomjax.nn.coreset`): greedy k-center coreset of all training patches,
   10 % by default (``coreset_ratio``; the paper also reports 1 % and 25 %), selected on a
   random Gaussian projection to 128 dimensions, starting from a random patch.
@@ -13,8 +18,13 @@ Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022.
   entry. The image score is the paper's Eq. 7: with ``m*`` the test patch of largest score
   ``s*`` and ``n*`` its nearest bank entry, ``s = (1 - exp(s*) / sum_{n in N_b(n*)}
   exp(|m* - n|)) * s*`` where ``N_b(n*)`` are the ``b = 9`` nearest bank entries of ``n*``
-  (``n*`` itself included). Patch scores are upsampled bilinearly to the input size and
-  smoothed with a Gaussian of sigma 4 (:func:`anomjax.scoring.to_scores`).
+  (``n*`` itself included); with ``b = 1`` the image score is the plain maximum patch score.
+  Patch scores are upsampled bilinearly to the input size and smoothed with a Gaussian of
+  sigma 4 (:func:`anomjax.scoring.to_scores`). The authors' code differs from the paper
+  here: its image score is the plain maximum (``anomaly_scorer_num_nn=1``, no Eq. 7) and its
+  patch scores are *squared* L2 distances (faiss ``IndexFlatL2``); this library follows the
+  paper (Euclidean distance, Eq. 7), as anomalib does; ``num_neighbours=1`` gives the
+  authors' image score up to the squaring (image AUROC is unchanged by it).
 
 Taps. The paper uses WideResNet-50-2 ``layer2`` + ``layer3`` (the last blocks at strides 8
 and 16); that is the default for ResNet/WRN backbones here. On EfficientNet-Lite (our default
@@ -23,13 +33,14 @@ block group at stride 8; 40 channels on Lite0) and ``stage5`` (the last block gr
 stride 16; 112 channels), the same blocks timm's feature pyramid, and hence anomalib's Lite0
 PatchCore, use.
 
-Storage. The pooled 1024-d feature is a fixed linear map ``x W`` of the concatenated
-neighbourhood averages ``x`` (152 channels on Lite0). The bank is stored in the compact
-coordinates ``x B`` of :func:`anomjax.nn.patch_features.compact_basis`, in which Euclidean
-distances equal those of the 1024-d features (up to float rounding): identical scores at
-``152 / 1024`` of the memory and search cost. The coreset projection is drawn in the same
-coordinates; a Gaussian projection of the 1024-d features is a Gaussian projection of the
-compact ones (rotation invariance), so the sampling matches the paper's.
+Storage. The pooled 1024-d feature is a fixed linear map of the unfolded neighbourhoods. The
+bank is stored in the compact coordinates of :func:`anomjax.nn.patch_features.compact_basis`
+(``K = rank <= 1024`` dimensions: 872 on Lite0 with ``"patch"``, 152 with ``"mean"``), in
+which Euclidean distances equal those of the 1024-d features up to float rounding. The
+coreset projection is drawn in the same coordinates; a Gaussian projection of the 1024-d
+features is a Gaussian projection of the compact ones (rotation invariance), so the sampling
+matches the paper's. All projections and distances run at ``Precision.HIGHEST`` (TF32 or
+bfloat16 matmuls on accelerators would change the scores).
 
 Fitting streams the training batches: per batch only the compact features (``K`` floats
 per patch, host memory) and their 128-d projections (device memory) are kept; the
@@ -52,13 +63,15 @@ from jax.sharding import Mesh
 from anomjax.backbones import get_backbone
 from anomjax.methods.base import State, register
 from anomjax.methods.feature_modeling.frozen_backbone import (
+    BACKBONES,
     check_images,
+    check_taps,
     load_variables,
 )
 from anomjax.methods.hyper import hyper
 from anomjax.nn.coreset import greedy_coreset, random_projection
 from anomjax.nn.knn import nearest_neighbours
-from anomjax.nn.patch_features import aligned_neighbourhood_features, compact_pooling_basis
+from anomjax.nn.patch_features import AGGREGATIONS, compact_patch_basis, local_patch_features
 from anomjax.scoring import to_scores
 from anomjax.types import Batch, Scores
 
@@ -90,12 +103,17 @@ def reweighted_image_score(patch_dist: jax.Array, patch_index: jax.Array,
       patch_index: ``[B, P]`` index of that nearest bank entry.
       patch_features: ``[B, P, K]`` test patch features.
       bank: ``[M, K]`` memory bank.
-      num_neighbours: ``b``, bank neighbours of the nearest entry in the softmax.
+      num_neighbours: ``b``, bank neighbours of the nearest entry in the softmax; ``1``
+        returns the plain maximum patch score ``s*``.
     """
+    if num_neighbours < 1:
+        raise ValueError(f"num_neighbours must be >= 1, got {num_neighbours}")
     b = patch_dist.shape[0]
     worst = jnp.argmax(patch_dist, axis=1)
     rows = jnp.arange(b)
     s_star = patch_dist[rows, worst]
+    if num_neighbours == 1:  # the softmax over {n*} alone is 1: no re-weighting
+        return s_star
     m_star = patch_features[rows, worst]  # [B, K]
     n_star = bank[patch_index[rows, worst]]  # [B, K]
     k = min(num_neighbours, bank.shape[0])
@@ -121,12 +139,14 @@ class PatchCore:
       backbone: backbone name (:func:`anomjax.backbones.backbone_names`).
       backbone_weights: path of user weights, or ``None`` for the bundled/pretrained ones.
       layers: two taps, shallower first; ``()`` = :func:`default_layers` of the backbone.
-      patch_size: neighbourhood ``p`` of the local aggregation (3).
+      aggregation: ``"patch"`` (pool the flattened ``C x p x p`` neighbourhood, the authors'
+        code) or ``"mean"`` (average the neighbourhood, then pool the channels; anomalib).
+      patch_size: neighbourhood ``p`` of the local aggregation (3; odd).
       layer_dim: per-layer pooled dimension (1024).
       target_dim: final patch feature dimension (1024).
       coreset_ratio: fraction of training patches kept in the bank (0.1; 1.0 keeps all).
       projection_dim: random projection dimension of the coreset selection (128).
-      num_neighbours: ``b`` of the image-score re-weighting (9).
+      num_neighbours: ``b`` of the image-score re-weighting (9; 1 = the plain maximum).
       sigma: Gaussian smoothing of the upsampled map, in pixels (4).
       bank_dtype: ``"float32"`` or ``"bfloat16"`` (half the bank memory).
       knn_block_mb: bound, in MiB, on each distance block of the nearest-neighbour search.
@@ -136,54 +156,45 @@ class PatchCore:
     name: ClassVar[str] = "patchcore"
     kind: ClassVar[str] = "fit"
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str = hyper("efficientnet_lite0", choices=BACKBONES)
     backbone_weights: str | None = None
     layers: tuple[str, ...] = ()
-    patch_size: int = 3
-    layer_dim: int = 1024
-    target_dim: int = 1024
-    coreset_ratio: float = 0.1
-    projection_dim: int = 128
-    num_neighbours: int = 9
+    aggregation: str = hyper("patch", choices=AGGREGATIONS)
+    patch_size: int = hyper(3, low=1, high=15)
+    layer_dim: int = hyper(1024, low=1, high=65536)
+    target_dim: int = hyper(1024, low=1, high=65536)
+    coreset_ratio: float = hyper(0.1, low=0.0, high=1.0, low_open=True)
+    projection_dim: int = hyper(128, low=1, high=65536)
+    num_neighbours: int = hyper(9, low=1, high=1024)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
-    bank_dtype: str = "float32"
-    knn_block_mb: int = 256
-    progress: bool = True
+    bank_dtype: str = hyper("float32", choices=("float32", "bfloat16"))
+    knn_block_mb: int = hyper(256, low=1, high=65536)
+    progress: bool = hyper(True, choices=(True, False))
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.coreset_ratio <= 1.0:
-            raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        if self.bank_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"bank_dtype must be 'float32' or 'bfloat16', got {self.bank_dtype!r}")
-        if self.num_neighbours < 1 or self.knn_block_mb < 1 or self.projection_dim < 1:
-            raise ValueError("num_neighbours, knn_block_mb and projection_dim must be positive")
+        if self.patch_size % 2 != 1:
+            raise ValueError(f"patchcore: hyper-parameter patch_size={self.patch_size} must be "
+                             "odd (a centred neighbourhood)")
+        if self.layers:
+            check_taps("patchcore", self.backbone, self.layers, count=2)
 
     @property
     def feature_layers(self) -> tuple[str, ...]:
         """The taps actually used, shallower first."""
-        layers = tuple(self.layers) or default_layers(self.backbone)
-        taps = get_backbone(self.backbone).taps
-        unknown = [t for t in layers if t not in taps]
-        if unknown:
-            raise ValueError(f"{self.backbone} has no tap(s) {unknown}; available: "
-                             f"{', '.join(taps)}")
-        strides = [taps[t].stride for t in layers]
-        if strides != sorted(strides):
-            raise ValueError(f"layers {layers} must be ordered shallow to deep (strides {strides})")
-        return layers
+        return tuple(self.layers) or default_layers(self.backbone)
 
     def basis(self) -> np.ndarray:
-        """``[C, K]`` map from concatenated neighbourhood averages to compact bank coordinates."""
+        """``[F, K]`` map from the unfolded neighbourhoods to compact bank coordinates."""
         taps = get_backbone(self.backbone).taps
         channels = [taps[t].channels for t in self.feature_layers]
-        return compact_pooling_basis(tuple(channels), self.layer_dim, self.target_dim)
+        return compact_patch_basis(tuple(channels), self.layer_dim, self.target_dim,
+                                   self.patch_size, self.aggregation)
 
     def embed(self, variables: State, basis: jax.Array, images: jax.Array) -> jax.Array:
         """Locally aware patch features ``[B, h, w, K]`` (compact coordinates) of images."""
         layers = self.feature_layers
         features = get_backbone(self.backbone).features(variables, images, taps=layers)
-        x = aligned_neighbourhood_features([features[t] for t in layers], self.patch_size)
-        return x @ basis
+        return local_patch_features([features[t] for t in layers], basis, self.patch_size)
 
     def fit(self, key: jax.Array, batches: Iterable[Batch]) -> State:
         """Build the bank; state: ``backbone``, ``basis`` ``[C, K]``, ``bank`` ``[M, K]``."""
@@ -257,7 +268,7 @@ def _gather_rows(chunks: list[np.ndarray], indices: np.ndarray) -> np.ndarray:
 
 @jax.jit
 def _project(z: jax.Array, projection: jax.Array) -> jax.Array:
-    return z @ projection
+    return jnp.matmul(z, projection, precision=jax.lax.Precision.HIGHEST)
 
 
 _embed = jax.jit(PatchCore.embed, static_argnums=0)
