@@ -40,7 +40,9 @@ from anomjax.methods.base import method_class
 
 def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collections.ConfigDict:
     """The default config of ``method``: its dataclass defaults (the papers'), the shared
-    run fields of the module docstring, then ``fields``, then ``arg``.
+    run fields of the module docstring (image size, epochs and batch size from the class's
+    ``default_image_size``/``default_epochs``/``default_batch_size`` where it declares
+    them), then ``fields``, then ``arg``.
 
     ``arg`` is the ``:ARG`` of a config file name: comma-separated ``FIELD=VALUE``
     overrides, e.g. ``"image_size=64,epochs=1"`` (tuple values go in ``--config.`` flags).
@@ -50,9 +52,11 @@ def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collec
               if f.default is not dataclasses.MISSING}
     config = ml_collections.ConfigDict({
         "method": {"name": method, **params},
-        "data": "", "test_data": (), "layout": None, "image_size": 256, "crop": None,
-        "epochs": None, "batch_size": None, "seed": 0, "seeds": 1, "save_maps": True,
-        "sweep": {}, "sweep_zip": {},
+        "data": "", "test_data": (), "layout": None,
+        "image_size": getattr(cls, "default_image_size", 256), "crop": None,
+        "epochs": getattr(cls, "default_epochs", None),
+        "batch_size": getattr(cls, "default_batch_size", None), "seed": 0, "seeds": 1,
+        "save_maps": True, "sweep": {}, "sweep_zip": {},
     })
     for key, value in fields.items():
         set_path(config, key, value)

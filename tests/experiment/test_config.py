@@ -112,3 +112,10 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     table = summary_markdown(results)
     assert f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" in table
     assert "| m | c | 4.0 | 3 |" in table
+
+
+def test_every_registered_method_has_a_config_file():
+    from anomjax.methods import method_names
+
+    missing = [m for m in method_names() if not (CONFIGS / f"{m}.py").is_file()]
+    assert not missing, f"no experiments/configs/<method>.py for {missing}"
