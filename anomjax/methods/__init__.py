@@ -4,7 +4,9 @@
 from anomjax.methods import (  # noqa: F401  (importing a family registers its methods)
     distillation,
     feature_modeling,
+    one_class,
     reconstruction,
+    self_supervised,
 )
 from anomjax.methods.base import (
     FitMethod,
