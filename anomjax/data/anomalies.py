@@ -312,8 +312,11 @@ def cutpaste_scar(key: Array, image: Array, width: tuple[float, float] = (2, 16)
     shape = image.shape[:2]
     scale = min(shape) / reference_size
     k_w, k_h, k_rot, k_src, k_dst, k_jit = jax.random.split(key, 6)
-    w = jax.random.uniform(k_w, (), minval=width[0], maxval=width[1]) * scale
-    h = jax.random.uniform(k_h, (), minval=height[0], maxval=height[1]) * scale
+    # At least 1.5 px wide and 3 px long, so that a scar scaled down to a small image (or
+    # patch) still covers pixels.
+    w = jnp.maximum(jax.random.uniform(k_w, (), minval=width[0], maxval=width[1]) * scale, 1.5)
+    h = jnp.maximum(jax.random.uniform(k_h, (), minval=height[0], maxval=height[1]) * scale,
+                    3.0)
     theta = jnp.deg2rad(jax.random.uniform(k_rot, (), minval=rotation[0], maxval=rotation[1]))
     half = jnp.stack([h, w]) / 2
     size = jnp.array(shape, jnp.float32)

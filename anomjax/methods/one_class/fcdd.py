@@ -66,8 +66,10 @@ class Head(nn.Module):
 
 
 def pseudo_huber(x: jax.Array) -> jax.Array:
-    """``sqrt(x^2 + 1) - 1`` elementwise."""
-    return jnp.sqrt(jnp.square(x.astype(jnp.float32)) + 1.0) - 1.0
+    """``sqrt(x^2 + 1) - 1`` elementwise, as ``x^2 / (sqrt(x^2 + 1) + 1)`` (no cancellation
+    near 0 in float32)."""
+    sq = jnp.square(x.astype(jnp.float32))
+    return sq / (jnp.sqrt(sq + 1.0) + 1.0)
 
 
 def hsc_loss(heat: jax.Array, labels: jax.Array) -> jax.Array:
