@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_self_supervised import assert_generation_in_step
 
 from anomjax.methods.one_class.deep_svdd import DeepSVDD, fix_centre
 from anomjax.methods.one_class.fcdd import FCDD, hsc_loss, hsc_pixel_loss, pseudo_huber
 from anomjax.methods.one_class.patch_svdd import PatchSVDD, position_pair, svdd_pair
-from tests.methods.test_self_supervised import assert_generation_in_step
 
 TINY_FCDD = FCDD(head_widths=(8,))
 
