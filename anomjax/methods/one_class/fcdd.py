@@ -134,7 +134,8 @@ class FCDD:
         frozen = used_backbone_variables(self.backbone, k_b, (self.tap,))
         if self.backbone_weights is not None:
             full = teacher_variables(self.backbone, self.backbone_weights)
-            frozen = {k: select_like(full[k], frozen[k]) for k in frozen}
+            frozen = jax.tree.map(jnp.array, {k: select_like(full[k], frozen[k])
+                                              for k in frozen})
         dim = teacher(self.backbone).taps[self.tap].channels
         head = Head(tuple(self.head_widths)).init(k_h, jnp.zeros((1, 8, 8, dim)))
         return {"params": head["params"], "frozen": {"backbone": frozen}}

@@ -42,7 +42,8 @@ def select_like(tree: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
 def used_backbone_variables(name: str, key: jax.Array, taps: tuple[str, ...],
                             pretrained: bool = True) -> dict[str, Any]:
     """Variables of backbone ``name`` (pretrained, or random with ``pretrained=False``), cut
-    after the deepest of ``taps``."""
+    after the deepest of ``taps``; fresh copies (the training step donates the buffers of a
+    state, so two states must never share an array)."""
     from anomjax.backbones import load_backbone
     from anomjax.nn.teacher import check_taps, teacher
 
@@ -52,4 +53,4 @@ def used_backbone_variables(name: str, key: jax.Array, taps: tuple[str, ...],
     used = jax.eval_shape(lambda k, x: net.module.init(k, x, taps=taps, logits=False), key,
                           sample)
     _, variables = load_backbone(name, pretrained=pretrained, key=key)
-    return {k: select_like(variables[k], used[k]) for k in used}
+    return jax.tree.map(jnp.array, {k: select_like(variables[k], used[k]) for k in used})

@@ -143,9 +143,9 @@ class CutPaste:
             hv = head.init(k_h, jnp.zeros((2, dim), jnp.float32))
             params[level] = {"backbone": bb["params"], "head": hv["params"]}
             stats[level] = {"backbone": bb["batch_stats"], "head": hv["batch_stats"]}
-        identity = {"mean": jnp.zeros((dim,)), "chol": jnp.eye(dim)}  # until `calibrate`
-        return {"params": params, "batch_stats": stats,
-                "frozen": {"density": {level: identity for level in self.levels}}}
+        identity = {level: {"mean": jnp.zeros((dim,)), "chol": jnp.eye(dim)}  # until calibrate
+                    for level in self.levels}
+        return {"params": params, "batch_stats": stats, "frozen": {"density": identity}}
 
     def optimizer(self, total_steps: int) -> optax.GradientTransformation:
         """SGD with momentum, coupled weight decay and a cosine-decayed rate."""
