@@ -144,3 +144,16 @@ def test_draem_sspcab_configuration_and_registry():
     with pytest.raises(DataError, match="texture folder"):
         DRAEM(rec_width=4, seg_width=4, texture_dir="/nonexistent").init(
             jax.random.key(0), images)
+
+
+def test_draem_adam_rate_drops_by_five_at_80_and_90_percent():
+    """With a constant gradient Adam's step is the learning rate itself."""
+    for total, want in ((10, [1e-4] * 8 + [2e-5, 4e-6]), (4, [1e-4] * 3 + [4e-6])):
+        opt = TINY_DRAEM.optimizer(total)
+        params = {"w": jnp.zeros(())}
+        state = opt.init(params)
+        steps = []
+        for _ in range(total):
+            updates, state = opt.update({"w": jnp.ones(())}, state, params)
+            steps.append(-float(updates["w"]))
+        np.testing.assert_allclose(steps, want, rtol=1e-4)

@@ -126,7 +126,10 @@ class DRAEM:
 
     def optimizer(self, total_steps: int) -> optax.GradientTransformation:
         """Adam; the rate times 0.2 at 80 % and again at 90 % of ``total_steps``."""
-        boundaries = {int(0.8 * total_steps): 0.2, int(0.9 * total_steps): 0.2}
+        boundaries: dict[int, float] = {}
+        for fraction in (0.8, 0.9):  # both factors apply even when the two steps coincide
+            step = int(fraction * total_steps)
+            boundaries[step] = boundaries.get(step, 1.0) * 0.2
         return optax.adam(optax.piecewise_constant_schedule(self.learning_rate, boundaries))
 
     def anomaly_batch(self, state: State, images: jax.Array, key: jax.Array
