@@ -130,10 +130,9 @@ def test_draem_sspcab_configuration_and_registry():
     assert sspcab.sspcab and sspcab.sspcab_lambda == 0.1
     assert method_from_config(method_config(sspcab)) == sspcab
     images = jnp.zeros((1, 64, 64, 3))
-    rec = sspcab.init(jax.random.key(0), images)["params"]["rec"]
-    assert "SSPCAB_0" in rec and not any(k.startswith("SSPCAB") for k in
-                                         TINY_DRAEM.init(jax.random.key(0), images)["params"]
-                                         ["rec"])
+    rec = jax.eval_shape(sspcab.init, jax.random.key(0), images)["params"]["rec"]
+    plain = jax.eval_shape(TINY_DRAEM.init, jax.random.key(0), images)["params"]["rec"]
+    assert "SSPCAB_0" in rec and not any(k.startswith("SSPCAB") for k in plain)
     with pytest.raises(ValueError, match="multiples of 32"):
         TINY_DRAEM.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
     with pytest.raises(ValueError, match="divide uint8"):

@@ -113,13 +113,13 @@ class DRAEM:
         anomaly-source textures ``frozen["textures"] [T, H, W, 3]`` uint8."""
         check_images(self.name, images, multiple=32)
         size = tuple(images.shape[1:3])
+        textures = (load_textures(self.texture_dir, size) if self.texture_dir is not None
+                    else synthetic_textures(size))
         rec, seg = self._nets()
         k_rec, k_seg = jax.random.split(key)
         x = jnp.zeros((1, *size, 3), jnp.float32)
         v_rec = rec.init(k_rec, x)
         v_seg = seg.init(k_seg, jnp.zeros((1, *size, 6), jnp.float32))
-        textures = (load_textures(self.texture_dir, size) if self.texture_dir is not None
-                    else synthetic_textures(size))
         return {"params": {"rec": v_rec["params"], "seg": v_seg["params"]},
                 "batch_stats": {"rec": v_rec["batch_stats"], "seg": v_seg["batch_stats"]},
                 "frozen": {"textures": jnp.asarray(textures)}}
