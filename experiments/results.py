@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 ISSUE4_METHODS = ("patchcore", "padim", "so_padim", "spade")
 ISSUE5_METHODS = ("stpm", "reverse_distillation", "mkd", "uninformed_students", "dfr")
 FLOW_METHODS = ("differnet", "cflow", "csflow", "fastflow")
+ISSUE13_METHODS = ("riad", "cutpaste", "draem", "patch_svdd", "deep_svdd", "fcdd")
 REAL_DATASETS = ("mvtec3d_tire", "magnetic_tile")
 
 # Deviations from each paper worth reading next to its numbers (details: the docstrings).
@@ -76,6 +77,20 @@ NOTES = {
               "blocks; map = mean over scales of per-position z^2/2",
     "fastflow": "Lite0 stage2/3/5 (paper: R18 layer1-3); 8 all-in-one steps, 3x3/1x1 "
                 "alternating, hidden ratio 1; Adam 1e-3",
+    "riad": "DRAEM's U-Net as inpainter (RIAD code unpublished); masks k=2/4/8/16 px, n=3; "
+            "L2+MSGMS+SSIM",
+    "cutpaste": "3-way; Lite0 pooled stage7 trained end to end (paper: R18); Ledoit-Wolf GDE; "
+                "patch model + Gaussian receptive upsampling",
+    "draem": "anomaly source: batch images + procedural textures (no DTD offline); SSIM with "
+             "reflect padding; imgaug augmenters approximated",
+    "draem_sspcab": "DRAEM with SSPCAB replacing the last reconstructive encoder block, "
+                    "lambda 0.1",
+    "patch_svdd": "64/32 px hierarchical encoder, maps multiplied; pairs sampled per step "
+                  "(code: 100 per image and epoch)",
+    "deep_svdd": "bias-free LeNet-style CNN widened to the image size; AE pretraining in init; "
+                 "map = input gradient (not in the paper)",
+    "fcdd": "frozen Lite0 stage3 + trainable conv head (paper: VGG11 part-frozen); confetti "
+            "outlier exposure; no LCN",
 }
 
 
@@ -245,14 +260,25 @@ def spawn_row(method: str, dataset: str, root: Path, args: argparse.Namespace,
     return row
 
 
+def is_sspcab(row: dict) -> bool:
+    """A DRAEM + SSPCAB row (``--set draem:sspcab=true``), kept apart from plain DRAEM's."""
+    return row["method"] == "draem" and str(row.get("overrides", {}).get("sspcab", "")
+                                            ).lower() in {"true", "1", "yes"}
+
+
+def row_key(row: dict) -> tuple:
+    """What a new row replaces: the row of the same method (DRAEM + SSPCAB apart) and dataset."""
+    return (row["method"], row["dataset"], is_sspcab(row))
+
+
 def row_order(row: dict, methods: list[str]) -> tuple:
     """Real datasets first, then synthetic categories; methods in the issue's order."""
     dataset = row["dataset"]
     known = [*REAL_DATASETS]
     order = known.index(dataset) if dataset in known else len(known)
-    names = [*ISSUE4_METHODS, *ISSUE5_METHODS, *FLOW_METHODS, *methods]
+    names = [*ISSUE4_METHODS, *ISSUE5_METHODS, *FLOW_METHODS, *ISSUE13_METHODS, *methods]
     method = names.index(row["method"]) if row["method"] in names else len(names)
-    return (order, dataset, method, row["method"])
+    return (order, dataset, method, row["method"], is_sspcab(row))
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -260,7 +286,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def notes(row: dict) -> str:
-    parts = [NOTES.get(row["method"], "")]
+    parts = [NOTES.get("draem_sspcab" if is_sspcab(row) else row["method"], "")]
     if row.get("batch_size", 16) != 16:
         parts.append(f"batch {row['batch_size']}")
     if row.get("code"):
@@ -357,8 +383,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(row), flush=True)
                 # Re-read the file: another results.py run may have added rows meanwhile.
                 stored = json.loads(args.json.read_text()) if args.json.exists() else []
-                stored = [r for r in stored
-                          if (r["method"], r["dataset"]) != (method, dataset)] + [row]
+                stored = [r for r in stored if row_key(r) != row_key(row)] + [row]
                 stored.sort(key=lambda r: row_order(r, methods))
                 args.json.write_text(json.dumps(stored, indent=1) + "\n")
                 write_markdown(stored, args.output, command)

@@ -14,16 +14,23 @@ than dynamic slices.
   2-15 % of the image area, aspect ratio in ``[0.3, 3.3]``, or a thin rotated "scar"
   (width 2-16, height 10-25 px, rotation +-45 degrees, at 256 px), colour-jittered and pasted
   elsewhere.
+* :func:`draem_sample`: DRAEM's whole training pair (the 30 % image rotation included).
 * :func:`random_erasing`: Random Erasing (Zhong et al., AAAI 2020) with uniform noise.
+* :func:`confetti_noise`: FCDD's confetti noise (Liznerski et al., ICLR 2021).
 * :func:`riad_masks`, :func:`random_riad_masks`: RIAD (Zavrtanik et al., PR 2021):
   the image split into ``k x k`` cells partitioned at random into ``n`` disjoint masks,
   at scales ``k in {2, 4, 8, 16}``.
+
+:func:`load_textures` and :func:`synthetic_textures` (host side, NumPy) give the anomaly-source
+images DRAEM blends in.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -152,9 +159,9 @@ def _equalize(key: Array, x: Array) -> Array:
     return jnp.stack([channel(levels[..., c]) for c in range(x.shape[-1])], axis=-1)
 
 
-def _rotate(key: Array, x: Array) -> Array:
-    """Rotate by up to +-45 degrees about the centre (nearest neighbour, black outside)."""
-    theta = jnp.deg2rad(_uniform(key, -45.0, 45.0))
+def rotate_image(x: Array, theta: Array | float) -> Array:
+    """``x [H, W, C]`` rotated by ``theta`` radians about its centre (nearest neighbour, black
+    outside), like imgaug's ``Affine(rotate=...)`` with its defaults."""
     h, w = x.shape[:2]
     yy, xx = _grid((h, w))
     dy, dx = yy + 0.5 - h / 2, xx + 0.5 - w / 2
@@ -166,8 +173,16 @@ def _rotate(key: Array, x: Array) -> Array:
     return jnp.where(inside[..., None], x[iy, ix], 0.0)
 
 
+def _rotate(key: Array, x: Array) -> Array:
+    """Rotate by up to +-45 degrees about the centre (nearest neighbour, black outside)."""
+    return rotate_image(x, jnp.deg2rad(_uniform(key, -45.0, 45.0)))
+
+
 def _gamma(key: Array, x: Array) -> Array:
-    return x ** _uniform(key, 0.5, 2.0)
+    """Gamma contrast with one exponent in ``[0.5, 2]`` per channel (imgaug
+    ``GammaContrast((0.5, 2.0), per_channel=True)``, as DRAEM uses it)."""
+    gamma = jax.random.uniform(key, (x.shape[-1],), minval=0.5, maxval=2.0)
+    return x ** gamma
 
 
 def _brightness(key: Array, x: Array) -> Array:
@@ -220,6 +235,25 @@ def draem_augment(key: Array, image: Array, source: Array, p_anomaly: float = 0.
     augmented = image * (1 - m) + (1 - beta) * src * m + beta * image * m
     has_anomaly = (mask.sum() > 0).astype(jnp.float32)
     return augmented.astype(image.dtype), mask, has_anomaly
+
+
+def draem_sample(key: Array, image: Array, source: Array, p_anomaly: float = 0.5,
+                 beta_max: float = 0.8, p_rotate: float = 0.3,
+                 max_rotation: float = 90.0) -> tuple[Array, Array, Array, Array]:
+    """One DRAEM training pair as its authors' data loader makes it:
+    ``(target [H, W, C], augmented [H, W, C], mask [H, W], has_anomaly [])``.
+
+    With probability ``p_rotate`` the normal image is first rotated by
+    ``U(-max_rotation, max_rotation)`` degrees (the authors rotate 30 % of the images by up
+    to 90 degrees); the (possibly rotated) image is the reconstruction target and
+    :func:`draem_augment` makes the augmented input from it.
+    """
+    k_rot, k_angle, k_aug = jax.random.split(key, 3)
+    angle = jnp.deg2rad(_uniform(k_angle, -max_rotation, max_rotation))
+    rotated = rotate_image(image, angle).astype(image.dtype)
+    target = jnp.where(jax.random.bernoulli(k_rot, p_rotate), rotated, image)
+    augmented, mask, has_anomaly = draem_augment(k_aug, target, source, p_anomaly, beta_max)
+    return target, augmented, mask, has_anomaly
 
 
 def color_jitter(key: Array, image: Array, strength: float = 0.1, hue: float = 0.1) -> Array:
@@ -278,8 +312,11 @@ def cutpaste_scar(key: Array, image: Array, width: tuple[float, float] = (2, 16)
     shape = image.shape[:2]
     scale = min(shape) / reference_size
     k_w, k_h, k_rot, k_src, k_dst, k_jit = jax.random.split(key, 6)
-    w = jax.random.uniform(k_w, (), minval=width[0], maxval=width[1]) * scale
-    h = jax.random.uniform(k_h, (), minval=height[0], maxval=height[1]) * scale
+    # At least 1.5 px wide and 3 px long, so that a scar scaled down to a small image (or
+    # patch) still covers pixels.
+    w = jnp.maximum(jax.random.uniform(k_w, (), minval=width[0], maxval=width[1]) * scale, 1.5)
+    h = jnp.maximum(jax.random.uniform(k_h, (), minval=height[0], maxval=height[1]) * scale,
+                    3.0)
     theta = jnp.deg2rad(jax.random.uniform(k_rot, (), minval=rotation[0], maxval=rotation[1]))
     half = jnp.stack([h, w]) / 2
     size = jnp.array(shape, jnp.float32)
@@ -312,6 +349,60 @@ def random_erasing(key: Array, image: Array, area: tuple[float, float] = (0.02, 
     return jnp.where(inside[..., None], noise, image), inside.astype(jnp.float32)
 
 
+def _blob_masks(key: Array, shape: tuple[int, int], count: int, side: tuple[float, float],
+                rotation: float) -> Array:
+    """``count`` rotated squares ``[count, H, W]`` float32 {0, 1}, sides ``U(side)`` pixels,
+    centres uniform over the image, rotations ``U(-rotation, rotation)`` degrees."""
+    k_side, k_pos, k_rot = jax.random.split(key, 3)
+    sides = jax.random.uniform(k_side, (count, 1, 1), minval=side[0], maxval=side[1])
+    centres = jax.random.uniform(k_pos, (count, 2)) * jnp.array(shape, jnp.float32)
+    theta = jnp.deg2rad(jax.random.uniform(k_rot, (count, 1, 1), minval=-rotation,
+                                           maxval=rotation))
+    yy, xx = _grid(shape)
+    dy = yy[None] + 0.5 - centres[:, 0, None, None]
+    dx = xx[None] + 0.5 - centres[:, 1, None, None]
+    v = jnp.cos(theta) * dy + jnp.sin(theta) * dx
+    u = -jnp.sin(theta) * dy + jnp.cos(theta) * dx
+    return ((jnp.abs(v) < sides / 2) & (jnp.abs(u) < sides / 2)).astype(jnp.float32)
+
+
+def confetti_noise(key: Array, image: Array, max_blobs: int = 4, p_extra: float = 0.3,
+                   side: tuple[float, float] = (8, 54), rotation: float = 45.0,
+                   blur_sigma: float = 5.0, reference_size: int = 224
+                   ) -> tuple[Array, Array]:
+    """FCDD's confetti noise (Liznerski et al., ICLR 2021), as a "malformed normal" image:
+    ``(image + smoothed noise, clipped [H, W, C], mask [H, W])``.
+
+    Bright blobs of a random colour (added, up to ``+1`` per channel) and dark blobs
+    (``-1``) are rotated squares of side ``side`` pixels (at ``reference_size``, scaled to this
+    image); the noise image is smoothed with a Gaussian of ``blur_sigma`` (scaled) and added.
+    The mask is the union of the blobs' footprints. FCDD draws blob centres as Bernoulli
+    pixels (``p = 1.8e-5`` coloured and ``1.2e-5`` dark at 224 px: about one blob per image,
+    at least one); here the first coloured blob is always there and each of the other
+    ``max_blobs - 1`` (alternately coloured and dark) appears with probability ``p_extra``,
+    so that shapes stay static.
+    """
+    from anomjax.scoring import gaussian_blur
+
+    shape = image.shape[:2]
+    scale = min(shape) / reference_size
+    k_blobs, k_keep, k_colour = jax.random.split(key, 3)
+    blobs = _blob_masks(k_blobs, shape, max_blobs, (side[0] * scale, side[1] * scale), rotation)
+    keep = jnp.concatenate([jnp.ones((1,)), jax.random.bernoulli(
+        k_keep, p_extra, (max_blobs - 1,)).astype(jnp.float32)])
+    blobs = blobs * keep[:, None, None]
+    coloured = jnp.arange(max_blobs) % 2 == 0
+    colours = jnp.where(coloured[:, None],
+                        jax.random.uniform(k_colour, (max_blobs, image.shape[-1])), -1.0)
+    # Later blobs paint over earlier ones, as index assignment does in FCDD's code.
+    noise = jnp.zeros(image.shape, jnp.float32)
+    for i in range(max_blobs):
+        noise = jnp.where(blobs[i][..., None] > 0, colours[i], noise)
+    noise = jnp.moveaxis(gaussian_blur(jnp.moveaxis(noise, -1, 0), blur_sigma * scale), 0, -1)
+    out = jnp.clip(image + noise, 0.0, 1.0).astype(image.dtype)
+    return out, jnp.max(blobs, axis=0)
+
+
 def riad_masks(key: Array, shape: tuple[int, int], cell_size: int, n_masks: int = 3) -> Array:
     """RIAD masks ``[n_masks, H, W]`` float32: ``cell_size`` squares assigned at random to
     ``n_masks`` disjoint sets (balanced); the masks sum to one everywhere."""
@@ -328,3 +419,49 @@ def random_riad_masks(key: Array, shape: tuple[int, int],
     k_scale, k_masks = jax.random.split(key)
     all_scales = jnp.stack([riad_masks(k_masks, shape, k, n_masks) for k in cell_sizes])
     return all_scales[jax.random.randint(k_scale, (), 0, len(cell_sizes))]
+
+
+def load_textures(folder: str | os.PathLike, size: tuple[int, int],
+                  limit: int | None = None) -> np.ndarray:
+    """Every image under ``folder`` (recursively, sorted; at most ``limit``), resized
+    bilinearly to ``size`` ``(H, W)``: ``[T, H, W, 3]`` uint8, e.g. DRAEM's DTD anomaly source.
+    Raises a ``DataError`` naming the folder when it is missing or holds no image."""
+    from PIL import Image
+
+    from anomjax.data.errors import DataError
+    from anomjax.data.image_io import is_image_file, read_image
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"texture folder {root} does not exist or is not a folder")
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))[:limit]
+    if not paths:
+        raise DataError(f"texture folder {root} holds no image files")
+    out = np.empty((len(paths), *size, 3), np.uint8)
+    for i, path in enumerate(paths):
+        pixels = read_image(path)
+        if pixels.dtype != np.uint8:
+            pixels = np.round(pixels * 255).astype(np.uint8)
+        resized = Image.fromarray(pixels).resize((size[1], size[0]), Image.BILINEAR)
+        out[i] = np.asarray(resized)
+    return out
+
+
+def synthetic_textures(size: tuple[int, int], per_category: int = 4,
+                       seed: int = 0) -> np.ndarray:
+    """Defect-free images of the three texture categories of :mod:`anomjax.data.synthetic`
+    (fabric, metal, wood; ``per_category`` each) resized to ``size``: ``[T, H, W, 3]`` uint8.
+    The default anomaly source when no texture folder is given (no DTD offline)."""
+    from PIL import Image
+
+    from anomjax.data.synthetic import generate_image
+
+    side = max(max(size), 32)
+    out = []
+    for category in ("fabric", "metal", "wood"):
+        for i in range(per_category):
+            image, _ = generate_image(category, "good", i, image_size=side, seed=seed,
+                                      split="texture")
+            pixels = Image.fromarray(np.round(image * 255).astype(np.uint8))
+            out.append(np.asarray(pixels.resize((size[1], size[0]), Image.BILINEAR)))
+    return np.stack(out)

@@ -5,7 +5,9 @@ from anomjax.methods import (  # noqa: F401  (importing a family registers its m
     distillation,
     feature_modeling,
     flows,
+    one_class,
     reconstruction,
+    self_supervised,
 )
 from anomjax.methods.base import (
     FitMethod,

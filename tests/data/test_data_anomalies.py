@@ -111,3 +111,60 @@ def test_draem_source_augmenters():
     luma = np.array([0.299, 0.587, 0.114])
     turned = np.asarray(anomalies._rotate_hue(x, 0.3))
     np.testing.assert_allclose(turned @ luma, np.asarray(x) @ luma, atol=1e-5)
+
+
+def test_rotate_image_by_quarter_turns_is_a_permutation(image):
+    quarter = np.asarray(jax.jit(anomalies.rotate_image)(image, jnp.pi / 2))
+    candidates = [np.rot90(np.asarray(image), k, axes=(0, 1)) for k in (1, 3)]
+    assert any(np.array_equal(quarter, c) for c in candidates)
+    np.testing.assert_array_equal(anomalies.rotate_image(image, 0.0), image)
+
+
+def test_draem_sample_rotates_the_target_and_augments_it(image):
+    source = jnp.broadcast_to(jnp.linspace(0, 1, W)[None, :, None], (H, W, 3))
+    key = jax.random.key(3)
+    target, aug, mask, has = anomalies.draem_sample(key, image, source, p_rotate=0.0)
+    np.testing.assert_array_equal(target, image)
+    _, _, k_aug = jax.random.split(key, 3)
+    want = anomalies.draem_augment(k_aug, image, source)
+    chex.assert_trees_all_close((aug, mask, has), want)
+    rotated, aug, _, _ = anomalies.draem_sample(key, image, source, p_rotate=1.0)
+    assert not np.array_equal(np.asarray(rotated), np.asarray(image))
+    # Outside the anomaly the input is the (rotated) target.
+    np.testing.assert_allclose(np.asarray(aug)[np.asarray(mask) == 0],
+                               np.asarray(rotated)[np.asarray(mask) == 0], atol=1e-6)
+
+
+def test_confetti_noise_changes_the_blobs_and_keeps_far_pixels(image):
+    out, mask = jax.jit(jax.vmap(anomalies.confetti_noise, in_axes=(0, None)))(
+        jax.random.split(jax.random.key(7), 8), image)
+    out, mask = np.asarray(out), np.asarray(mask)
+    assert out.shape == (8, H, W, 3) and mask.shape == (8, H, W)
+    assert np.all(mask.reshape(8, -1).max(1) == 1)  # at least one blob each
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    diff = np.abs(out - np.asarray(image)).max(-1)
+    assert np.all([diff[i][mask[i] > 0].mean() > 0.05 for i in range(8)])
+    # The noise is smoothed (sigma 5 at 224 px) but does not spread beyond a few pixels.
+    from scipy import ndimage
+    far = ~np.stack([ndimage.binary_dilation(m > 0, iterations=4) for m in mask])
+    assert diff[far].max() < 1e-3
+
+
+def test_textures_from_a_folder_and_procedural(tmp_path):
+    from PIL import Image
+
+    from anomjax.data.errors import DataError
+
+    (tmp_path / "banded").mkdir()
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(tmp_path / "banded" / "a.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "b.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    textures = anomalies.load_textures(tmp_path, (16, 12))
+    assert textures.shape == (2, 16, 12, 3) and textures.dtype == np.uint8
+    assert set(np.unique(textures)) == {0, 200}
+    with pytest.raises(DataError, match="holds no image"):
+        anomalies.load_textures(tmp_path / "banded" / "..", (8, 8), limit=0)
+    with pytest.raises(DataError, match="does not exist"):
+        anomalies.load_textures(tmp_path / "missing", (8, 8))
+    procedural = anomalies.synthetic_textures((16, 24), per_category=1)
+    assert procedural.shape == (3, 16, 24, 3) and procedural.std() > 5

@@ -1,0 +1,195 @@
+"""DRAEM: a discriminatively trained reconstruction embedding (Zavrtanik, Kristan & Skocaj,
+ICCV 2021), optionally with SSPCAB (Ristea et al., CVPR 2022).
+
+Training makes its own anomalies inside the jitted step (:func:`anomjax.data.anomalies.
+draem_sample`): a thresholded, rotated Perlin-noise mask selects where an anomaly-source
+texture, changed by three random augmenters, is blended into the normal image (half of the
+samples stay normal; 30 % of the images are first rotated by up to 90 degrees). The
+reconstructive subnetwork maps the augmented image back to the normal one (loss ``L2 + SSIM``,
+``1 - SSIM`` with an 11-tap Gaussian window), and the discriminative subnetwork sees the
+reconstruction concatenated with the augmented image and segments the anomaly (focal loss,
+``gamma = 2``, on its softmax). Test: the map is the softmax probability of the anomaly
+class; the image score is the maximum of that map mean-filtered with a ``21 x 21`` window
+(zero padding counted, PyTorch ``avg_pool2d(21, stride=1, padding=10)``).
+
+Anomaly source: ``texture_dir`` is a folder of texture images (the paper's DTD, not available
+offline), read and resized once in ``init``. Without it the source is, for each sample, with
+probability ``p_batch_source`` (0.5) another training image of the batch and otherwise one of
+12 procedural textures of :mod:`anomjax.data.synthetic` (fabric, metal, wood), which is not in
+the paper.
+
+As in the authors' code (``train_DRAEM.py``, ``test_DRAEM.py``, ``model_unet.py``,
+``loss.py``): widths 128 (reconstructive) and 64 (discriminative), Adam at 1e-4 on both
+subnetworks, the rate multiplied by 0.2 at 80 % and 90 % of training (here of the run's
+steps), 700 epochs (``default_epochs``), their focal loss (probabilities clamped as
+``one_hot`` in ``[1e-5, 1 - 1e-5]``, ``pt + 1e-5``), no smoothing of the pixel map, BatchNorm
+in training mode while training. Deviations: the SSIM uses reflect padding
+(:mod:`anomjax.nn.losses`, as scikit-image) where the authors zero-pad; the imgaug
+augmenters are re-implemented approximately (see :mod:`anomjax.data.anomalies`); images
+must have sides divisible by 32.
+
+SSPCAB (``sspcab=True``): the last block of the reconstructive encoder is replaced by an
+SSPCAB layer (:mod:`anomjax.nn.sspcab`) and ``sspcab_lambda * MSE(block output, block input)``
+(0.1) joins the loss, as in the SSPCAB authors' DRAEM configuration and anomalib's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from anomjax.data.anomalies import draem_sample, load_textures, synthetic_textures
+from anomjax.methods.base import State, register
+from anomjax.methods.hyper import hyper
+from anomjax.methods.self_supervised.common import check_images, mean_filter
+from anomjax.methods.self_supervised.unet import ReconstructiveNet, UNet
+from anomjax.nn.losses import l2_loss, ssim_loss
+from anomjax.nn.sspcab import sspcab_loss
+from anomjax.scoring import gaussian_blur
+from anomjax.train.interceptors import apply_with, batch_norm_in_train_mode
+from anomjax.types import Scores
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def focal_loss(probs: jax.Array, target: jax.Array, gamma: float = 2.0,
+               smooth: float = 1e-5) -> jax.Array:
+    """DRAEM's focal loss of softmax ``probs [..., K]`` against integer labels ``target
+    [...]``: mean of ``-(1 - pt)^gamma log(pt)``, ``pt = sum(clip(one_hot, smooth / (K - 1),
+    1 - smooth) * probs) + smooth`` (the authors' ``FocalLoss`` with ``alpha=None``)."""
+    k = probs.shape[-1]
+    one_hot = jax.nn.one_hot(target, k, dtype=jnp.float32)
+    one_hot = jnp.clip(one_hot, smooth / (k - 1), 1.0 - smooth)
+    pt = jnp.sum(one_hot * probs.astype(jnp.float32), axis=-1) + smooth
+    return jnp.mean(-jnp.power(1.0 - pt, gamma) * jnp.log(pt))
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class DRAEM:
+    """DRAEM (and DRAEM + SSPCAB), see the module docstring.
+
+    Attributes:
+      rec_width, seg_width: base widths of the reconstructive and discriminative networks.
+      learning_rate: Adam's rate (both subnetworks).
+      texture_dir: folder of anomaly-source textures (DTD); ``None``: batch images and
+        procedural textures.
+      p_batch_source: without ``texture_dir``, the probability that a sample's source is
+        another image of its batch.
+      p_anomaly, beta_max, p_rotate: DRAEM's anomaly probability, maximum opacity factor and
+        image-rotation probability.
+      sspcab, sspcab_lambda: DRAEM + SSPCAB and the weight of SSPCAB's loss.
+      filter_size: the mean filter of the image score.
+      sigma: optional Gaussian smoothing of the pixel map (0, as in the paper).
+    """
+
+    name: ClassVar[str] = "draem"
+    kind: ClassVar[str] = "train"
+    default_epochs: ClassVar[int] = 700
+
+    rec_width: int = hyper(128, low=1)
+    seg_width: int = hyper(64, low=1)
+    learning_rate: float = hyper(1e-4, low=0.0, low_open=True)
+    texture_dir: str | None = None
+    p_batch_source: float = hyper(0.5, low=0.0, high=1.0)
+    p_anomaly: float = hyper(0.5, low=0.0, high=1.0)
+    beta_max: float = hyper(0.8, low=0.0, high=1.0)
+    p_rotate: float = hyper(0.3, low=0.0, high=1.0)
+    sspcab: bool = False
+    sspcab_lambda: float = hyper(0.1, low=0.0)
+    filter_size: int = hyper(21, low=1)
+    sigma: float = hyper(0.0, low=0.0, high=64.0)
+
+    def _nets(self, precision: Any = None) -> tuple[ReconstructiveNet, UNet]:
+        return (ReconstructiveNet(self.rec_width, 3, self.sspcab, precision),
+                UNet(self.seg_width, 2, 5, precision))
+
+    def init(self, key: jax.Array, images: jax.Array) -> State:
+        """Both subnetworks (``params``/``batch_stats`` under ``rec`` and ``seg``) and the
+        anomaly-source textures ``frozen["textures"] [T, H, W, 3]`` uint8."""
+        check_images(self.name, images, multiple=32)
+        size = tuple(images.shape[1:3])
+        textures = (load_textures(self.texture_dir, size) if self.texture_dir is not None
+                    else synthetic_textures(size))
+        rec, seg = self._nets()
+        k_rec, k_seg = jax.random.split(key)
+        x = jnp.zeros((1, *size, 3), jnp.float32)
+        v_rec = rec.init(k_rec, x)
+        v_seg = seg.init(k_seg, jnp.zeros((1, *size, 6), jnp.float32))
+        return {"params": {"rec": v_rec["params"], "seg": v_seg["params"]},
+                "batch_stats": {"rec": v_rec["batch_stats"], "seg": v_seg["batch_stats"]},
+                "frozen": {"textures": jnp.asarray(textures)}}
+
+    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
+        """Adam; the rate times 0.2 at 80 % and again at 90 % of ``total_steps``."""
+        boundaries: dict[int, float] = {}
+        for fraction in (0.8, 0.9):  # both factors apply even when the two steps coincide
+            step = int(fraction * total_steps)
+            boundaries[step] = boundaries.get(step, 1.0) * 0.2
+        return optax.adam(optax.piecewise_constant_schedule(self.learning_rate, boundaries))
+
+    def anomaly_batch(self, state: State, images: jax.Array, key: jax.Array
+                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``(targets, augmented [B, H, W, 3], masks [B, H, W])`` for a batch (jittable)."""
+        b = images.shape[0]
+        k_pick, k_self, k_samples = jax.random.split(key, 3)
+        textures = state["frozen"]["textures"]
+        picks = jax.random.randint(k_pick, (b,), 0, textures.shape[0])
+        sources = textures[picks].astype(jnp.float32) / 255.0
+        if self.texture_dir is None and b > 1:
+            use_batch = jax.random.bernoulli(k_self, self.p_batch_source, (b,))
+            sources = jnp.where(use_batch[:, None, None, None], jnp.roll(images, 1, axis=0),
+                                sources)
+        sample = jax.vmap(lambda k, x, s: draem_sample(k, x, s, self.p_anomaly, self.beta_max,
+                                                       self.p_rotate))
+        targets, augmented, masks, _ = sample(jax.random.split(k_samples, b), images,
+                                              sources.astype(images.dtype))
+        return targets, augmented, masks
+
+    def loss(self, params: Any, state: State, images: jax.Array,
+             key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        """``L2 + SSIM + focal (+ sspcab_lambda * SSPCAB)`` on a batch of made anomalies."""
+        targets, augmented, masks = self.anomaly_batch(state, images, key)
+        rec_net, seg_net = self._nets()
+        train = [batch_norm_in_train_mode(0.9)]
+        stats = state["batch_stats"]
+        (rec, deep_in, deep_out), new_rec = apply_with(
+            rec_net, {"params": params["rec"], "batch_stats": stats["rec"]}, augmented,
+            interceptors=train, mutable=["batch_stats"])
+        logits, new_seg = apply_with(
+            seg_net, {"params": params["seg"], "batch_stats": stats["seg"]},
+            jnp.concatenate([rec, augmented], axis=-1), interceptors=train,
+            mutable=["batch_stats"])
+        l2 = l2_loss(rec, targets)
+        ssim = ssim_loss(rec, targets)
+        focal = focal_loss(jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
+                           masks.astype(jnp.int32))
+        total = l2 + ssim + focal
+        aux: dict[str, Any] = {"l2": l2, "ssim": ssim, "focal": focal,
+                               "batch_stats": {"rec": new_rec["batch_stats"],
+                                               "seg": new_seg["batch_stats"]}}
+        if self.sspcab:
+            aux["sspcab"] = sspcab_loss(deep_in, deep_out)
+            total = total + self.sspcab_lambda * aux["sspcab"]
+        return total, aux
+
+    def reconstruct_and_segment(self, state: State, images: jax.Array
+                                ) -> tuple[jax.Array, jax.Array]:
+        """``(reconstruction [B, H, W, 3], anomaly probability [B, H, W])`` in eval mode."""
+        rec_net, seg_net = self._nets(HIGHEST)
+        p, s = state["params"], state["batch_stats"]
+        rec, _, _ = rec_net.apply({"params": p["rec"], "batch_stats": s["rec"]}, images)
+        logits = seg_net.apply({"params": p["seg"], "batch_stats": s["seg"]},
+                               jnp.concatenate([rec, images], axis=-1))
+        return rec, jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
+
+    def score(self, state: State, images: jax.Array) -> Scores:
+        """Map = anomaly probability; image score = max of its ``filter_size`` mean filter."""
+        check_images(self.name, images, multiple=32)
+        _, probs = self.reconstruct_and_segment(state, images)
+        image = jnp.max(mean_filter(probs, self.filter_size), axis=(1, 2))
+        return Scores(image=image, maps=gaussian_blur(probs, self.sigma))

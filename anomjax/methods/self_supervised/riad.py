@@ -1,0 +1,145 @@
+"""RIAD: reconstruction by inpainting for visual anomaly detection (Zavrtanik, Kristan &
+Skocaj, Pattern Recognition 2021).
+
+Every training image is split into ``k x k`` cells (``k`` drawn from ``cell_sizes`` = 2, 4, 8,
+16 pixels per image and step) that are partitioned at random into ``n_masks = 3`` disjoint
+sets; a U-Net inpaints each of the three images with one set hidden, and the reconstruction
+keeps, in every cell, the inpainting made when that cell was hidden:
+``I_r = sum_i M_i * f(I * (1 - M_i))``. The masks are made inside the jitted step
+(:func:`anomjax.data.anomalies.riad_masks`). Loss (the paper's):
+``L2 + lambda_g MSGMS + lambda_s SSIM`` with ``lambda_g = lambda_s = 1`` (:mod:`anomjax.nn.
+losses`). Test: for every ``k`` the image is inpainted from its 3 complementary masks (fixed
+partitions, drawn from ``mask_seed``), the error map at that scale is ``1 - MSGMS(I, I_r)``
+(per pixel), the maps are averaged over the scales and smoothed with a Gaussian (``sigma``
+4); the image score is its maximum.
+
+Adam at 1e-4, 300 epochs (the paper's). The authors did not publish RIAD's code; the U-Net is
+the same group's DRAEM discriminative network (:class:`~anomjax.methods.self_supervised.
+unet.UNet`, ``depth`` 4 poolings, base width ``width`` = 64, 3 output channels), our choice,
+as is the cell layout at image sizes other than the paper's 256 px (``cell_sizes`` stay in
+pixels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from anomjax.data.anomalies import riad_masks
+from anomjax.methods.base import State, register
+from anomjax.methods.hyper import hyper
+from anomjax.methods.self_supervised.common import check_images
+from anomjax.methods.self_supervised.unet import UNet
+from anomjax.nn.losses import l2_loss, msgms_loss, msgms_map, ssim_loss
+from anomjax.scoring import gaussian_blur
+from anomjax.train.interceptors import apply_with, batch_norm_in_train_mode
+from anomjax.types import Scores
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class RIAD:
+    """RIAD (see the module docstring).
+
+    Attributes:
+      width, depth: the U-Net's base width and number of poolings.
+      cell_sizes: mask cell sizes ``k`` in pixels.
+      n_masks: disjoint masks per scale.
+      lambda_gms, lambda_ssim: loss weights.
+      learning_rate: Adam's rate.
+      mask_seed: seed of the fixed test-time partitions.
+      sigma: Gaussian smoothing of the final map.
+    """
+
+    name: ClassVar[str] = "riad"
+    kind: ClassVar[str] = "train"
+    default_epochs: ClassVar[int] = 300
+
+    width: int = hyper(64, low=1)
+    depth: int = hyper(4, low=1, high=7)
+    cell_sizes: tuple[int, ...] = hyper((2, 4, 8, 16), low=1)
+    n_masks: int = hyper(3, low=2)
+    lambda_gms: float = hyper(1.0, low=0.0)
+    lambda_ssim: float = hyper(1.0, low=0.0)
+    learning_rate: float = hyper(1e-4, low=0.0, low_open=True)
+    mask_seed: int = 0
+    sigma: float = hyper(4.0, low=0.0, high=64.0)
+
+    def _net(self, precision: Any = None) -> UNet:
+        return UNet(self.width, 3, self.depth, precision)
+
+    def _check(self, images: Any) -> None:
+        check_images(self.name, images, multiple=2 ** self.depth, min_size=8)
+
+    def init(self, key: jax.Array, images: jax.Array) -> State:
+        """The inpainting U-Net's ``params`` and ``batch_stats``."""
+        self._check(images)
+        v = self._net().init(key, jnp.zeros((1, *images.shape[1:3], 3), jnp.float32))
+        return {"params": v["params"], "batch_stats": v["batch_stats"]}
+
+    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
+        del total_steps
+        return optax.adam(self.learning_rate)
+
+    def training_masks(self, key: jax.Array, batch: int, shape: tuple[int, int]) -> jax.Array:
+        """``[B, n_masks, H, W]``: per image, a partition at a cell size drawn uniformly."""
+        k_scale, k_masks = jax.random.split(key)
+        scale = jax.random.randint(k_scale, (batch,), 0, len(self.cell_sizes))
+        keys = jax.random.split(k_masks, batch)
+        every = jnp.stack([jax.vmap(lambda k, c=c: riad_masks(k, shape, c, self.n_masks))(keys)
+                           for c in self.cell_sizes], axis=1)  # [B, S, n, H, W]
+        return jnp.take_along_axis(every, scale[:, None, None, None, None], axis=1)[:, 0]
+
+    @staticmethod
+    def combine(images: jax.Array, masks: jax.Array,
+                inpaint: Any) -> tuple[jax.Array, Any]:
+        """``sum_i M_i f(I (1 - M_i))`` for images ``[B, H, W, 3]`` and masks ``[B, n, H,
+        W]``; ``inpaint: [N, H, W, 3] -> ([N, H, W, 3], extra)`` sees all ``n B`` inputs
+        at once."""
+        b, n = masks.shape[:2]
+        hidden = masks[..., None]  # [B, n, H, W, 1]
+        inputs = (images[:, None] * (1.0 - hidden)).reshape(b * n, *images.shape[1:])
+        out, extra = inpaint(inputs)
+        out = out.reshape(b, n, *images.shape[1:])
+        return jnp.sum(out * hidden, axis=1), extra
+
+    def loss(self, params: Any, state: State, images: jax.Array,
+             key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        """``L2 + lambda_g MSGMS + lambda_s SSIM`` of the combined inpainting."""
+        masks = self.training_masks(key, images.shape[0], images.shape[1:3])
+
+        def inpaint(x: jax.Array) -> tuple[jax.Array, Any]:
+            out, new = apply_with(self._net(), {"params": params,
+                                                "batch_stats": state["batch_stats"]}, x,
+                                  interceptors=[batch_norm_in_train_mode(0.9)],
+                                  mutable=["batch_stats"])
+            return out, new["batch_stats"]
+
+        rec, stats = self.combine(images, masks, inpaint)
+        l2, gms, ssim = l2_loss(rec, images), msgms_loss(rec, images), ssim_loss(rec, images)
+        total = l2 + self.lambda_gms * gms + self.lambda_ssim * ssim
+        return total, {"l2": l2, "msgms": gms, "ssim": ssim, "batch_stats": stats}
+
+    def test_masks(self, shape: tuple[int, int]) -> list[jax.Array]:
+        """The fixed ``[n_masks, H, W]`` partitions of every cell size."""
+        key = jax.random.PRNGKey(self.mask_seed)
+        return [riad_masks(jax.random.fold_in(key, c), shape, c, self.n_masks)
+                for c in self.cell_sizes]
+
+    def score(self, state: State, images: jax.Array) -> Scores:
+        """Mean over scales of ``1 - MSGMS(I, I_r(k))``, smoothed; image score = max."""
+        self._check(images)
+        net = self._net(jax.lax.Precision.HIGHEST)
+        variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        b = images.shape[0]
+        total = jnp.zeros(images.shape[:3], jnp.float32)
+        for masks in self.test_masks(images.shape[1:3]):
+            rec, _ = self.combine(images, jnp.broadcast_to(masks, (b, *masks.shape)),
+                                  lambda x: (net.apply(variables, x), None))
+            total = total + msgms_map(images, rec)
+        maps = gaussian_blur(total / len(self.cell_sizes), self.sigma)
+        return Scores(image=jnp.max(maps, axis=(1, 2)), maps=maps)
