@@ -32,6 +32,10 @@ What a ``kind = "train"`` method must provide (a frozen dataclass, ``@register``
     def score(self, state, images) -> Scores
         # Pure and jittable; see anomjax.scoring.to_scores.
 
+    # Several parameter groups with their own optimisers and losses, in order, in phases:
+    # optimizer() returns an anomjax.train.groups.GroupedOptimizer (see there); loss() is
+    # then not used.
+
     # Optional:
     default_epochs: ClassVar[int]   # the paper's epochs, used when train_method gets epochs=None
 
@@ -67,6 +71,7 @@ own shard, and every process must pass the same arguments.
 
 from anomjax.train.checkpoint import CheckpointStore
 from anomjax.train.divergence import TrainingDiverged
+from anomjax.train.groups import GroupedOptimizer, Phase, Update
 from anomjax.train.loop import epoch_seed, train_method
 from anomjax.train.sharding import DataMesh
 from anomjax.train.state import TrainState, init_train_state, method_state
@@ -75,8 +80,11 @@ from anomjax.train.step import make_train_step
 __all__ = [
     "CheckpointStore",
     "DataMesh",
+    "GroupedOptimizer",
+    "Phase",
     "TrainState",
     "TrainingDiverged",
+    "Update",
     "epoch_seed",
     "init_train_state",
     "make_train_step",

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from anomjax.train.groups import GroupedOptimizer, make_grouped_step
 from anomjax.train.state import TrainState, method_state
 
 TrainStep = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
@@ -31,9 +32,15 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
     and ``grad_norm``. With ``compute_dtype="bfloat16"`` the loss runs on bfloat16 copies of
     the params, carried state and images while the master params and optimiser stay float32.
     Under a mesh, sharding follows the inputs (batch sharded, state replicated), so the same
-    function runs on one device, many devices or many hosts.
+    function runs on one device, many devices or many hosts. A
+    :class:`~anomjax.train.groups.GroupedOptimizer` gets the step of several parameter groups.
     """
     dtype = None if compute_dtype in (None, "float32") else jnp.dtype(compute_dtype)
+    if isinstance(optimizer, GroupedOptimizer):  # several groups (anomjax.train.groups)
+        def cast(tree: Any) -> Any:
+            return tree if dtype is None else _cast_floats(tree, dtype)
+
+        return jax.jit(make_grouped_step(optimizer, cast), donate_argnums=0)
 
     def train_step(ts: TrainState, images: jax.Array,
                    key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
