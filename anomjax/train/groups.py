@@ -15,7 +15,10 @@ returning a :class:`GroupedOptimizer` from ``optimizer(total_steps)``::
 updates of the current phase in order: update ``u`` takes the gradient of
 ``u.loss(params, state, images, key)`` (same signature and aux contract as a single-loss
 method's ``loss``) with respect to ``params[u.group]`` only, applies that group's optimiser,
-and the next update sees the new parameters and the new ``batch_stats``. ``Update.every = k``
+and the next update sees the new parameters and the new ``batch_stats``. An aux entry
+``"carry"`` (any pytree, not logged, no gradient) is handed to the later updates of the same
+step as ``state["carry"]`` (e.g. GANomaly's discriminator update reuses the generator's
+output from before the generator's update, as its authors' code does). ``Update.every = k``
 runs an update only on steps ``s`` with ``s % k == k - 1`` (e.g. one generator update per
 five critic updates in WGAN-GP); otherwise it is skipped without computing its loss.
 
@@ -122,14 +125,15 @@ Cast = Callable[[Any], Any]
 
 def _run_update(u: Update, optimizer: optax.GradientTransformation, carry: tuple,
                 ts: TrainState, images: jax.Array, key: jax.Array, cast: Cast) -> tuple:
-    """Apply one update to ``carry = (params, opt_state, batch_stats)``; returns the new
-    carry, its loss, gradient norm and float32 aux."""
-    params, opt_state, batch_stats = carry
+    """Apply one update to ``carry = (params, opt_state, batch_stats, handed)``; returns the
+    new carry, its loss, gradient norm and float32 aux."""
+    params, opt_state, batch_stats, handed = carry
 
     def loss_fn(group_params: Any) -> tuple[jax.Array, dict[str, Any]]:
         full = {**params, u.group: group_params}
         state = method_state(ts.replace(params=full, batch_stats=batch_stats))
         full, state, x = cast((full, state, images))
+        state["carry"] = jax.lax.stop_gradient(handed)
         state["params"] = full
         loss, aux = u.loss(full, state, x, key)
         return loss.astype(jnp.float32), dict(aux)
@@ -141,14 +145,15 @@ def _run_update(u: Update, optimizer: optax.GradientTransformation, carry: tuple
     new_stats = aux.pop("batch_stats", batch_stats)
     if batch_stats is not None:
         new_stats = jax.tree.map(lambda n, o: n.astype(o.dtype), new_stats, batch_stats)
+    handed = {**handed, **aux.pop("carry", {})}
     aux = {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}
-    return (params, opt_state, new_stats), loss, optax.tree.norm(grads), aux
+    return (params, opt_state, new_stats, handed), loss, optax.tree.norm(grads), aux
 
 
 def _phase_step(grouped: GroupedOptimizer, phase: Phase, ts: TrainState, images: jax.Array,
                 key: jax.Array, cast: Cast) -> tuple:
     """Run ``phase``'s updates in order; ``(params, opt_state, batch_stats), metrics``."""
-    carry = (ts.params, ts.opt_state, ts.batch_stats)
+    carry = (ts.params, ts.opt_state, ts.batch_stats, {})
     metrics: dict[str, jax.Array] = {}
     total, squares = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
     for i, u in enumerate(phase.updates):
@@ -162,8 +167,9 @@ def _phase_step(grouped: GroupedOptimizer, phase: Phase, ts: TrainState, images:
             shapes = jax.eval_shape(run, carry)
 
             def skip(c: tuple, shapes: Any = shapes) -> tuple:
-                zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[1:])
-                return (c, *zeros)
+                zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+                handed = {**zeros[0][3], **c[3]}  # what a skipped update would hand on: 0
+                return ((*c[:3], handed), *zeros[1:])
 
             carry, loss, norm, aux = jax.lax.cond(ts.step % u.every == u.every - 1, run, skip,
                                                   carry)
@@ -171,7 +177,7 @@ def _phase_step(grouped: GroupedOptimizer, phase: Phase, ts: TrainState, images:
         metrics.update(aux)
         total, squares = total + loss, squares + norm * norm
     metrics["loss"], metrics["grad_norm"] = total, jnp.sqrt(squares)
-    return carry, metrics
+    return carry[:3], metrics
 
 
 def make_grouped_step(grouped: GroupedOptimizer, cast: Cast) -> Callable:

@@ -38,10 +38,11 @@ class ToyGroups:
         m = jnp.mean(images)
         loss = jnp.sum((params["a"] - params["b"]) ** 2) + m * jnp.sum(params["a"])
         return loss, {"batch_stats": {"count": state["batch_stats"]["count"] + 1},
-                      "image_mean": m}
+                      "image_mean": m, "carry": {"a_before": params["a"]}}
 
     def loss_b(self, params, state, images, key):
-        return jnp.sum((params["b"] - 2 * params["a"]) ** 2), {}
+        return (jnp.sum((params["b"] - 2 * params["a"]) ** 2),
+                {"a_before_sum": jnp.sum(state["carry"]["a_before"])})
 
     def loss_c(self, params, state, images, key):
         return jnp.sum((params["c"] - params["a"]) ** 2), {"seen": state["batch_stats"]["count"]}

@@ -39,6 +39,8 @@ def test_updates_run_in_order_and_phases_switch_at_their_step():
     start, params, metrics, m, ts = _steps(ToyGroups(lr=lr, switch=2), 3)
     a, b, c = start["a"], start["b"], start["c"]
     for s in range(2):  # phase 0: a, then b with the new a; c untouched
+        # The a-update hands its input a to the b-update ("carry").
+        np.testing.assert_allclose(metrics[s]["a_before_sum"], a.sum(), rtol=1e-5)
         a = a - lr * (2 * (a - b) + m)
         b = b - lr * 2 * (b - 2 * a)
         np.testing.assert_allclose(params[s]["a"], a, rtol=1e-5)
