@@ -4,6 +4,7 @@
 from anomjax.methods import (  # noqa: F401  (importing a family registers its methods)
     distillation,
     feature_modeling,
+    generative,
     reconstruction,
 )
 from anomjax.methods.base import (

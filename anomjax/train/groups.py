@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from anomjax.train.state import TrainState, method_state
+if TYPE_CHECKING:  # the methods import this module; anomjax.train.state imports the methods
+    from anomjax.train.state import TrainState
 
 Loss = Callable[[Any, dict[str, Any], jax.Array, jax.Array], tuple[jax.Array, dict[str, Any]]]
 
@@ -127,6 +128,8 @@ def _run_update(u: Update, optimizer: optax.GradientTransformation, carry: tuple
                 ts: TrainState, images: jax.Array, key: jax.Array, cast: Cast) -> tuple:
     """Apply one update to ``carry = (params, opt_state, batch_stats, handed)``; returns the
     new carry, its loss, gradient norm and float32 aux."""
+    from anomjax.train.state import method_state
+
     params, opt_state, batch_stats, handed = carry
 
     def loss_fn(group_params: Any) -> tuple[jax.Array, dict[str, Any]]:
