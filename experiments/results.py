@@ -57,6 +57,19 @@ NOTES = {
                            "(paper: R18 on ImageNet); 17/33/65 patch students, M=3",
     "dfr": "Lite0 stage1-4 regional features (paper: VGG19 relu1_1-relu4_4); 1x1 conv AE, "
            "latent by PCA 90 %",
+    "ae": "Bergmann conv AE on whole images at the row's size (paper: 128 px patches), SSIM "
+          "loss and 1-SSIM map by default, RGB, map smoothed sigma 4",
+    "memae": "Bergmann conv AE with a 100-slot memory on its stride-16 map (paper: small "
+             "MNIST/CIFAR nets), dot addressing, shrink 0.0025, entropy 2e-4",
+    "vae": "Bergmann conv layout, distrax Gaussian posterior/likelihood (learned scale), map = "
+           "reconstruction error at z = mu",
+    "favae": "Lite0 stage2/3 features (paper: VGG); map = feature error + ELBO input "
+             "gradient, each divided by its training mean",
+    "anogan": "DCGAN; latent search with Adam lr 0.05 (paper: 500 plain steps), lambda 0.1",
+    "f_anogan": "DCGAN-layout WGAN-GP (paper: residual nets) then izi_f encoder in one run "
+                "(GAN for the first half of the steps), kappa 1",
+    "ganomaly": "authors' DCGAN nets, weights 1/50/1; map = |x - x_hat| (paper: image-level "
+                "only); no discriminator re-initialisation",
 }
 
 

@@ -8,7 +8,7 @@ against 0, then ``G`` on the non-saturating loss (``D(G(z))`` against 1), with t
 
 At test time every image gets its own latent search, jitted and batched (``lax.fori_loop``
 over ``search_steps`` Adam steps on ``z [B, latent]``, from ``U(-1, 1)`` draws of a fixed
-key), minimising the paper's loss
+key per row), minimising the paper's loss
 
     A(z) = (1 - lambda) * sum |x - G(z)| + lambda * sum |f(x) - f(G(z))|,  lambda = 0.1,
 
@@ -159,8 +159,10 @@ class AnoGAN:
             return jnp.sum(per_image), (per_image, fake)
 
         opt = optax.adam(self.search_lr)
-        z0 = jax.random.uniform(jax.random.PRNGKey(self.search_seed),
-                                (images.shape[0], self.latent), jnp.float32, -1.0, 1.0)
+        start = jax.random.PRNGKey(self.search_seed)  # row i starts from fold_in(start, i)
+        z0 = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(start, i), (self.latent,),
+                                                   jnp.float32, -1.0, 1.0))(
+            jnp.arange(images.shape[0]))
 
         def body(_: int, carry: tuple) -> tuple:
             z, opt_state = carry
