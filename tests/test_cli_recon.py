@@ -28,9 +28,9 @@ TINY_SETTINGS = {
 @pytest.fixture(scope="module")
 def category(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
-    write_mvtec(root, categories=("carpet",), n_train=8, n_test_good=2, n_test_defect=3,
+    write_mvtec(root, categories=("wood",), n_train=8, n_test_good=2, n_test_defect=3,
                 image_size=32, seed=5, disable=True)
-    return root / "carpet"
+    return root / "wood"
 
 
 @pytest.mark.parametrize("method", sorted(TINY_SETTINGS))

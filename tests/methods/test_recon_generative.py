@@ -92,10 +92,10 @@ def test_vae_elbo_is_the_gaussian_formula_with_distrax():
     state = method.init(jax.random.key(0), x)
     params = dict(state["params"], log_scale=jnp.asarray(-1.0))
     net = method._net(x)
-    got, _ = elbo(net, params, x, None)
-    mu, log_sigma = (np.asarray(a, np.float64) for a in
-                     net.apply({"params": params}, x, method=GaussianVAE.encode))
-    mean = np.asarray(net.apply({"params": params}, x), np.float64)
+    got = jax.jit(lambda p, v: elbo(net, p, v, None)[0])(params, x)
+    mu, log_sigma = (np.asarray(a, np.float64) for a in jax.jit(
+        lambda p, v: net.apply({"params": p}, v, method=GaussianVAE.encode))(params, x))
+    mean = np.asarray(jax.jit(lambda p, v: net.apply({"params": p}, v))(params, x), np.float64)
     s = np.exp(-1.0)
     log_lik = np.sum(-0.5 * ((np.asarray(x) - mean) / s) ** 2 - np.log(s)
                      - 0.5 * np.log(2 * np.pi), axis=(1, 2, 3))
@@ -107,7 +107,7 @@ def test_vae_gradient_map_is_the_input_gradient_of_the_elbo():
     method = dataclasses.replace(TINY["vae"], map_type="gradient", sigma=0.0)
     x = jnp.asarray(np.random.default_rng(1).uniform(size=(1, SIZE, SIZE, 3)), jnp.float32)
     state = method.init(jax.random.key(0), x)
-    maps = np.asarray(method.score(state, x).maps)
+    maps = np.asarray(jax.jit(method.score)(state, x).maps)
     # Central finite difference of the ELBO in one pixel's three channels.
     net, eps, (i, j) = method._net(x), 1e-2, (10, 20)
     f = jax.jit(lambda v: elbo(net, state["params"], v, None)[0][0])
