@@ -32,3 +32,11 @@ def check_images(method: str, images: Any, *, multiple: int = 1,
 def to_signed(images: jnp.ndarray) -> jnp.ndarray:
     """``[0, 1]`` images to the ``[-1, 1]`` range of a ``tanh`` generator."""
     return images.astype(jnp.float32) * 2.0 - 1.0
+
+
+def check_trained_size(method: str, images: Any, trained: int) -> None:
+    """A clear error when ``images`` are not of the size the network was trained at."""
+    if tuple(images.shape[1:3]) != (trained, trained):
+        raise ValueError(f"{method}: this model was trained on {trained} x {trained} images, "
+                         f"got {images.shape[1]} x {images.shape[2]}; score at the training "
+                         f"image size (--image-size {trained})")

@@ -92,6 +92,16 @@ class ConvDecoder(nn.Module):
         return x
 
 
+def conv_trained_size(encoder_params: dict, layers: Sequence[Layer]) -> int:
+    """The image size a :class:`ConvEncoder` was built for, from its bottleneck kernel."""
+    return int(encoder_params["bottleneck"]["kernel"].shape[0]) * _stride(layers)
+
+
+def dcgan_trained_size(encoder_params: dict) -> int:
+    """The image size a :class:`DCGANEncoder` was built for (4 * 2^number of its convs)."""
+    return 4 * 2 ** sum(name.startswith("conv") for name in encoder_params)
+
+
 def dcgan_depth(image_size: int) -> int:
     """Stride-2 layers from ``image_size`` to 4 x 4; a power of two >= 8 is required."""
     depth = int(round(math.log2(image_size / 4))) if image_size > 0 else -1

@@ -87,6 +87,11 @@ def test_bad_images_give_clear_errors():
         TINY["vae"].init(jax.random.key(0), jnp.zeros((1, 32, 64, 3)))
     with pytest.raises(ValueError, match="divide uint8 images by 255"):
         TINY["anogan"].init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.uint8))
+    for name in ("ae_l2", "ganomaly", "f_anogan", "vae"):
+        method = TINY[name]
+        state = method.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        with pytest.raises(ValueError, match=r"trained on 32 x 32 images, got 64 x 64"):
+            method.score(state, jnp.zeros((1, 64, 64, 3)))
 
 
 def test_vae_elbo_is_the_gaussian_formula_with_distrax():

@@ -37,8 +37,8 @@ import optax
 from anomjax.methods.base import State, register
 from anomjax.methods.generative.ganomaly import bce_with_logits
 from anomjax.methods.hyper import hyper
-from anomjax.methods.images import check_images, to_signed
-from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder
+from anomjax.methods.images import check_images, check_trained_size, to_signed
+from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder, dcgan_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.scoring import to_scores
 from anomjax.train.groups import GroupedOptimizer, Phase, Update
@@ -143,6 +143,8 @@ class AnoGAN:
     def search(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The latent search: ``(G(z*) [B, S, S, 3] in [-1, 1], A(z*) [B])``."""
         gen, disc = self._nets(images)
+        check_trained_size(self.name, images,
+                           dcgan_trained_size(state["params"]["discriminator"]["body"]))
         g_vars = {"params": state["params"]["generator"],
                   "batch_stats": state["batch_stats"]["generator"]}
         d_vars = {"params": state["params"]["discriminator"],

@@ -38,8 +38,8 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
-from anomjax.methods.images import check_images, to_signed
-from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder, DCGANEncoder
+from anomjax.methods.images import check_images, check_trained_size, to_signed
+from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder, DCGANEncoder, dcgan_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import gradient_penalty
 from anomjax.scoring import to_scores
@@ -181,6 +181,8 @@ class FAnoGAN:
 
     def score(self, state: State, images: jax.Array) -> Scores:
         """Image score ``A_R + kappa * A_D``; map = smoothed squared residual."""
+        check_trained_size(self.name, images,
+                           dcgan_trained_size(state["params"]["critic"]["body"]))
         a_r, a_d, recon = self._izi_f(state["params"], state, images)
         residual = jnp.mean(jnp.square(to_signed(images) - recon), axis=-1) / 4.0
         return to_scores(residual, images.shape[1:3], self.sigma,

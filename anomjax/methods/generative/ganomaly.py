@@ -37,8 +37,8 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
-from anomjax.methods.images import check_images, to_signed
-from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder, DCGANEncoder
+from anomjax.methods.images import check_images, check_trained_size, to_signed
+from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder, DCGANEncoder, dcgan_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import l1_loss, l2_loss
 from anomjax.scoring import to_scores
@@ -163,6 +163,8 @@ class GANomaly:
     def score(self, state: State, images: jax.Array) -> Scores:
         """Image score = latent distance; map = smoothed residual (see the module doc)."""
         gen, _ = self._nets(images)
+        check_trained_size(self.name, images,
+                           dcgan_trained_size(state["params"]["generator"]["encoder1"]))
         x_hat, z, z_hat = gen.apply({"params": state["params"]["generator"],
                                      "batch_stats": state["batch_stats"]["generator"]},
                                     to_signed(images), train=False)

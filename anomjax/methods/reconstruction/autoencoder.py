@@ -33,8 +33,14 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
-from anomjax.methods.images import check_images
-from anomjax.nn.conv_ae import BERGMANN_LAYERS, ConvDecoder, ConvEncoder, Layer
+from anomjax.methods.images import check_images, check_trained_size
+from anomjax.nn.conv_ae import (
+    BERGMANN_LAYERS,
+    ConvDecoder,
+    ConvEncoder,
+    Layer,
+    conv_trained_size,
+)
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import l2_loss, msgms_loss, msgms_map, squared_error_map, ssim_loss, ssim_map
 from anomjax.scoring import to_scores
@@ -125,5 +131,8 @@ class AE:
 
     def score(self, state: State, images: jax.Array) -> Scores:
         """Map = the loss's per-pixel dissimilarity, smoothed; image score = its maximum."""
-        recon = self._net(images).apply({"params": state["params"]}, images)
+        net = self._net(images)
+        check_trained_size(self.name, images,
+                           conv_trained_size(state["params"]["encoder"], net.layers))
+        recon = net.apply({"params": state["params"]}, images)
         return to_scores(residual_map(self.loss_type, images, recon), images.shape[1:3], self.sigma)

@@ -36,9 +36,10 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
-from anomjax.methods.images import check_images
+from anomjax.methods.images import check_images, check_trained_size
 from anomjax.methods.reconstruction.autoencoder import bergmann_layers
 from anomjax.methods.reconstruction.vae import GaussianVAE, elbo
+from anomjax.nn.conv_ae import conv_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import to_scores, upsample
@@ -70,9 +71,13 @@ class FAVAE:
     learning_rate: float = hyper(5e-4, low=0.0, high=1.0, low_open=True)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
 
-    def _net(self, images: jax.Array) -> GaussianVAE:
+    def _net(self, images: jax.Array, params: Any = None) -> GaussianVAE:
+        """The network for ``images`` (and, given ``params``, checked to fit them)."""
         check_images(self.name, images, multiple=16)
-        return GaussianVAE(bergmann_layers(self.width), self.latent, images.shape[1])
+        layers = bergmann_layers(self.width)
+        if params is not None:
+            check_trained_size(self.name, images, conv_trained_size(params["encoder"], layers))
+        return GaussianVAE(layers, self.latent, images.shape[1])
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Random VAE, the frozen feature network, unit map normalisers."""
@@ -118,7 +123,7 @@ class FAVAE:
     def _maps(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Un-normalised feature-error and gradient maps ``[B, H, W]`` each."""
         params = state["params"]
-        net = self._net(images)
+        net = self._net(images, params)
         size = images.shape[1:3]
         recon = net.apply({"params": params}, images)
         feature = sum(upsample(e, size) for e in self._feature_errors(state, images, recon))

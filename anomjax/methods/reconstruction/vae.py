@@ -35,9 +35,9 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
-from anomjax.methods.images import check_images
+from anomjax.methods.images import check_images, check_trained_size
 from anomjax.methods.reconstruction.autoencoder import bergmann_layers
-from anomjax.nn.conv_ae import ConvDecoder, ConvEncoder, Layer
+from anomjax.nn.conv_ae import ConvDecoder, ConvEncoder, Layer, conv_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import squared_error_map
 from anomjax.scoring import to_scores
@@ -111,9 +111,13 @@ class VAE:
     learning_rate: float = hyper(5e-4, low=0.0, high=1.0, low_open=True)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
 
-    def _net(self, images: jax.Array) -> GaussianVAE:
+    def _net(self, images: jax.Array, params: Any = None) -> GaussianVAE:
+        """The network for ``images`` (and, given ``params``, checked to fit them)."""
         check_images(self.name, images, multiple=16)
-        return GaussianVAE(bergmann_layers(self.width), self.latent, images.shape[1])
+        layers = bergmann_layers(self.width)
+        if params is not None:
+            check_trained_size(self.name, images, conv_trained_size(params["encoder"], layers))
+        return GaussianVAE(layers, self.latent, images.shape[1])
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Random encoder, decoder and likelihood scale (``log_scale = 0``)."""
@@ -135,7 +139,7 @@ class VAE:
 
     def score(self, state: State, images: jax.Array) -> Scores:
         """The chosen map (see the module docstring), smoothed; image score = its maximum."""
-        net = self._net(images)
+        net = self._net(images, state["params"])
         if self.map_type == "gradient":
             grads = jax.grad(lambda x: jnp.sum(elbo(net, state["params"], x, None)[0]))(images)
             maps = jnp.mean(jnp.abs(grads), axis=-1)
