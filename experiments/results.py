@@ -68,7 +68,7 @@ NOTES = {
     "anogan": "DCGAN; latent search with Adam lr 0.05 (paper: 500 plain steps), lambda 0.1",
     "f_anogan": "DCGAN-layout WGAN-GP (paper: residual nets) then izi_f encoder in one run "
                 "(GAN for the first half of the steps), kappa 1",
-    "ganomaly": "authors' DCGAN nets, weights 1/50/1; map = |x - x_hat| (paper: image-level "
+    "ganomaly": "authors' DCGAN nets, weights 1/50/1; map = abs(x - x_hat) (paper: image-level "
                 "only); no discriminator re-initialisation",
 }
 
