@@ -91,6 +91,19 @@ NOTES = {
                  "map = input gradient (not in the paper)",
     "fcdd": "frozen Lite0 stage3 + trainable conv head (paper: VGG11 part-frozen); confetti "
             "outlier exposure; no LCN",
+    "ae": "Bergmann conv AE on whole images at the row's size (paper: 128 px patches), SSIM "
+          "loss and 1-SSIM map by default, RGB, map smoothed sigma 4",
+    "memae": "Bergmann conv AE with a 100-slot memory on its stride-16 map (paper: small "
+             "MNIST/CIFAR nets), dot addressing, shrink 0.0025, entropy 2e-4",
+    "vae": "Bergmann conv layout, distrax Gaussian posterior/likelihood (learned scale), map = "
+           "reconstruction error at z = mu",
+    "favae": "Lite0 stage2/3 features (paper: VGG); map = feature error + ELBO input "
+             "gradient, each divided by its training mean",
+    "anogan": "DCGAN; latent search with Adam lr 0.05 (paper: 500 plain steps), lambda 0.1",
+    "f_anogan": "DCGAN-layout WGAN-GP (paper: residual nets) then izi_f encoder in one run "
+                "(GAN for the first half of the steps), kappa 1",
+    "ganomaly": "authors' DCGAN nets, weights 1/50/1; map = abs(x - x_hat) (paper: image-level "
+                "only); no discriminator re-initialisation",
 }
 
 

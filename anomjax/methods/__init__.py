@@ -5,6 +5,7 @@ from anomjax.methods import (  # noqa: F401  (importing a family registers its m
     distillation,
     feature_modeling,
     flows,
+    generative,
     one_class,
     reconstruction,
     self_supervised,

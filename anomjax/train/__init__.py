@@ -35,6 +35,10 @@ What a ``kind = "train"`` method must provide (a frozen dataclass, ``@register``
     def score(self, state, images) -> Scores
         # Pure and jittable; see anomjax.scoring.to_scores.
 
+    # Several parameter groups with their own optimisers and losses, in order, in phases:
+    # optimizer() returns an anomjax.train.groups.GroupedOptimizer (see there); loss() is
+    # then not used.
+
     # Optional:
     default_epochs: ClassVar[int]   # the paper's epochs, used when train_method gets epochs=None
     default_batch_size: ClassVar[int]  # the paper's batch size; the CLI default
@@ -79,6 +83,7 @@ process and process 0's result is broadcast to all (``multihost_utils.broadcast_
 from anomjax.train.checkpoint import CheckpointStore
 from anomjax.train.distributed import initialize_from_env
 from anomjax.train.divergence import TrainingDiverged
+from anomjax.train.groups import GroupedOptimizer, Phase, Update
 from anomjax.train.loop import epoch_seed, train_method
 from anomjax.train.sharding import DataMesh
 from anomjax.train.state import TrainState, init_train_state, method_state
@@ -87,8 +92,11 @@ from anomjax.train.step import make_train_step
 __all__ = [
     "CheckpointStore",
     "DataMesh",
+    "GroupedOptimizer",
+    "Phase",
     "TrainState",
     "TrainingDiverged",
+    "Update",
     "epoch_seed",
     "initialize_from_env",
     "init_train_state",

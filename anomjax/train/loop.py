@@ -279,10 +279,14 @@ class _MetricsWindow:
             if not (finite and math.isfinite(values["loss"])):
                 self._drop_bad_checkpoint(step, values["loss"])
                 raise TrainingDiverged(step, values["loss"], self.last_saved, self.run_dir,
-                                       grad_norm=values["grad_norm"])
+                                       grad_norm=values.get("grad_norm", math.nan))
             self.log.write(step, {**values, "images_per_s": rate, "epoch": epoch})
             self.bar.update(1)
-        self.bar.set_postfix(loss=f"{values['loss']:.4g}", img_s=f"{rate:.1f}")
+        # Several losses (e.g. a GAN's generator and discriminator) are shown side by side.
+        parts = {k.removeprefix("loss_"): f"{v:.4g}" for k, v in values.items()
+                 if k.startswith("loss_") and not k.startswith("loss_member")}
+        self.bar.set_postfix(loss=f"{values['loss']:.4g}", **dict(list(parts.items())[:3]),
+                             img_s=f"{rate:.1f}")
 
     def _drop_bad_checkpoint(self, step: int, loss: float) -> None:
         """A non-finite loss at ``step`` was computed from the weights of ``step - 1``: if that

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from anomjax.train.groups import GroupedOptimizer, make_grouped_step
 from anomjax.train.state import TrainState, method_state
 
 TrainStep = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
@@ -44,8 +45,31 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
     re-quantised to bfloat16 at every update). Under a mesh, sharding follows the inputs
     (batch sharded, state replicated); ``replicated`` (the mesh's replicated sharding) pins
     the outputs to it, so a propagation change can never silently undo the buffer donation.
+    A :class:`~anomjax.train.groups.GroupedOptimizer` gets the step of several parameter
+    groups (its ``loss`` metric is the sum of the groups' losses, checked the same way).
     """
     dtype = None if compute_dtype in (None, "float32") else jnp.dtype(compute_dtype)
+    if isinstance(optimizer, GroupedOptimizer):  # several groups (anomjax.train.groups)
+        def cast(tree: Any) -> Any:
+            return tree if dtype is None else _cast_floats(tree, dtype)
+
+        grouped_step = make_grouped_step(optimizer, cast)
+
+        def train_step(ts: TrainState, images: jax.Array,
+                       key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+            new, metrics = grouped_step(ts, images, key)
+            finite = all_finite((metrics["loss"], new.params, new.opt_state, new.batch_stats))
+            return new, {**metrics, "finite": finite.astype(jnp.float32)}
+    else:
+        train_step = _single_step(method, optimizer, dtype)
+    if replicated is None:
+        return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def _single_step(method: Any, optimizer: optax.GradientTransformation,
+                 dtype: jnp.dtype | None) -> Callable:
+    """The step of one optimiser over ``method.loss`` (see :func:`make_train_step`)."""
 
     def train_step(ts: TrainState, images: jax.Array,
                    key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -77,6 +101,4 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
         metrics["finite"] = finite.astype(jnp.float32)
         return new, metrics
 
-    if replicated is None:
-        return jax.jit(train_step, donate_argnums=0)
-    return jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+    return train_step

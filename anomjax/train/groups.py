@@ -1,0 +1,215 @@
+"""Several parameter groups, each with its own optimiser and loss, in one jitted step.
+
+GANs alternate discriminator and generator updates, and some methods train in phases
+(f-AnoGAN: the GAN, then an encoder against the frozen GAN). A method declares this by
+returning a :class:`GroupedOptimizer` from ``optimizer(total_steps)``::
+
+    def optimizer(self, total_steps):
+        return GroupedOptimizer(
+            optimizers={"generator": optax.adam(2e-4, b1=0.5),
+                        "discriminator": optax.adam(2e-4, b1=0.5)},
+            phases=(Phase(updates=(Update("g", "generator", self.generator_loss),
+                                   Update("d", "discriminator", self.discriminator_loss))),))
+
+``state["params"]`` is then a dict with one entry per group. Each training step runs the
+updates of the current phase in order: update ``u`` takes the gradient of
+``u.loss(params, state, images, key)`` (same signature and aux contract as a single-loss
+method's ``loss``) with respect to ``params[u.group]`` only, applies that group's optimiser,
+and the next update sees the new parameters and the new ``batch_stats``. An aux entry
+``"carry"`` (any pytree, not logged, no gradient) is handed to the later updates of the same
+step as ``state["carry"]`` (e.g. GANomaly's discriminator update reuses the generator's
+output from before the generator's update, as its authors' code does). ``Update.every = k``
+runs an update only on steps ``s`` with ``s % k == k - 1`` (e.g. one generator update per
+five critic updates in WGAN-GP); otherwise it is skipped without computing its loss.
+
+The phase of a step is the number of phase boundaries (``Phase.until``, in steps) at or
+below it, a pure function of the checkpointed step, so a resumed run continues in the same
+phase as an unbroken one. The whole step (all phases, as a ``lax.switch``) is one jitted,
+buffer-donating function, sharded as the single-optimiser step is.
+
+Metrics of a step: ``loss`` (the sum of the losses of the updates of the phase: the NaN
+guard stops the run when any of them is not finite), ``loss_<name>`` and
+``grad_norm_<name>`` per update (0 on steps where it does not run), ``grad_norm`` (all
+updates together), ``phase``, and every aux scalar of the losses (the aux names of all
+phases together; 0 where the phase does not produce it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+if TYPE_CHECKING:  # the methods import this module; anomjax.train.state imports the methods
+    from anomjax.train.state import TrainState
+
+Loss = Callable[[Any, dict[str, Any], jax.Array, jax.Array], tuple[jax.Array, dict[str, Any]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """One sub-step: ``loss``'s gradient with respect to ``params[group]`` updates the group.
+
+    Attributes:
+      name: metric name of this update (``loss_<name>``, ``grad_norm_<name>``).
+      group: the top-level key of ``params`` it trains.
+      loss: ``(params, state, images, key) -> (scalar, aux)``.
+      every: run on steps ``s`` with ``s % every == every - 1`` only.
+    """
+
+    name: str
+    group: str
+    loss: Loss
+    every: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """The updates run, in order, by every step before step ``until`` (``None``: to the end)."""
+
+    updates: tuple[Update, ...]
+    until: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupedOptimizer:
+    """One optax optimiser per parameter group and the phases that use them.
+
+    ``init(params)`` -> ``{group: optimiser state}``, the ``opt_state`` of the train state.
+    """
+
+    optimizers: Mapping[str, optax.GradientTransformation]
+    phases: tuple[Phase, ...]
+
+    def __post_init__(self) -> None:
+        if not self.phases:
+            raise ValueError("a GroupedOptimizer needs at least one phase")
+        for phase in self.phases:
+            if not phase.updates:
+                raise ValueError("every phase needs at least one update")
+            for u in phase.updates:
+                if u.group not in self.optimizers:
+                    raise ValueError(f"update {u.name!r} trains group {u.group!r}, which has no "
+                                     f"optimiser (groups: {', '.join(self.optimizers)})")
+                if u.every < 1:
+                    raise ValueError(f"update {u.name!r}: every must be >= 1, got {u.every}")
+            names = [u.name for u in phase.updates]
+            if len(set(names)) != len(names):
+                raise ValueError(f"update names repeat within a phase: {names}")
+        bounds = [p.until for p in self.phases[:-1]]
+        if any(b is None for b in bounds) or bounds != sorted(bounds):
+            raise ValueError("every phase but the last needs an increasing 'until' step, got "
+                             f"{[p.until for p in self.phases]}")
+
+    def init(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The optimiser state of every group of ``params``."""
+        missing = set(self.optimizers) - set(params)
+        if missing:
+            raise ValueError(f"the method's params have no group(s) {sorted(missing)}; they "
+                             f"have {sorted(params)}")
+        return {g: opt.init(params[g]) for g, opt in self.optimizers.items()}
+
+    def phase_index(self, step: jax.Array) -> jax.Array:
+        """``[]`` int32: the phase of ``step`` (number of boundaries at or below it)."""
+        index = jnp.zeros((), jnp.int32)
+        for phase in self.phases[:-1]:
+            index = index + (step >= phase.until).astype(jnp.int32)
+        return index
+
+
+Cast = Callable[[Any], Any]
+
+
+def _run_update(u: Update, optimizer: optax.GradientTransformation, carry: tuple,
+                ts: TrainState, images: jax.Array, key: jax.Array, cast: Cast) -> tuple:
+    """Apply one update to ``carry = (params, opt_state, batch_stats, handed)``; returns the
+    new carry, its loss, gradient norm and float32 aux."""
+    from anomjax.train.state import method_state
+
+    params, opt_state, batch_stats, handed = carry
+
+    def loss_fn(group_params: Any) -> tuple[jax.Array, dict[str, Any]]:
+        full = {**params, u.group: group_params}
+        state = method_state(ts.replace(params=full, batch_stats=batch_stats))
+        full, state, x = cast((full, state, images))
+        state["carry"] = jax.lax.stop_gradient(handed)
+        state["params"] = full
+        loss, aux = u.loss(full, state, x, key)
+        return loss.astype(jnp.float32), dict(aux)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params[u.group])
+    updates, group_state = optimizer.update(grads, opt_state[u.group], params[u.group])
+    params = {**params, u.group: optax.apply_updates(params[u.group], updates)}
+    opt_state = {**opt_state, u.group: group_state}
+    new_stats = aux.pop("batch_stats", batch_stats)
+    if batch_stats is not None:
+        new_stats = jax.tree.map(lambda n, o: n.astype(o.dtype), new_stats, batch_stats)
+    handed = {**handed, **aux.pop("carry", {})}
+    aux = {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}
+    return (params, opt_state, new_stats, handed), loss, optax.tree.norm(grads), aux
+
+
+def _phase_step(grouped: GroupedOptimizer, phase: Phase, ts: TrainState, images: jax.Array,
+                key: jax.Array, cast: Cast) -> tuple:
+    """Run ``phase``'s updates in order; ``(params, opt_state, batch_stats), metrics``."""
+    carry = (ts.params, ts.opt_state, ts.batch_stats, {})
+    metrics: dict[str, jax.Array] = {}
+    total, squares = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+    for i, u in enumerate(phase.updates):
+        def run(c: tuple, u: Update = u, i: int = i) -> tuple:
+            return _run_update(u, grouped.optimizers[u.group], c, ts, images,
+                               jax.random.fold_in(key, i), cast)
+
+        if u.every == 1:
+            carry, loss, norm, aux = run(carry)
+        else:
+            shapes = jax.eval_shape(run, carry)
+
+            def skip(c: tuple, shapes: Any = shapes) -> tuple:
+                zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+                handed = {**zeros[0][3], **c[3]}  # what a skipped update would hand on: 0
+                return ((*c[:3], handed), *zeros[1:])
+
+            carry, loss, norm, aux = jax.lax.cond(ts.step % u.every == u.every - 1, run, skip,
+                                                  carry)
+        metrics[f"loss_{u.name}"], metrics[f"grad_norm_{u.name}"] = loss, norm
+        metrics.update(aux)
+        total, squares = total + loss, squares + norm * norm
+    metrics["loss"], metrics["grad_norm"] = total, jnp.sqrt(squares)
+    return carry[:3], metrics
+
+
+def make_grouped_step(grouped: GroupedOptimizer, cast: Cast) -> Callable:
+    """``train_step(ts, images, key) -> (ts, metrics)`` (not yet jitted; see module doc).
+
+    ``cast(tree)`` converts the params, state and images a loss sees (e.g. to bfloat16).
+    """
+
+    def train_step(ts: TrainState, images: jax.Array,
+                   key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        branches = [lambda ts, p=p: _phase_step(grouped, p, ts, images, key, cast)
+                    for p in grouped.phases]
+        if len(branches) == 1:
+            carry, metrics = branches[0](ts)
+        else:
+            outs = [jax.eval_shape(b, ts)[1] for b in branches]
+            names = sorted({k for m in outs for k in m})
+
+            def padded(branch: Callable, ts: TrainState) -> tuple:
+                carry, m = branch(ts)
+                return carry, {k: m.get(k, jnp.zeros((), jnp.float32)) for k in names}
+
+            carry, metrics = jax.lax.switch(
+                grouped.phase_index(ts.step),
+                [lambda ts, b=b: padded(b, ts) for b in branches], ts)
+        params, opt_state, batch_stats = carry
+        metrics = {**metrics, "phase": grouped.phase_index(ts.step).astype(jnp.float32)}
+        return ts.replace(params=params, opt_state=opt_state, batch_stats=batch_stats,
+                          step=ts.step + 1), metrics
+
+    return train_step
+
