@@ -74,15 +74,6 @@ def stack_members(states: list[State]) -> State:
     return out
 
 
-def population_size(state: State) -> int:
-    """K, the number of members of a population state."""
-    for tree in (state.get("params"), state["members"]):
-        leaves = jax.tree.leaves(tree)
-        if leaves:
-            return int(leaves[0].shape[0])
-    raise ValueError("a population state needs at least one per-member array")
-
-
 def member_state(state: State, index: int) -> State:
     """Member ``index``'s state, as the wrapped method's ``init``/``fit`` would return it."""
     take = jax.tree.map(lambda x: x[index], {k: state[k] for k in PER_MEMBER if k in state})
@@ -189,7 +180,7 @@ class Population:
             return state
         cached = list(batches)
         return stack_members([self.method.calibrate(member_state(state, i), iter(cached))
-                              for i in range(population_size(state))])
+                              for i in range(self.size)])
 
     # ------------------------------------------------------------------ fit methods
 
@@ -204,7 +195,8 @@ class Population:
     def member_scores(self, state: State, images: jax.Array) -> Scores:
         """Every member's scores in one vmapped call: image ``[K, B]``, maps ``[K, B, H, W]``."""
         batched, shared = _member_axes(state)
-        return jax.vmap(lambda m: self.method.score(_join(m, shared), images))(batched)
+        return jax.vmap(lambda m: self.method.score(_join(m, shared), images),
+                        axis_size=self.size)(batched)
 
     def score(self, state: State, images: jax.Array) -> Scores:
         """The members' mean scores (an ensemble of the K models)."""

@@ -1,4 +1,4 @@
-"""K members in one vmapped step equal K separate models (a real BN method and a fit method)."""
+"""K members in one vmapped step equal K separate models (a trained toy and a fit method)."""
 
 import jax
 import jax.numpy as jnp
@@ -62,17 +62,8 @@ def test_vmapped_steps_equal_separate_steps():
                                                rtol=1e-5, atol=1e-7, frozen_shared=False)
 
 
-def test_vmapped_step_equals_separate_steps_for_stpm():
-    """A real method: STPM's student in BatchNorm train mode, the frozen teacher shared.
-    One step: with batch 2 at 32 px its deepest BatchNorm normalises 8 values per channel,
-    so float rounding differences between a vmapped and a plain convolution grow fast."""
-    method = make_method("stpm", precise_bn=False)
-    _assert_vmapped_steps_equal_separate_steps(method, size=2, image_size=32, steps=1,
-                                               rtol=1e-3, atol=1e-5, frozen_shared=True)
-
-
 def test_population_of_a_fit_method_equals_separate_fits():
-    method = make_method("padim")
+    method = make_method("padim", n_features=20)  # a random channel subset per member
     population = Population(method, size=3)
     images = _images(3, n=6)
     batches = [Batch(images=images[i:i + 3], labels=np.zeros(3, np.int32),

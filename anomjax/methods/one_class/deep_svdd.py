@@ -181,9 +181,13 @@ class DeepSVDD:
         return params["enc"], stats["enc"]
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
-        """Pretrained encoder (autoencoder phase), centre ``c`` and radius ``R = 0``."""
+        """Pretrained encoder (autoencoder phase), centre ``c`` and radius ``R = 0``.
+
+        ``images``: every training image, as one array or the engine's re-iterable of
+        batches (stacked here: the pretraining phase samples from all of them)."""
+        images = np.asarray(images, np.float32)
         self._check(images)
-        params, stats = self.pretrain(key, np.asarray(images, np.float32))
+        params, stats = self.pretrain(key, images)
         encode = jax.jit(lambda x: self._encode(params, stats, x, False)[0])
         feats = jnp.concatenate([encode(jnp.asarray(images[i:i + 64], jnp.float32))
                                  for i in range(0, len(images), 64)])
