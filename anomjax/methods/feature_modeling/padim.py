@@ -46,6 +46,7 @@ Cholesky factor each take ``56 * 56 * 550^2 * 4`` bytes = 3.8 GB while fitting.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Iterable
 from typing import ClassVar
@@ -161,7 +162,7 @@ def gaussian_scores(fitted: gaussian.Gaussian, features: jax.Array, size: tuple[
 
 
 @dataclasses.dataclass(frozen=True)
-class _PatchGaussians:
+class _PatchGaussians(abc.ABC):
     """What PaDiM and semi-orthogonal PaDiM share; subclasses choose the projection.
 
     Attributes:
@@ -190,9 +191,9 @@ class _PatchGaussians:
         """The taps actually used."""
         return tuple(self.taps) or default_taps(self.backbone)
 
+    @abc.abstractmethod
     def draw_projection(self, key: jax.Array, total: int) -> jax.Array:
         """The random projection of ``total`` concatenated channels (see :func:`project`)."""
-        raise NotImplementedError
 
     def fit(self, key: jax.Array, batches: Iterable[Batch]) -> State:
         """Fit the per-position Gaussians; state holds ``backbone``, the projection (under
