@@ -15,6 +15,10 @@ A config is an ``ml_collections.ConfigDict`` with at least these fields::
     seeds       K: train K independent models in one vmapped step
                 (:class:`anomjax.methods.population.Population`); each member is saved
                 and tested as its own run (``members/<i>/``), one metrics record each
+    learning_rates  a tuple of K learning rates: K models, one per rate, trained in one
+                vmapped step (``Population(learning_rates=...)``; ``seeds`` must be 1 or K);
+                each member's records carry its ``learning_rate``
+    shard_members   split the K members over the devices (K a multiple of their count)
     save_maps   write ``maps.npz`` of the test split into the run folder (for curves)
     sweep       ConfigDict ``field -> tuple of values``: their Cartesian product is swept
     sweep_zip   ConfigDict ``field -> tuple of values`` (equal lengths): swept together
@@ -56,7 +60,8 @@ def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collec
         "image_size": getattr(cls, "default_image_size", 256), "crop": None,
         "epochs": getattr(cls, "default_epochs", None),
         "batch_size": getattr(cls, "default_batch_size", None), "seed": 0, "seeds": 1,
-        "save_maps": True, "sweep": {}, "sweep_zip": {},
+        "learning_rates": (), "shard_members": False, "save_maps": True,
+        "sweep": {}, "sweep_zip": {},
     })
     for key, value in fields.items():
         set_path(config, key, value)
@@ -99,7 +104,10 @@ def parse_value(text: str, like: Any) -> Any:
         return type(like)(text)
     if isinstance(like, tuple | list):
         inner = type(like[0]) if like else _literal
-        return tuple(inner(t) for t in text.split(",") if t != "")
+        text = text.strip()
+        if text[:1] in "([" and text[-1:] in ")]":  # "(a, b)" and "[a, b]" as well as "a,b"
+            text = text[1:-1]
+        return tuple(inner(t.strip()) for t in text.split(",") if t.strip() != "")
     return _literal(text)
 
 

@@ -8,9 +8,10 @@ The run folder holds what ``anomjax fit`` and ``anomjax test`` write (``config.j
     maps/<category>/maps.npz   scores, maps and masks of each test split (``save_maps``)
     plots/<category>_curves.png   image ROC and pixel PRO curves
 
-With ``config.seeds = K > 1`` the K members are trained together (one vmapped step, see
-:mod:`anomjax.methods.population`) and each member gets the files above in
-``members/<i>/``; the records carry ``member: i``.
+With ``config.seeds = K > 1`` (or K ``config.learning_rates``) the K members are trained
+together (one vmapped step, see :mod:`anomjax.methods.population`) and each member gets the
+files above in ``members/<i>/``; the records carry ``member: i`` (and its
+``learning_rate``), and each member's ``config.json`` holds its own learning rate.
 
 It calls the same functions as the command line (``anomjax.cli.fit_method`` and
 ``metrics_record``), so a config run and ``anomjax fit`` + ``anomjax test`` agree.
@@ -18,6 +19,7 @@ It calls the same functions as the command line (``anomjax.cli.fit_method`` and
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,31 @@ def _batch_size(config: ml_collections.ConfigDict, method: Any) -> int:
     return int(getattr(method, "default_batch_size", 16))
 
 
+def _population(method: Any, config: ml_collections.ConfigDict
+                ) -> tuple[Any, list[tuple[Any, dict[str, Any]]]]:
+    """``(what to fit, [(member i's own method, its record tag)])``: ``method`` itself
+    when one model is trained, else a :class:`Population` of ``config.seeds`` members or
+    one member per ``config.learning_rates`` entry."""
+    from anomjax.methods.population import Population
+
+    seeds, rates = config.seeds, tuple(config.learning_rates or ())
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"config.seeds must be an integer >= 1, got {seeds!r}")
+    if rates and seeds not in (1, len(rates)):
+        raise ValueError(f"config.seeds ({seeds}) and config.learning_rates ({len(rates)} "
+                         "rates) disagree: set seeds to 1 or to the number of rates")
+    size = len(rates) or seeds
+    if size == 1 and not rates:
+        return method, [(method, {})]
+    population = Population(method, size, learning_rates=rates or None,
+                            shard_members=bool(config.shard_members))
+    if not rates:
+        return population, [(method, {"member": i}) for i in range(size)]
+    return population, [(dataclasses.replace(method, learning_rate=float(r)),
+                         {"member": i, "learning_rate": float(r)})
+                        for i, r in enumerate(rates)]
+
+
 def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
                    progress: bool = True) -> list[dict[str, Any]]:
     """Fit/train, save, test; returns one metrics record per test category.
@@ -48,11 +75,10 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
     from anomjax.cli import fit_method, metrics_record
     from anomjax.data.multiclass import open_multiclass
     from anomjax.evaluate import evaluate, peak_rss_mb
-    from anomjax.methods.population import Population, member_state
+    from anomjax.methods.population import member_state
 
     method = build_method(config)
-    if not isinstance(config.seeds, int) or config.seeds < 1:
-        raise ValueError(f"config.seeds must be an integer >= 1, got {config.seeds!r}")
+    fitted, member_methods = _population(method, config)
     train_folders = data_folders(config.data)
     if not train_folders:
         raise ValueError("config.data is empty: set it to a category folder "
@@ -66,7 +92,6 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
     trains = method.kind == "train"
     resume = trains and (run_dir / "checkpoints").is_dir() and any(
         (run_dir / "checkpoints").iterdir())
-    fitted = Population(method, config.seeds) if config.seeds > 1 else method
     state, seconds = fit_method(fitted, union.train, seed=int(config.seed),
                                 batch_size=batch_size, run_dir=run_dir,
                                 epochs=config.epochs if trains else None, resume=resume)
@@ -77,11 +102,11 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
     test_folders = data_folders(config.test_data) or train_folders
     tests = categories if test_folders == train_folders else open_multiclass(
         test_folders, layout=config.layout, image_size=config.image_size, crop=config.crop)[1]
-    members = ([(run_dir, state, {})] if config.seeds == 1 else
-               [(run_dir / "members" / str(i), member_state(state, i), {"member": i})
-                for i in range(config.seeds)])
+    members = ([(run_dir, method, state, {})] if fitted is method else
+               [(run_dir / "members" / str(i), member_method, member_state(state, i), tag)
+                for i, (member_method, tag) in enumerate(member_methods)])
     records = []
-    for member_dir, member, tag in members:
+    for member_dir, method, member, tag in members:
         save_run(member_dir, method, member, {**extra, **tag})
         for dataset in tests:
             maps_dir = member_dir / "maps" / dataset.name if config.save_maps else None

@@ -97,6 +97,14 @@ def run_config(config: ml_collections.ConfigDict, values: dict[str, Any]
     return out
 
 
+def _member_swept(swept: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """A run's swept values, plus the learning rate of a learning-rate population's member
+    (its members are swept over that rate in one run)."""
+    if "learning_rate" in record:
+        return {**swept, "method.learning_rate": record["learning_rate"]}
+    return swept
+
+
 def run_id(values: dict[str, Any]) -> str:
     """A readable, file-name-safe id of one run's swept values (``"run"`` when none)."""
     if not values:
@@ -161,6 +169,6 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path, *,
         cfg = run_config(config, runs[i])
         records = run_experiment(cfg, sweep_dir / "runs" / ids[i], progress=progress)
         recorded = {key: get_path(cfg, key) for key in RECORDED_FIELDS}
-        _append(sweep_dir, [{"run": ids[i], "swept": runs[i], **recorded,
+        _append(sweep_dir, [{"run": ids[i], "swept": _member_swept(runs[i], r), **recorded,
                              **{k: _finite(v) for k, v in r.items()}} for r in records])
         yield ids[i], "done"

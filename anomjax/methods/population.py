@@ -19,6 +19,20 @@ the sum of the members' losses, whose gradient with respect to member ``i``'s pa
 member ``i``'s own gradient; the optimiser is the method's, vmapped over members, so each
 member's update is exactly the one a separate run would make (tested).
 
+Two options of the population:
+
+* ``learning_rates=(r_0, ..., r_{K-1})`` sweeps the learning rate in the same step: member
+  ``i``'s every update is the wrapped optimiser's update times ``r_i / method.learning_rate``.
+  That equals training member ``i`` with ``learning_rate = r_i`` for every optax optimiser
+  whose update is proportional to its rate (SGD with or without momentum, Adam, AdamW with
+  decoupled weight decay, any schedule scaled by the rate): tested against separate runs.
+  The method must have a ``learning_rate`` field; members also differ in initialisation.
+* ``shard_members=True`` places the ``[K]`` axis of the params, optimiser state, batch
+  statistics and per-member entries on the devices of the engine's mesh (K a multiple of
+  the device count): each device holds and updates K / D members, and the batch is
+  gathered to every device (the members all see the whole batch). Off, the population is
+  replicated like any other state.
+
 ``member_state(state, i)`` is member ``i``'s state for the wrapped method (score, save,
 evaluate it as a single model); ``Population.score`` scores all members in one vmapped
 call and returns their mean (an ensemble). Fit methods (``kind == "fit"``) fit their
@@ -36,8 +50,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from anomjax.methods.base import State
+from anomjax.train.state import TrainState
 from anomjax.types import Batch, Scores
 
 PER_MEMBER = ("params", "batch_stats")
@@ -93,16 +109,26 @@ def _join(batched: State, shared: State) -> State:
     return out
 
 
-def vmapped_optimizer(optimizer: optax.GradientTransformation
+def vmapped_optimizer(optimizer: optax.GradientTransformation,
+                      member_scales: tuple[float, ...] | None = None
                       ) -> optax.GradientTransformation:
-    """``optimizer`` applied to each member of stacked ``[K, ...]`` params independently."""
+    """``optimizer`` applied to each member of stacked ``[K, ...]`` params independently;
+    member ``i``'s update multiplied by ``member_scales[i]`` where given."""
     def init(params: Any) -> Any:
         return jax.vmap(optimizer.init)(params)
 
     def update(updates: Any, opt_state: Any, params: Any = None) -> tuple[Any, Any]:
         if params is None:
-            return jax.vmap(lambda g, s: optimizer.update(g, s))(updates, opt_state)
-        return jax.vmap(optimizer.update)(updates, opt_state, params)
+            updates, opt_state = jax.vmap(lambda g, s: optimizer.update(g, s))(updates,
+                                                                               opt_state)
+        else:
+            updates, opt_state = jax.vmap(optimizer.update)(updates, opt_state, params)
+        if member_scales is not None:
+            scales = np.asarray(member_scales, np.float32)
+            updates = jax.tree.map(
+                lambda u: u * scales.reshape((-1,) + (1,) * (u.ndim - 1)).astype(u.dtype),
+                updates)
+        return updates, opt_state
 
     return optax.GradientTransformation(init, update)
 
@@ -114,16 +140,41 @@ class Population:
     Attributes:
       method: the wrapped method (any registered method).
       size: K, the number of members (at least 1).
+      learning_rates: ``[K]`` learning rates, one per member (``None``: the method's own
+        for all); see the module docstring.
+      shard_members: place the member axis on the mesh's devices (see the module docstring).
     """
 
     method: Any
     size: int = 2
+    learning_rates: tuple[float, ...] | None = None
+    shard_members: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
             raise ValueError(f"Population: size must be an integer >= 1, got {self.size!r}")
         if isinstance(self.method, Population):
             raise ValueError("Population: the wrapped method is already a population")
+        if self.learning_rates is not None:
+            self._check_learning_rates()
+
+    def _check_learning_rates(self) -> None:
+        rates = self.learning_rates
+        if not isinstance(rates, tuple) or len(rates) != self.size:
+            raise ValueError(f"Population: learning_rates must be a tuple of size={self.size} "
+                             f"rates, got {rates!r}")
+        if self.method.kind != "train" or not isinstance(
+                getattr(self.method, "learning_rate", None), float):
+            raise ValueError(f"Population: {self.method.name} has no learning_rate field to "
+                             "sweep")
+        if self.method.learning_rate <= 0:
+            raise ValueError(f"Population: {self.method.name}.learning_rate must be > 0 to "
+                             "scale it")
+        for rate in rates:
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (
+                    np.isfinite(rate) and rate > 0):
+                raise ValueError("Population: every learning rate must be a finite number "
+                                 f"> 0, got {rate!r}")
 
     @property
     def name(self) -> str:
@@ -152,8 +203,26 @@ class Population:
         return stack_members([self.method.init(k, images) for k in self.member_keys(key)])
 
     def optimizer(self, total_steps: int) -> optax.GradientTransformation:
-        """The wrapped method's optimiser, vmapped over members."""
-        return vmapped_optimizer(self.method.optimizer(total_steps))
+        """The wrapped method's optimiser, vmapped over members (each member's updates
+        scaled to its learning rate where ``learning_rates`` is set)."""
+        scales = None if self.learning_rates is None else tuple(
+            float(r) / self.method.learning_rate for r in self.learning_rates)
+        return vmapped_optimizer(self.method.optimizer(total_steps), scales)
+
+    def train_state_sharding(self, mesh: Mesh) -> TrainState | None:
+        """The train state's sharding prefix on ``mesh`` (its one axis): the member axis
+        split over the devices; ``None`` (replicated) unless ``shard_members``."""
+        if not self.shard_members:
+            return None
+        devices = int(mesh.devices.size)
+        if self.size % devices:
+            raise ValueError(f"Population: shard_members needs size ({self.size}) to be a "
+                             f"multiple of the {devices} devices")
+        member = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        return TrainState(params=member, opt_state=member, batch_stats=member,
+                          step=replicated, key=replicated,
+                          extra={"members": member, "shared": replicated})
 
     def loss(self, params: Any, state: State, images: jax.Array,
              key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:

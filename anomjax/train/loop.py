@@ -40,13 +40,23 @@ def _run_keys(key: jax.Array) -> tuple[jax.Array, int, jax.Array]:
     return jax.random.fold_in(key, 0), data_seed, jax.random.fold_in(key, 2)
 
 
+def train_state_sharding(method: Any, mesh: DataMesh) -> Any:
+    """The train state's sharding (a prefix of its pytree): the method's own
+    ``train_state_sharding(mesh)`` where it declares one (a population with its member axis
+    split over the devices), else replicated on every device."""
+    declared = getattr(method, "train_state_sharding", None)
+    sharding = declared(mesh.mesh) if declared is not None else None
+    return mesh.replicated if sharding is None else sharding
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled_step(method: Any, total_steps: int, compute_dtype: str | None,
-                   replicated: jax.sharding.Sharding) -> tuple[Any, TrainStep]:
+                   mesh: DataMesh) -> tuple[Any, TrainStep]:
     """The method's optimiser and jitted step, reused across runs of the same configuration."""
     optimizer = method.optimizer(total_steps)
     return optimizer, make_train_step(method, optimizer, compute_dtype=compute_dtype,
-                                      replicated=replicated)
+                                      replicated=mesh.replicated,
+                                      state_sharding=train_state_sharding(method, mesh))
 
 
 @functools.lru_cache(maxsize=8)
@@ -313,10 +323,10 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                          f"{store.latest_step()}); resume them (resume=True, --resume) or "
                          "train into another run folder")
 
-    optimizer, step_fn = _compiled_step(method, total_steps, compute_dtype, mesh.replicated)
+    optimizer, step_fn = _compiled_step(method, total_steps, compute_dtype, mesh)
     images = _init_images(method, train_split, local_bs, n_train, num_workers)
     ts = init_train_state(_initial_state(method, init_key, images), optimizer, step_key)
-    ts = mesh.replicate(ts)
+    ts = mesh.place(ts, train_state_sharding(method, mesh))
     meta = {"global_batch_size": global_bs, "steps_per_epoch": steps_per_epoch,
             "data_seed": data_seed, "process_count": jax.process_count(),
             "method": getattr(method, "name", type(method).__name__),

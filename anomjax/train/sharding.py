@@ -24,6 +24,12 @@ class DataMesh:
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
 
+    def __eq__(self, other: object) -> bool:  # equal meshes: equal (a cache key)
+        return isinstance(other, DataMesh) and other.mesh == self.mesh
+
+    def __hash__(self) -> int:
+        return hash(self.mesh)
+
     @property
     def num_devices(self) -> int:
         """Devices in the mesh (all processes)."""
@@ -39,6 +45,18 @@ class DataMesh:
     def shard_batch(self, local: np.ndarray) -> jax.Array:
         """This process's ``[b, ...]`` rows -> the global batch, sharded on its first axis."""
         return jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local))
+
+    def place(self, tree: Any, sharding: Any) -> Any:
+        """Place ``tree`` (identical on all processes) with ``sharding``, a pytree prefix of
+        it (e.g. one sharding for all leaves); each device gets its slice of every leaf."""
+        def put(leaf_sharding: Any, subtree: Any) -> Any:
+            return jax.tree.map(lambda x: jax.make_array_from_callback(
+                np.shape(x), leaf_sharding, lambda index: np.asarray(x)[index]), subtree)
+
+        if sharding is self.replicated:
+            return self.replicate(tree)
+        return jax.tree.map(put, sharding, tree,
+                            is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
 
     def replicate(self, tree: Any) -> Any:
         """Place every leaf of ``tree`` (identical on all processes) on every device."""

@@ -31,7 +31,8 @@ def all_finite(tree: Any) -> jax.Array:
 
 def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
                     compute_dtype: str | None = None,
-                    replicated: jax.sharding.Sharding | None = None) -> TrainStep:
+                    replicated: jax.sharding.Sharding | None = None,
+                    state_sharding: Any = None) -> TrainStep:
     """``train_step(train_state, images [B, H, W, 3], key) -> (train_state, metrics)``.
 
     Jitted with the train state's buffers donated. The gradient of ``method.loss`` updates the
@@ -44,7 +45,9 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
     the optimiser and the running ``batch_stats`` stay float32 (the statistics are not
     re-quantised to bfloat16 at every update). Under a mesh, sharding follows the inputs
     (batch sharded, state replicated); ``replicated`` (the mesh's replicated sharding) pins
-    the outputs to it, so a propagation change can never silently undo the buffer donation.
+    the outputs to it, so a propagation change can never silently undo the buffer donation;
+    ``state_sharding`` (a prefix of the train state, default ``replicated``) pins the
+    updated state instead where it is not replicated (a population's member axis).
     A :class:`~anomjax.train.groups.GroupedOptimizer` gets the step of several parameter
     groups (its ``loss`` metric is the sum of the groups' losses, checked the same way).
     """
@@ -64,7 +67,8 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
         train_step = _single_step(method, optimizer, dtype)
     if replicated is None:
         return jax.jit(train_step, donate_argnums=0)
-    return jax.jit(train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+    state_sharding = replicated if state_sharding is None else state_sharding
+    return jax.jit(train_step, donate_argnums=0, out_shardings=(state_sharding, replicated))
 
 
 def _single_step(method: Any, optimizer: optax.GradientTransformation,

@@ -136,3 +136,23 @@ def test_benchmark_reports_every_category_and_the_mean(root, tmp_path):
     mean = np.mean([x["image_auroc"] for x in lines])
     assert f"mean of 2** |  |  |  | {mean:.3f} |" in table
     assert main(args) == 0 and len(_lines(out / "padim")) == 2  # resumed: nothing redone
+
+
+def test_learning_rate_population_records_and_saves_each_member_at_its_rate(root, tmp_path):
+    """``config.learning_rates`` trains one member per rate in one run; each member's saved
+    run holds its own rate and tests, through ``anomjax test``, to its own record."""
+    out = tmp_path / "rates"
+    assert main(["run", "--config", str(REPO_ROOT / "experiments" / "configs" / "ae.py"),
+                 f"--config.data={root / 'metal'}", *TINY, "--config.epochs=1",
+                 "--config.method.width=4", "--config.method.latent=8",
+                 "--config.learning_rates=(0.0001, 0.01)", "--out", str(out)]) == 0
+    records = json.loads((out / "metrics.json").read_text())
+    assert [(r["member"], r["learning_rate"]) for r in records] == [(0, 0.0001), (1, 0.01)]
+    assert records[0]["pixel_auroc"] != records[1]["pixel_auroc"]
+    for i, rate in enumerate((0.0001, 0.01)):
+        saved = json.loads((out / "members" / str(i) / "config.json").read_text())
+        assert saved["params"]["learning_rate"] == rate, saved
+        json_path = tmp_path / f"m{i}.json"
+        assert main(["test", str(out / "members" / str(i)), "--data", str(root / "metal"),
+                     "--json", str(json_path)]) == 0
+        assert json.loads(json_path.read_text())["pixel_auroc"] == records[i]["pixel_auroc"]

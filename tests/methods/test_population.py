@@ -1,8 +1,11 @@
 """K members in one vmapped step equal K separate models (a trained toy and a fit method)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from anomjax.methods import make_method
@@ -86,3 +89,110 @@ def test_population_of_a_fit_method_equals_separate_fits():
 def test_population_validates_its_size():
     with pytest.raises(ValueError, match="size must be an integer >= 1"):
         Population(make_method("padim"), size=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyAdamW(ToyConvAE):
+    """The toy with a ``learning_rate`` field, AdamW and a cosine schedule."""
+
+    learning_rate: float = 0.01
+
+    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
+        return optax.adamw(optax.cosine_decay_schedule(self.learning_rate, total_steps),
+                           weight_decay=0.1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToySGD(ToyConvAE):
+    """The toy with a ``learning_rate`` field and SGD with momentum."""
+
+    learning_rate: float = 0.05
+
+    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
+        return optax.sgd(self.learning_rate, momentum=0.9)
+
+
+@pytest.mark.parametrize("method", [ToyAdamW(), ToySGD()], ids=["adamw_cosine", "sgd"])
+def test_learning_rate_members_equal_separate_runs_at_their_rates(method):
+    """Member i of a learning-rate population trains exactly as the method built with
+    ``learning_rate = rates[i]`` does on its own (same initial state, batches, keys)."""
+    rates = (0.002, method.learning_rate, 0.2)
+    population = Population(method, size=3, learning_rates=rates)
+    state = population.init(jax.random.key(1), _images(0, size=8))
+    pop_opt = population.optimizer(10)
+    pop_ts = init_train_state(_copy(state), pop_opt, jax.random.key(2))
+    pop_step = make_train_step(population, pop_opt)
+    alone = [dataclasses.replace(method, learning_rate=r) for r in rates]
+    single = [(m, m.optimizer(10)) for m in alone]
+    single_ts = [init_train_state(_copy(member_state(state, i)), opt, jax.random.key(2))
+                 for i, (_, opt) in enumerate(single)]
+    steps = [make_train_step(m, opt) for m, opt in single]
+    for t in range(4):
+        batch, key = jnp.asarray(_images(10 + t, size=8)), jax.random.key(100 + t)
+        pop_ts, _ = pop_step(pop_ts, batch, key)
+        for i in range(3):
+            single_ts[i], _ = steps[i](single_ts[i], batch, jax.random.fold_in(key, i))
+    finals = []
+    for i in range(3):
+        got = jax.tree.map(lambda x, i=i: x[i], pop_ts.params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                     got, single_ts[i].params)
+        finals.append(np.asarray(single_ts[i].params["w"]))
+    assert not np.allclose(finals[0] - np.asarray(state["params"]["w"][0]),
+                           finals[2] - np.asarray(state["params"]["w"][2]))  # rates matter
+
+
+def test_population_validates_its_learning_rates():
+    with pytest.raises(ValueError, match="tuple of size=2"):
+        Population(ToySGD(), size=2, learning_rates=(0.1,))
+    with pytest.raises(ValueError, match="finite number > 0"):
+        Population(ToySGD(), size=2, learning_rates=(0.1, float("nan")))
+    with pytest.raises(ValueError, match="no learning_rate field"):
+        Population(ToyConvAE(), size=2, learning_rates=(0.1, 0.2))
+
+
+SHARDED_RUN = """
+import sys, jax, numpy as np
+sys.path.insert(0, {train_dir!r})
+from train_toy import ToyConvAE, toy_split
+from anomjax.methods.population import Population
+from anomjax.train import train_method
+assert jax.device_count() == 4, jax.devices()
+out = {{}}
+for shard in (False, True):
+    pop = Population(ToyConvAE(), size=4, shard_members=shard)
+    state = train_method(pop, jax.random.key(3), toy_split(n=16), epochs=2, batch_size=8,
+                         num_workers=0, disable=True)
+    w = state["params"]["w"]
+    out[str(shard)] = np.asarray(w)
+    out[str(shard) + "_shards"] = np.asarray(len({{s.device for s in w.addressable_shards
+                                                  if s.data.shape[0] == 1}}))
+try:
+    train_method(Population(ToyConvAE(), size=3, shard_members=True), jax.random.key(3),
+                 toy_split(n=16), epochs=1, batch_size=8, num_workers=0, disable=True)
+except ValueError as err:
+    out["error"] = np.asarray(str(err))
+np.savez({out!r}, **out)
+"""
+
+
+def test_sharded_member_axis_trains_like_the_replicated_population(tmp_path):
+    """On 4 fake devices, ``shard_members`` puts one member per device and trains the same
+    members as the replicated population; 3 members on 4 devices are refused."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "members.npz"
+    code = SHARDED_RUN.format(train_dir=str(Path(__file__).parents[1] / "train"), out=str(out))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(out)
+    assert int(got["True_shards"]) == 4 and int(got["False_shards"]) == 0
+    np.testing.assert_allclose(got["True"], got["False"], rtol=1e-5, atol=1e-6)
+    assert "size (3) to be a multiple of the 4 devices" in str(got["error"])
+
