@@ -43,6 +43,7 @@ pass over batches, which ``vmap`` cannot batch), then score them vmapped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,6 +54,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from anomjax.methods.base import State
+from anomjax.train.groups import GroupedOptimizer
 from anomjax.train.state import TrainState
 from anomjax.types import Batch, Scores
 
@@ -207,7 +209,14 @@ class Population:
         scaled to its learning rate where ``learning_rates`` is set)."""
         scales = None if self.learning_rates is None else tuple(
             float(r) / self.method.learning_rate for r in self.learning_rates)
-        return vmapped_optimizer(self.method.optimizer(total_steps), scales)
+        inner = self.method.optimizer(total_steps)
+        if not isinstance(inner, GroupedOptimizer):
+            return vmapped_optimizer(inner, scales)
+        return GroupedOptimizer(  # a GAN: each group's optimiser and each update vmapped
+            optimizers={g: vmapped_optimizer(o, scales) for g, o in inner.optimizers.items()},
+            phases=tuple(dataclasses.replace(p, updates=tuple(
+                dataclasses.replace(u, loss=functools.partial(self._members_loss, u.loss))
+                for u in p.updates)) for p in inner.phases))
 
     def train_state_sharding(self, mesh: Mesh) -> TrainState | None:
         """The train state's sharding prefix on ``mesh`` (its one axis): the member axis
@@ -228,17 +237,26 @@ class Population:
              key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
         """Sum of the members' losses on ``images``; aux entries are the members' mean
         (``loss_member<i>`` each member's loss) and their stacked ``batch_stats``."""
+        return self._members_loss(self.method.loss, params, state, images, key)
+
+    def _members_loss(self, member_loss: Any, params: Any, state: State, images: jax.Array,
+                      key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        """``member_loss`` (the method's loss, or one update's of a GAN) of every member,
+        vmapped and summed (see :meth:`loss`); a GAN update's ``carry`` stays per member."""
         batched, shared = _member_axes({**state, "params": params})
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(self.size))
+        carry = state.get("carry", {})
 
-        def member_loss(member: State, k: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        def one(member: State, k: jax.Array, handed: Any) -> tuple[jax.Array, dict[str, Any]]:
             full = _join(member, shared)
-            return self.method.loss(full["params"], full, images, k)
+            if "carry" in state:
+                full["carry"] = handed
+            return member_loss(full["params"], full, images, k)
 
-        losses, aux = jax.vmap(member_loss)(batched, keys)
-        out: dict[str, Any] = {k: jnp.mean(v) for k, v in aux.items() if k != "batch_stats"}
-        if "batch_stats" in aux:
-            out["batch_stats"] = aux["batch_stats"]
+        losses, aux = jax.vmap(one)(batched, keys, carry)
+        per_member = ("batch_stats", "carry")
+        out: dict[str, Any] = {k: jnp.mean(v) for k, v in aux.items() if k not in per_member}
+        out.update({k: aux[k] for k in per_member if k in aux})
         out.update({f"loss_member{i}": losses[i] for i in range(self.size)})
         return jnp.sum(losses), out
 

@@ -196,3 +196,34 @@ def test_sharded_member_axis_trains_like_the_replicated_population(tmp_path):
     np.testing.assert_allclose(got["True"], got["False"], rtol=1e-5, atol=1e-6)
     assert "size (3) to be a multiple of the 4 devices" in str(got["error"])
 
+
+
+def test_population_of_a_gan_equals_separate_gans_at_their_rates():
+    """GANomaly (several parameter groups, updates in order, a carry handed between them):
+    the members of a learning-rate population train as separate GANs at those rates."""
+    from anomjax.methods.generative.ganomaly import GANomaly
+
+    method = GANomaly(width=4, latent=8, learning_rate=1e-3)
+    rates = (1e-3, 5e-3)
+    population = Population(method, size=2, learning_rates=rates)
+    state = population.init(jax.random.key(1), _images(0, size=16))
+    pop_opt = population.optimizer(10)
+    pop_ts = init_train_state(_copy(state), pop_opt, jax.random.key(2))
+    pop_step = make_train_step(population, pop_opt)
+    alone = [dataclasses.replace(method, learning_rate=r) for r in rates]
+    opts = [m.optimizer(10) for m in alone]
+    single_ts = [init_train_state(_copy(member_state(state, i)), opts[i], jax.random.key(2))
+                 for i in range(2)]
+    steps = [make_train_step(m, o) for m, o in zip(alone, opts, strict=True)]
+    for t in range(3):
+        batch, key = jnp.asarray(_images(10 + t, size=16)), jax.random.key(100 + t)
+        pop_ts, metrics = pop_step(pop_ts, batch, key)
+        losses = []
+        for i in range(2):
+            single_ts[i], m = steps[i](single_ts[i], batch, jax.random.fold_in(key, i))
+            losses.append(float(m["loss"]))
+        np.testing.assert_allclose(float(metrics["loss"]), sum(losses), rtol=1e-5)
+    for i in range(2):
+        got = jax.tree.map(lambda x, i=i: x[i], (pop_ts.params, pop_ts.batch_stats))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                     got, (single_ts[i].params, single_ts[i].batch_stats))
