@@ -14,35 +14,57 @@ from anomjax.data.synthetic import write_mvtec
 
 pytestmark = pytest.mark.slow
 
+#: config name (``method`` or ``method+variant``) -> (image size, ``--set`` settings).
 TINY_SETTINGS = {
-    "stpm": ["taps=stage2,stage3"],
-    "reverse_distillation": [],
-    "mkd": ["taps=stage2,stage3", "score_taps=1"],
-    "uninformed_students": ["patch_sizes=17", "students=2", "width=16", "descriptor_dim=16",
-                            "distill_size=32", "teacher_batch=16", "teacher_steps=5"],
-    "dfr": ["taps=stage1,stage2"],
-    "differnet": ["taps=stage5", "coupling_blocks=2", "fc_internal=32", "n_transforms=1",
-                  "n_transforms_test=2"],
-    "cflow": ["taps=stage2,stage3", "condition_dim=16", "coupling_blocks=2"],
-    "csflow": ["tap=stage3", "coupling_blocks=1", "hidden=16"],
-    "fastflow": ["taps=stage2,stage3", "flow_steps=2"],
+    "stpm": (64, ["taps=stage2,stage3"]),
+    "reverse_distillation": (64, []),
+    "mkd": (64, ["taps=stage2,stage3", "score_taps=1"]),
+    "uninformed_students": (64, ["patch_sizes=17", "students=2", "width=16",
+                                 "descriptor_dim=16", "distill_size=32", "teacher_batch=16",
+                                 "teacher_steps=5"]),
+    "dfr": (64, ["taps=stage1,stage2"]),
+    "differnet": (64, ["taps=stage5", "coupling_blocks=2", "fc_internal=32", "n_transforms=1",
+                       "n_transforms_test=2"]),
+    "cflow": (64, ["taps=stage2,stage3", "condition_dim=16", "coupling_blocks=2"]),
+    "csflow": (64, ["tap=stage3", "coupling_blocks=1", "hidden=16"]),
+    "fastflow": (64, ["taps=stage2,stage3", "flow_steps=2"]),
+    "ae": (32, ["width=4", "latent=8", "loss_type=msgms"]),
+    "memae": (32, ["width=4", "slots=8"]),
+    "vae": (32, ["width=4", "latent=8", "map_type=gradient"]),
+    "favae": (32, ["width=4", "latent=8", "taps=stage2"]),
+    "anogan": (32, ["width=4", "latent=8", "search_steps=3"]),
+    "f_anogan": (32, ["width=4", "latent=8", "n_critic=2"]),
+    "ganomaly": (32, ["width=4", "latent=8"]),
+    "draem": (64, ["rec_width=4", "seg_width=4"]),
+    "draem+sspcab": (64, ["rec_width=4", "seg_width=4", "sspcab=true"]),
+    "riad": (64, ["width=4", "depth=2", "cell_sizes=4,8"]),
+    "cutpaste": (64, ["tap=stage2", "head_widths=8", "patch_size=32", "patch_stride=32"]),
+    "patch_svdd": (64, ["dim=8", "pairs_per_image=1", "stride_32=16"]),
+    "deep_svdd": (64, ["widths=4,4", "rep_dim=8", "pretrain_steps=2"]),
+    "fcdd": (64, ["head_widths=8"]),
 }
 
 
 @pytest.fixture(scope="module")
-def category(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    write_mvtec(root, categories=("wood",), n_train=8, n_test_good=2, n_test_defect=3,
-                image_size=64, seed=5, disable=True)
-    return root / "wood"
+def categories(tmp_path_factory) -> dict[int, Path]:
+    """A tiny synthetic category at each image size of the table."""
+    out = {}
+    for size in sorted({size for size, _ in TINY_SETTINGS.values()}):
+        root = tmp_path_factory.mktemp(f"synthetic{size}")
+        write_mvtec(root, categories=("wood",), n_train=8, n_test_good=2, n_test_defect=3,
+                    image_size=size, seed=5, disable=True)
+        out[size] = root / "wood"
+    return out
 
 
-@pytest.mark.parametrize("method", sorted(TINY_SETTINGS))
-def test_fit_resume_test_predict(method, category, tmp_path):
-    run = tmp_path / "run"
-    fit = ["fit", "--method", method, "--data", str(category), "--image-size", "64",
+@pytest.mark.parametrize("config", sorted(TINY_SETTINGS))
+def test_fit_resume_test_predict(config, categories, tmp_path):
+    method = config.split("+")[0]
+    size, settings = TINY_SETTINGS[config]
+    category, run = categories[size], tmp_path / "run"
+    fit = ["fit", "--method", method, "--data", str(category), "--image-size", str(size),
            "--batch-size", "4", "--out", str(run)]
-    for setting in TINY_SETTINGS[method]:
+    for setting in settings:
         fit += ["--set", setting]
     assert main([*fit, "--epochs", "1"]) == 0
     assert main([*fit, "--epochs", "2", "--resume"]) == 0
