@@ -139,20 +139,25 @@ def test_benchmark_reports_every_category_and_the_mean(root, tmp_path):
 
 
 def test_learning_rate_population_records_and_saves_each_member_at_its_rate(root, tmp_path):
-    """``config.learning_rates`` trains one member per rate in one run; each member's saved
-    run holds its own rate and tests, through ``anomjax test``, to its own record."""
-    out = tmp_path / "rates"
-    assert main(["run", "--config", str(REPO_ROOT / "experiments" / "configs" / "ae.py"),
+    """``config.learning_rates`` trains one member per rate in one run of a sweep; each
+    member's saved run holds its own rate and tests, through ``anomjax test``, to its own
+    results line, and the summary has one row per rate."""
+    sweep = tmp_path / "rates"
+    assert main(["sweep", "--config", str(REPO_ROOT / "experiments" / "configs" / "ae.py"),
                  f"--config.data={root / 'metal'}", *TINY, "--config.epochs=1",
                  "--config.method.width=4", "--config.method.latent=8",
-                 "--config.learning_rates=(0.0001, 0.01)", "--out", str(out)]) == 0
-    records = json.loads((out / "metrics.json").read_text())
-    assert [(r["member"], r["learning_rate"]) for r in records] == [(0, 0.0001), (1, 0.01)]
-    assert records[0]["pixel_auroc"] != records[1]["pixel_auroc"]
+                 "--config.learning_rates=(0.0001, 0.01)", "--out", str(sweep)]) == 0
+    lines = _lines(sweep)
+    assert [(r["member"], r["swept"]) for r in lines] == [
+        (0, {"method.learning_rate": 0.0001}), (1, {"method.learning_rate": 0.01})]
+    assert lines[0]["pixel_auroc"] != lines[1]["pixel_auroc"]
+    summary = (sweep / "summary.md").read_text()
+    assert "| 0.0001 |" in summary and "| 0.01 |" in summary
+    run = sweep / "runs" / lines[0]["run"]
     for i, rate in enumerate((0.0001, 0.01)):
-        saved = json.loads((out / "members" / str(i) / "config.json").read_text())
+        saved = json.loads((run / "members" / str(i) / "config.json").read_text())
         assert saved["params"]["learning_rate"] == rate, saved
         json_path = tmp_path / f"m{i}.json"
-        assert main(["test", str(out / "members" / str(i)), "--data", str(root / "metal"),
+        assert main(["test", str(run / "members" / str(i)), "--data", str(root / "metal"),
                      "--json", str(json_path)]) == 0
-        assert json.loads(json_path.read_text())["pixel_auroc"] == records[i]["pixel_auroc"]
+        assert json.loads(json_path.read_text())["pixel_auroc"] == lines[i]["pixel_auroc"]
