@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from anomjax.nn.subpixel import SubpixelConvTranspose
+
 Layer = tuple[int, int, int]  # (features, kernel, stride)
 
 #: Every convolution runs at full float32 precision (no TF32 / bfloat16 passes): the
@@ -91,8 +93,8 @@ class ConvDecoder(nn.Module):
         for i, (_, kernel, stride) in enumerate(mirrored):
             last = i == len(mirrored) - 1
             features = self.channels if last else mirrored[i + 1][0]
-            x = nn.ConvTranspose(features, (kernel, kernel), (stride, stride), "SAME",
-                                 precision=HIGHEST, name=f"deconv{i}")(x)
+            x = SubpixelConvTranspose(features, kernel, stride, "SAME", precision=HIGHEST,
+                                      name=f"deconv{i}")(x)
             x = nn.sigmoid(x) if last else nn.leaky_relu(x, 0.2)
         return x
 
@@ -175,8 +177,8 @@ class DCGANDecoder(nn.Module):
             x = nn.relu(x)
             last = i == depth - 1
             features = self.channels if last else self.width * 2 ** (depth - 2 - i)
-            x = nn.ConvTranspose(features, (4, 4), (2, 2), "SAME", use_bias=False,
-                                 precision=HIGHEST, name=f"deconv{i}")(x)
+            x = SubpixelConvTranspose(features, 4, 2, "SAME", use_bias=False,
+                                      precision=HIGHEST, name=f"deconv{i}")(x)
         return jnp.tanh(x)
 
 

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 
 from anomjax.nn.pointwise import PointwiseConv
+from anomjax.nn.subpixel import SubpixelConvTranspose
 
 he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -32,10 +33,11 @@ def conv(features: int, kernel: int, stride: int = 1, name: str | None = None) -
                    name=name)
 
 
-def deconv2x2(features: int, name: str | None = None) -> nn.ConvTranspose:
-    """Bias-free 2x2 transposed convolution with stride 2: ``[B, h, w, C] -> [B, 2h, 2w, F]``."""
-    return nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding="VALID", use_bias=False,
-                            kernel_init=he_fan_out, name=name)
+def deconv2x2(features: int, name: str | None = None) -> SubpixelConvTranspose:
+    """Bias-free 2x2 transposed convolution with stride 2: ``[B, h, w, C] -> [B, 2h, 2w, F]``
+    (as a 1x1 convolution and depth-to-space, :mod:`anomjax.nn.subpixel`)."""
+    return SubpixelConvTranspose(features, 2, 2, "VALID", use_bias=False,
+                                 kernel_init=he_fan_out, name=name)
 
 
 class BasicBlock(nn.Module):

@@ -25,15 +25,16 @@ TINY = {
     "memae": MemAE(width=8, slots=20, learning_rate=2e-3),
     "vae": VAE(width=8, latent=16, learning_rate=2e-3),
     "favae": FAVAE(width=8, latent=16, learning_rate=2e-3),
-    # The paper weights 1/50/1 with the adversarial term on: in 60 steps of a width-8 network
-    # the feature-matching term dominates and the residual map stays at chance (pixel AUROC
-    # 0.50); without it 0.70. The tiny map test trains without it; the rows use the paper's.
-    "ganomaly": GANomaly(width=8, latent=16, learning_rate=2e-3, w_adv=0.0),
+    # The paper's weights 1/50/1, adversarial term on. At learning rate 2e-3 the tiny map's
+    # pixel AUROC swung between 0.37 and 0.70 with the epochs and with float rounding; at 1e-3
+    # it is 0.669-0.685 with or without the adversarial term, and under both transposed
+    # convolutions (lax's and anomjax.nn.subpixel's).
+    "ganomaly": GANomaly(width=8, latent=16, learning_rate=1e-3),
     "f_anogan": FAnoGAN(width=8, latent=16, gan_lr=1e-3, encoder_lr=2e-3),
     "anogan": AnoGAN(width=8, latent=16, search_steps=50),
 }
 # Minimum pixel AUROC of each trained tiny model on synthetic fabric (measured with these
-# settings: ae_msgms 0.868, memae 0.688, vae 0.680, favae 0.753, ganomaly 0.704, f_anogan
+# settings: ae_msgms 0.868, memae 0.688, vae 0.680, favae 0.753, ganomaly 0.675, f_anogan
 # 0.583, anogan 0.600). The SSIM and L2 variants of ae are not trained here (0.616 / 0.678).
 MIN_PIXEL_AUROC = {"ae_msgms": 0.75, "memae": 0.6, "vae": 0.6, "favae": 0.65, "ganomaly": 0.6,
                    "f_anogan": 0.53, "anogan": 0.55}
