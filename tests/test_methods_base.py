@@ -46,6 +46,12 @@ def test_bad_value_names_the_setting():
         make_method("toy-registry-test", {"k": "three"})
 
 
+def test_typed_value_in_the_string_overrides_says_where_typed_values_go():
+    with pytest.raises(TypeError, match=r"layers=\('x',\) is not a string.*keyword fields"):
+        make_method("toy-registry-test", {"layers": ("x",)})
+    assert make_method("toy-registry-test", layers=("x",)).layers == ("x",)
+
+
 def test_unknown_method_lists_known_names():
     with pytest.raises(ValueError, match="unknown method 'nope'.*toy-registry-test"):
         method_class("nope")

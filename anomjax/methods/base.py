@@ -98,6 +98,9 @@ def make_method(name: str, overrides: dict[str, str] | None = None, **fields: An
                 f"method {name!r} has no hyper-parameter {key!r}; it has: {', '.join(known)}")
         default = getattr(cls, key, None) if known[key].default is dataclasses.MISSING else (
             known[key].default)
+        if not isinstance(text, str):
+            raise TypeError(f"method {name!r}: override {key}={text!r} is not a string; pass "
+                            f"typed values as keyword fields (make_method({name!r}, {key}=...))")
         values[key] = _parse_like(text, default, key)
     return cls(**values)
 
