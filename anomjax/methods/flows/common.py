@@ -7,13 +7,13 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from anomjax._distrax import distrax
 from anomjax.nn.flows import (
     all_in_one_block,
     bind,

@@ -27,12 +27,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from anomjax._distrax import distrax
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images, check_trained_size

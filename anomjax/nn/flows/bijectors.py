@@ -26,10 +26,11 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from anomjax._distrax import distrax
 
 Array = jax.Array
 Subnet = Callable[[Array], Array]

@@ -23,11 +23,11 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anomjax._distrax import distrax
 from anomjax.nn.flows.bijectors import (
     AffineCoupling,
     ChannelAffine,
