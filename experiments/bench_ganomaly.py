@@ -48,7 +48,8 @@ def run_anomjax(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         state = train_method(method, jax.random.key(args.seed), ds.train, epochs=args.epochs,
                              batch_size=args.batch_size, run_dir=run_dir,
-                             num_workers=args.num_workers, disable=args.quiet)
+                             num_workers=args.num_workers, log_every=1,
+                             disable=args.quiet)
         jax.block_until_ready(state)
         fit_s = time.perf_counter() - start
         steps = [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
