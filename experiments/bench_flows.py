@@ -54,7 +54,8 @@ def run_ours(model: str, args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         state = train_method(method, jax.random.key(args.seed), ds.train, epochs=args.epochs,
                              batch_size=args.batch_size, run_dir=run_dir,
-                             num_workers=args.num_workers, disable=True)
+                             num_workers=args.num_workers, log_every=1,
+                             disable=True)
         jax.block_until_ready(state)
         fit_s = time.perf_counter() - start
         steps = [json.loads(line) for line in
