@@ -1,4 +1,5 @@
-"""Input checks of the methods that reconstruct or generate whole images."""
+"""Input checks of the methods: every method's RGB check, and the square-size checks of
+those that reconstruct or generate whole images."""
 
 from __future__ import annotations
 
@@ -7,16 +8,22 @@ from typing import Any
 import jax.numpy as jnp
 
 
-def check_images(method: str, images: Any, *, multiple: int = 1,
-                 power_of_two: bool = False) -> None:
-    """A clear error unless ``images`` is float ``[B, S, S, 3]`` with ``S`` a multiple of
-    ``multiple`` (and a power of two >= 8 with ``power_of_two``)."""
+def check_rgb(method: str, images: Any) -> None:
+    """A clear error for anything but float ``[B, H, W, 3]`` images (every method's input)."""
     shape, dtype = getattr(images, "shape", None), getattr(images, "dtype", None)
     if shape is None or len(shape) != 4 or shape[-1] != 3:
         raise ValueError(f"{method}: images must be [B, H, W, 3] RGB, got shape {shape}")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"{method}: images must be float in [0, 1], got dtype {dtype} "
                          "(divide uint8 images by 255)")
+
+
+def check_images(method: str, images: Any, *, multiple: int = 1,
+                 power_of_two: bool = False) -> None:
+    """A clear error unless ``images`` is float ``[B, S, S, 3]`` with ``S`` a multiple of
+    ``multiple`` (and a power of two >= 8 with ``power_of_two``)."""
+    check_rgb(method, images)
+    shape = images.shape
     size = shape[1]
     if shape[2] != size:
         raise ValueError(f"{method}: images must be square (the network's size is fixed by "

@@ -61,6 +61,7 @@ import optax
 from anomjax.backbones import backbone_names, load_backbone
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_rgb
 from anomjax.nn.teacher import check_taps, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur, upsample
 from anomjax.train.batch_stats import pooled_batch_stats
@@ -81,16 +82,6 @@ def level_distance(teacher_feat: jax.Array, student_feat: jax.Array) -> jax.Arra
     ``[B, h, w, C] x 2 -> [B, h, w]``."""
     diff = normalize_channels(teacher_feat) - normalize_channels(student_feat)
     return jnp.sum(jnp.square(diff.astype(jnp.float32)), axis=-1)
-
-
-def _check_images(images: Any) -> None:
-    """A clear error for anything but float ``[B, H, W, 3]`` images."""
-    shape, dtype = getattr(images, "shape", None), getattr(images, "dtype", None)
-    if shape is None or len(shape) != 4 or shape[-1] != 3:
-        raise ValueError(f"stpm: images must be [B, H, W, 3] RGB, got shape {shape}")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"stpm: images must be float in [0, 1], got dtype {dtype} "
-                         "(divide uint8 images by 255)")
 
 
 def _select(tree: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +134,7 @@ class STPM:
 
         Returns ``{"params", "batch_stats"}`` of the student and ``{"frozen": {"teacher"}}``.
         """
-        _check_images(images)
+        check_rgb("stpm", images)
         net = teacher(self.backbone)
         check_taps(net, self.taps)
         sample = jnp.asarray(images[:1], jnp.float32)
@@ -215,7 +206,7 @@ class STPM:
 
     def score(self, state: State, images: jax.Array) -> Scores:
         """Product of the upsampled per-level maps, smoothed; image score = its maximum."""
-        _check_images(images)
+        check_rgb("stpm", images)
         t_feats = self._teacher(state, images)
         s_feats, _ = self._features({"params": state["params"],
                                      "batch_stats": state["batch_stats"]}, images)

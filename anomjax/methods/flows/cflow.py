@@ -50,7 +50,6 @@ import optax
 from anomjax.methods.base import State, register
 from anomjax.methods.flows.common import (
     all_in_one_flow,
-    check_images,
     cosine_with_warmup,
     encoder_features,
     encoder_state,
@@ -59,6 +58,7 @@ from anomjax.methods.flows.common import (
     pytorch_adam,
 )
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_rgb
 from anomjax.nn.flows import (
     FullyConnected,
     all_in_one_split,
@@ -117,7 +117,7 @@ class CFlow:
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Frozen encoder, one decoder per level, and ``reference`` (per-level normaliser,
         0 until :meth:`calibrate`)."""
-        check_images(self.name, images)
+        check_rgb(self.name, images)
         if self.condition_dim % 4:
             raise ValueError(f"cflow: condition_dim must be a multiple of 4, got "
                              f"{self.condition_dim}")
@@ -190,7 +190,7 @@ class CFlow:
 
     def score(self, state: State, images: jax.Array) -> Scores:
         """Map = ``-sum_l upsample(exp(log p_l / C - reference_l))``; image = its max."""
-        check_images(self.name, images)
+        check_rgb(self.name, images)
         size = images.shape[1:3]
         total = jnp.zeros((images.shape[0], *size), jnp.float32)
         for level, log_p in enumerate(self._log_prob_maps(state["params"], state, images)):

@@ -24,16 +24,6 @@ from anomjax.nn.flows import (
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 
 
-def check_images(name: str, images: Any) -> None:
-    """A clear error for anything but float ``[B, H, W, 3]`` images."""
-    shape, dtype = getattr(images, "shape", None), getattr(images, "dtype", None)
-    if shape is None or len(shape) != 4 or shape[-1] != 3:
-        raise ValueError(f"{name}: images must be [B, H, W, 3] RGB, got shape {shape}")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"{name}: images must be float in [0, 1], got dtype {dtype} "
-                         "(divide uint8 images by 255)")
-
-
 def encoder_state(backbone: str, weights: str | None, taps: Sequence[str]) -> dict[str, Any]:
     """``{"teacher": variables}`` of the frozen pretrained encoder; checks the taps."""
     check_taps(teacher(backbone), taps)

@@ -35,7 +35,6 @@ import optax
 from anomjax.methods.base import State, register
 from anomjax.methods.flows.common import (
     check_divisible,
-    check_images,
     downscale,
     encoder_features,
     encoder_state,
@@ -44,6 +43,7 @@ from anomjax.methods.flows.common import (
     pytorch_adam,
 )
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_rgb
 from anomjax.nn.flows import (
     CrossScaleConv,
     MultiScaleCoupling,
@@ -113,7 +113,7 @@ class CSFlow:
         return 32 if info is None else info.stride
 
     def _check(self, images: Any) -> None:
-        check_images(self.name, images)
+        check_rgb(self.name, images)
         check_divisible(self.name, images, self._stride() * 2 ** (N_SCALES - 1),
                         f"tap {self.tap} at {N_SCALES} halving scales")
 

@@ -40,7 +40,6 @@ import optax
 from anomjax.methods.base import State, register
 from anomjax.methods.flows.common import (
     check_divisible,
-    check_images,
     downscale,
     encoder_features,
     encoder_state,
@@ -50,6 +49,7 @@ from anomjax.methods.flows.common import (
     rotate,
 )
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_rgb
 from anomjax.nn.flows import (
     FullyConnected,
     SoftClamp,
@@ -117,7 +117,7 @@ class DifferNet:
         return sequential(blocks)
 
     def _check(self, images: Any) -> None:
-        check_images(self.name, images)
+        check_rgb(self.name, images)
         check_divisible(self.name, images, 2 ** (self.n_scales - 1),
                         f"{self.n_scales} scales halve it {self.n_scales - 1} times")
 

@@ -36,7 +36,6 @@ import optax
 from anomjax.methods.base import State, register
 from anomjax.methods.flows.common import (
     all_in_one_flow,
-    check_images,
     encoder_features,
     encoder_state,
     feature_shapes,
@@ -44,6 +43,7 @@ from anomjax.methods.flows.common import (
     pytorch_adam,
 )
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_rgb
 from anomjax.nn.flows import ConvSubnet, all_in_one_split, random_permutation
 from anomjax.scoring import to_scores, upsample
 from anomjax.types import Scores
@@ -104,7 +104,7 @@ class FastFlow:
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Frozen encoder, LayerNorms ``[h, w, C]`` per level (1 and 0) and flow params."""
-        check_images(self.name, images)
+        check_rgb(self.name, images)
         frozen = encoder_state(self.backbone, self.backbone_weights, self.taps)
         shapes = feature_shapes(self.backbone, frozen, images, self.taps)
         params = {}
@@ -151,7 +151,7 @@ class FastFlow:
 
     def score(self, state: State, images: jax.Array) -> Scores:
         """Map = mean over levels of upsampled ``-exp(-0.5 mean_C z^2)``; image = its max."""
-        check_images(self.name, images)
+        check_rgb(self.name, images)
         size = images.shape[1:3]
         maps = []
         for z, _ in self._latents(state["params"], state, images):

@@ -7,17 +7,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from anomjax.methods.images import check_rgb
+
 
 def check_images(method: str, images: Any, multiple: int = 1, min_size: int = 1) -> None:
     """A clear ``ValueError`` for anything but float ``[B, H, W, 3]`` images whose sides are
     multiples of ``multiple`` and at least ``min_size``."""
-    shape, dtype = getattr(images, "shape", None), getattr(images, "dtype", None)
-    if shape is None or len(shape) != 4 or shape[-1] != 3:
-        raise ValueError(f"{method}: images must be [B, H, W, 3] RGB, got shape {shape}")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"{method}: images must be float in [0, 1], got dtype {dtype} "
-                         "(divide uint8 images by 255)")
-    h, w = shape[1:3]
+    check_rgb(method, images)
+    h, w = images.shape[1:3]
     if h % multiple or w % multiple or min(h, w) < min_size:
         raise ValueError(f"{method}: image sides must be multiples of {multiple} and at least "
                          f"{min_size} pixels, got {h}x{w} (choose another --image-size)")
