@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # a bad argument (one line, status 2) or --help (0)
         return int(exit_.code or 0)
     args.config_overrides = config_overrides
+    from anomjax.compile_cache import enable_compile_cache
+
+    enable_compile_cache()
     try:
         if getattr(args, "distributed", False):
             from anomjax.train import initialize_from_env
