@@ -3,8 +3,9 @@
 A config is an ``ml_collections.ConfigDict`` with at least these fields::
 
     method      ConfigDict: ``name`` (a registered method) + every hyper-parameter of it
-    data        one category folder, or a tuple of folders (the multi-class setting:
-                one model trained on the union of their training images)
+    data        a tuple of category folders (set from one folder or several:
+                ``--config.data=DIR`` or ``--config.data=(DIR1,DIR2)``); several is the
+                multi-class setting, one model trained on the union of their images
     test_data   the folders to test on (default ``()``: each folder of ``data``)
     layout      dataset layout (``None``: detected)
     image_size  images are resized to N x N ...
@@ -56,7 +57,7 @@ def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collec
               if f.default is not dataclasses.MISSING}
     config = ml_collections.ConfigDict({
         "method": {"name": method, **params},
-        "data": "", "test_data": (), "layout": None,
+        "data": (), "test_data": (), "layout": None,
         "image_size": getattr(cls, "default_image_size", 256), "crop": None,
         "epochs": getattr(cls, "default_epochs", None),
         "batch_size": getattr(cls, "default_batch_size", None), "seed": 0, "seeds": 1,
@@ -137,6 +138,8 @@ def set_path(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None
     node = get_path(config, ".".join(parents)) if parents else config
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
         raise ValueError(f"the config has no field {dotted!r}")
+    if not parents and leaf in FOLDER_FIELDS:
+        value = data_folders(value)  # one folder or several, always stored as a tuple
     with node.unlocked():
         node[leaf] = tuple(value) if isinstance(value, list) else value
 
@@ -164,6 +167,10 @@ def build_method(config: ml_collections.ConfigDict) -> Any:
     if unknown:
         raise ValueError(f"config.method: {name} has no hyper-parameters {unknown}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+
+
+#: Fields that hold category folders: a tuple, set from one folder or several.
+FOLDER_FIELDS = ("data", "test_data")
 
 
 def data_folders(value: Any) -> tuple[str, ...]:

@@ -161,3 +161,15 @@ def test_learning_rate_population_records_and_saves_each_member_at_its_rate(root
         assert main(["test", str(run / "members" / str(i)), "--data", str(root / "metal"),
                      "--json", str(json_path)]) == 0
         assert json.loads(json_path.read_text())["pixel_auroc"] == lines[i]["pixel_auroc"]
+
+
+def test_run_config_with_several_folders_trains_one_model_and_tests_each(root, tmp_path):
+    """``--config.data=(A,B)``: the multi-class setting through a config (one record per
+    category, one model trained on both categories' images)."""
+    out = tmp_path / "union"
+    folders = f"({root / 'metal'},{root / 'wood'})"
+    assert main(["run", "--config", PADIM, f"--config.data={folders}", *TINY,
+                 "--out", str(out)]) == 0
+    records = json.loads((out / "metrics.json").read_text())
+    assert [r["category"] for r in records] == ["metal", "wood"]
+    assert {r["n_train"] for r in records} == {16}
