@@ -28,51 +28,29 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-REF_SCRIPT = REPO.parent / "shared" / "tools" / "ref_anomalib.py"
-REF_PYTHON = "/tmp/venv-anomalib/bin/python"
+from bench_common import REPO, bench_arguments, run_reference, timed_training, write_record
+
 LITE0_WHEEL = "/tmp/pk"
 GOALS = {"cflow": 3.0, "fastflow": 1.5}  # fit + test speed-up asked for by the issue
 
 
 def run_ours(model: str, args: argparse.Namespace) -> dict:
     """Train and test anomjax's ``model`` in this process; returns its record."""
-    import jax
-    import numpy as np
-
     from anomjax.data import open_dataset
     from anomjax.evaluate import evaluate
     from anomjax.methods import make_method
-    from anomjax.train import train_method
 
     ds = open_dataset(args.data, image_size=args.image_size)
     method = make_method(model, dict(s.split("=", 1) for s in args.set_ours.get(model, [])))
-    with tempfile.TemporaryDirectory() as run_dir:
-        start = time.perf_counter()
-        state = train_method(method, jax.random.key(args.seed), ds.train, epochs=args.epochs,
-                             batch_size=args.batch_size, run_dir=run_dir,
-                             num_workers=args.num_workers, log_every=1,
-                             disable=True)
-        jax.block_until_ready(state)
-        fit_s = time.perf_counter() - start
-        steps = [json.loads(line) for line in
-                 (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
-    steps = [s for s in steps if "train/images_per_s" in s]
-    step_s = np.array([args.batch_size / s["train/images_per_s"] for s in steps])
+    state, timing = timed_training(method, ds.train, args)
+    timing.pop("last_step")
     result = evaluate(method, state, ds.test, batch_size=args.batch_size, progress=False)
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "method": model, "settings": dict(s.split("=", 1) for s in args.set_ours.get(model, [])),
-        "n_train": len(ds.train), "steps": len(steps),
-        "train_images_per_s_with_compile": len(steps) * args.batch_size / step_s.sum(),
-        "train_images_per_s_steady": ((len(steps) - 1) * args.batch_size / step_s[1:].sum()
-                                      if len(steps) > 1 else None),
-        "first_step_s": float(step_s[0]),
-        "fit_wall_s": fit_s, "test_wall_s": result["test_seconds"],
-        "peak_rss_mib": rss_mib,
+        "n_train": len(ds.train), **timing, "test_wall_s": result["test_seconds"],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "metrics": {"image_auroc": result["image_auroc"], "pixel_auroc": result["pixel_auroc"],
                     "aupro": result["pixel_aupro"]},
     }
@@ -85,7 +63,7 @@ def run_child(model: str, args: argparse.Namespace) -> dict:
         cmd = [sys.executable, __file__, "--data", args.data, "--image-size",
                str(args.image_size), "--epochs", str(args.epochs), "--batch-size",
                str(args.batch_size), "--num-workers", str(args.num_workers), "--seed",
-               str(args.seed), "--child", model, "--child-out", str(out)]
+               str(args.seed), "--quiet", "--child", model, "--child-out", str(out)]
         for setting in args.set_ours.get(model, []):
             cmd += ["--set", f"{model}:{setting}"]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -95,23 +73,12 @@ def run_child(model: str, args: argparse.Namespace) -> dict:
 
 def run_anomalib(model: str, args: argparse.Namespace) -> dict:
     """anomalib's ``model`` through ``ref_anomalib.py`` in its own venv."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "ref.json"
-        cmd = [args.ref_python, str(REF_SCRIPT), "--data", args.data, "--model", model,
-               "--backbone", "lite0", "--image-size", str(args.image_size), "--epochs",
-               str(args.epochs), "--train-batch-size", str(args.batch_size),
-               "--eval-batch-size", str(args.batch_size), "--skip-backbone-check",
-               "--num-workers", str(args.num_workers), "--seed", str(args.seed),
-               "--weights", args.weights, "--out", str(out)]
-        subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
-        ref = json.loads(out.read_text())
-    timing = ref["timing"]
-    n_train = ref["dataset"]["n_train"]
+    ref = run_reference(args, model, ("--backbone", "lite0", "--num-workers",
+                                      str(args.num_workers), "--weights", args.weights))
     return {
-        "train_images_per_s": n_train * args.epochs / timing["fit_train_loop_s"],
-        "fit_wall_s": timing["fit_wall_s"], "test_wall_s": timing["test_wall_s"],
-        "peak_rss_mib": ref["memory"]["peak_rss_mib"],
-        "layers": ref["settings"].get("layers"),
+        "train_images_per_s": ref["train_images_per_s"],
+        "fit_wall_s": ref["fit_wall_s"], "test_wall_s": ref["test_wall_s"],
+        "peak_rss_mib": ref["peak_rss_mib"], "layers": ref["settings"].get("layers"),
         "metrics": {"image_auroc": ref["metrics"]["image_AUROC"],
                     "pixel_auroc": ref["metrics"]["pixel_AUROC"],
                     "aupro": ref["metrics"]["pixel_AUPRO"]},
@@ -136,21 +103,12 @@ def compare(ours: dict, ref: dict, goal: float) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mvtec3d_tire"))
+    p = bench_arguments(__doc__.split("\n")[0], image_size=128, epochs=1, batch_size=32)
     p.add_argument("--models", nargs="+", default=["fastflow", "cflow"],
                    choices=["fastflow", "cflow"])
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="MODEL:KEY=VALUE", help="anomjax hyper-parameter override")
-    p.add_argument("--ref-python", default=REF_PYTHON)
     p.add_argument("--weights", default=LITE0_WHEEL, help="Lite0 weights for anomalib")
-    p.add_argument("--no-ref", action="store_true", help="skip the anomalib runs")
-    p.add_argument("--out", default=None, help="write the JSON record here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -180,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["comparison"] = compare(entry["anomjax"], entry["anomalib"], GOALS[model])
             print(json.dumps({model: entry}, indent=1), flush=True)
         record["models"][model] = entry
-    print(json.dumps(record, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=1))
+    write_record(record, args.out)
     return 0
 
 

@@ -1,0 +1,103 @@
+"""Pieces shared by the side-by-side benchmarks against anomalib 2.7 (``bench_*.py``).
+
+* :func:`bench_arguments`: the common command line (data folder, image size, epochs, batch
+  size, workers, seed, the reference interpreter, ``--no-ref``, ``--quiet``, ``--out``);
+* :func:`timed_training`: ``train_method`` into a temporary run folder, fetching every
+  step's metrics (``log_every=1``) so that the first, compiling step is timed on its own;
+* :func:`run_reference`: ``../shared/tools/ref_anomalib.py`` in its own interpreter, with
+  its timings converted to the same figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+REF_SCRIPT = REPO.parent / "shared" / "tools" / "ref_anomalib.py"
+REF_PYTHON = "/tmp/venv-anomalib/bin/python"
+TINY_TIRE = REPO.parent / "shared" / "data" / "mvtec3d_tire"
+
+
+def bench_arguments(description: str, *, image_size: int, epochs: int,
+                    batch_size: int) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes, with its own defaults."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", default=str(TINY_TIRE))
+    p.add_argument("--image-size", type=int, default=image_size)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-ref", action="store_true", help="skip the anomalib run")
+    p.add_argument("--ref-python", default=REF_PYTHON)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", default=None, help="write the JSON record here")
+    return p
+
+
+def timed_training(method: Any, split: Any, args: argparse.Namespace
+                   ) -> tuple[Any, dict[str, Any]]:
+    """``(state, timing)``: ``method`` trained on ``split``; ``timing`` has the fit wall
+    seconds, the training throughput over all steps and without the first (compiling) one,
+    the first step's seconds, the number of steps and the last step's metrics."""
+    from anomjax.train import train_method
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        start = time.perf_counter()
+        state = train_method(method, jax.random.key(args.seed), split, epochs=args.epochs,
+                             batch_size=args.batch_size, run_dir=run_dir,
+                             num_workers=args.num_workers, log_every=1,
+                             disable=args.quiet)
+        jax.block_until_ready(state)
+        fit_s = time.perf_counter() - start
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    steps = [s for s in map(json.loads, filter(None, lines)) if "train/images_per_s" in s]
+    step_s = np.array([args.batch_size / s["train/images_per_s"] for s in steps])
+    return state, {
+        "train_images_per_s_with_compile": len(steps) * args.batch_size / step_s.sum(),
+        "train_images_per_s_steady": ((len(steps) - 1) * args.batch_size / step_s[1:].sum()
+                                      if len(steps) > 1 else None),
+        "first_step_s": float(step_s[0]), "steps": len(steps), "fit_wall_s": fit_s,
+        "last_step": steps[-1],
+    }
+
+
+def run_reference(args: argparse.Namespace, model: str,
+                  extra: Sequence[str] = ()) -> dict[str, Any]:
+    """anomalib's ``model`` with the benchmark's settings in its own interpreter: its JSON
+    record plus ``train_images_per_s``, ``fit_wall_s``, ``test_wall_s``, ``fit_test_s``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ref.json"
+        cmd = [args.ref_python, str(REF_SCRIPT), "--data", args.data, "--model", model,
+               "--image-size", str(args.image_size), "--epochs", str(args.epochs),
+               "--train-batch-size", str(args.batch_size), "--eval-batch-size",
+               str(args.batch_size), "--skip-backbone-check", "--seed", str(args.seed),
+               *extra, "--out", str(out)]
+        subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        ref = json.loads(out.read_text())
+    timing = ref["timing"]
+    return {**ref,
+            "train_images_per_s": (ref["dataset"]["n_train"] * args.epochs
+                                   / timing["fit_train_loop_s"]),
+            "fit_wall_s": timing["fit_wall_s"], "test_wall_s": timing["test_wall_s"],
+            "fit_test_s": timing["fit_wall_s"] + timing["test_wall_s"],
+            "peak_rss_mib": ref.get("memory", {}).get("peak_rss_mib")}
+
+
+def write_record(record: dict[str, Any], out: str | None) -> None:
+    """Print ``record`` as JSON and write it to ``out`` when given."""
+    text = json.dumps(record, indent=1)
+    print(text, flush=True)
+    if out:
+        Path(out).write_text(text)
