@@ -112,26 +112,40 @@ class ToySGD(ToyConvAE):
         return optax.sgd(self.learning_rate, momentum=0.9)
 
 
+def _train_rate_population(method, rates, *, image_size: int, steps: int):
+    """``steps`` steps of ``Population(method, learning_rates=rates)`` and of each member on
+    its own as ``method`` at its rate (same initial state, batches and member keys).
+
+    Returns the initial population state, both final train states and, per step, the
+    population's loss and the members' losses."""
+    population = Population(method, size=len(rates), learning_rates=rates)
+    state = population.init(jax.random.key(1), _images(0, size=image_size))
+    pop_opt = population.optimizer(10)
+    pop_ts = init_train_state(_copy(state), pop_opt, jax.random.key(2))
+    pop_step = make_train_step(population, pop_opt)
+    alone = [dataclasses.replace(method, learning_rate=r) for r in rates]
+    opts = [m.optimizer(10) for m in alone]
+    single_ts = [init_train_state(_copy(member_state(state, i)), opt, jax.random.key(2))
+                 for i, opt in enumerate(opts)]
+    single_steps = [make_train_step(m, o) for m, o in zip(alone, opts, strict=True)]
+    losses = []
+    for t in range(steps):
+        batch, key = jnp.asarray(_images(10 + t, size=image_size)), jax.random.key(100 + t)
+        pop_ts, metrics = pop_step(pop_ts, batch, key)
+        member_losses = []
+        for i, step in enumerate(single_steps):
+            single_ts[i], m = step(single_ts[i], batch, jax.random.fold_in(key, i))
+            member_losses.append(float(m["loss"]))
+        losses.append((float(metrics["loss"]), member_losses))
+    return state, pop_ts, single_ts, losses
+
+
 @pytest.mark.parametrize("method", [ToyAdamW(), ToySGD()], ids=["adamw_cosine", "sgd"])
 def test_learning_rate_members_equal_separate_runs_at_their_rates(method):
     """Member i of a learning-rate population trains exactly as the method built with
     ``learning_rate = rates[i]`` does on its own (same initial state, batches, keys)."""
     rates = (0.002, method.learning_rate, 0.2)
-    population = Population(method, size=3, learning_rates=rates)
-    state = population.init(jax.random.key(1), _images(0, size=8))
-    pop_opt = population.optimizer(10)
-    pop_ts = init_train_state(_copy(state), pop_opt, jax.random.key(2))
-    pop_step = make_train_step(population, pop_opt)
-    alone = [dataclasses.replace(method, learning_rate=r) for r in rates]
-    single = [(m, m.optimizer(10)) for m in alone]
-    single_ts = [init_train_state(_copy(member_state(state, i)), opt, jax.random.key(2))
-                 for i, (_, opt) in enumerate(single)]
-    steps = [make_train_step(m, opt) for m, opt in single]
-    for t in range(4):
-        batch, key = jnp.asarray(_images(10 + t, size=8)), jax.random.key(100 + t)
-        pop_ts, _ = pop_step(pop_ts, batch, key)
-        for i in range(3):
-            single_ts[i], _ = steps[i](single_ts[i], batch, jax.random.fold_in(key, i))
+    state, pop_ts, single_ts, _ = _train_rate_population(method, rates, image_size=8, steps=4)
     finals = []
     for i in range(3):
         got = jax.tree.map(lambda x, i=i: x[i], pop_ts.params)
@@ -205,24 +219,9 @@ def test_population_of_a_gan_equals_separate_gans_at_their_rates():
 
     method = GANomaly(width=4, latent=8, learning_rate=1e-3)
     rates = (1e-3, 5e-3)
-    population = Population(method, size=2, learning_rates=rates)
-    state = population.init(jax.random.key(1), _images(0, size=16))
-    pop_opt = population.optimizer(10)
-    pop_ts = init_train_state(_copy(state), pop_opt, jax.random.key(2))
-    pop_step = make_train_step(population, pop_opt)
-    alone = [dataclasses.replace(method, learning_rate=r) for r in rates]
-    opts = [m.optimizer(10) for m in alone]
-    single_ts = [init_train_state(_copy(member_state(state, i)), opts[i], jax.random.key(2))
-                 for i in range(2)]
-    steps = [make_train_step(m, o) for m, o in zip(alone, opts, strict=True)]
-    for t in range(3):
-        batch, key = jnp.asarray(_images(10 + t, size=16)), jax.random.key(100 + t)
-        pop_ts, metrics = pop_step(pop_ts, batch, key)
-        losses = []
-        for i in range(2):
-            single_ts[i], m = steps[i](single_ts[i], batch, jax.random.fold_in(key, i))
-            losses.append(float(m["loss"]))
-        np.testing.assert_allclose(float(metrics["loss"]), sum(losses), rtol=1e-5)
+    _, pop_ts, single_ts, losses = _train_rate_population(method, rates, image_size=16, steps=3)
+    for population_loss, member_losses in losses:
+        np.testing.assert_allclose(population_loss, sum(member_losses), rtol=1e-5)
     for i in range(2):
         got = jax.tree.map(lambda x, i=i: x[i], (pop_ts.params, pop_ts.batch_stats))
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
