@@ -36,10 +36,7 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
-from anomjax.methods.images import check_images, check_trained_size
-from anomjax.methods.reconstruction.autoencoder import bergmann_layers
-from anomjax.methods.reconstruction.vae import GaussianVAE, elbo
-from anomjax.nn.conv_ae import conv_trained_size
+from anomjax.methods.reconstruction.vae import GaussianVAE, elbo, vae_network
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import to_scores, upsample
@@ -73,11 +70,7 @@ class FAVAE:
 
     def _net(self, images: jax.Array, params: Any = None) -> GaussianVAE:
         """The network for ``images`` (and, given ``params``, checked to fit them)."""
-        check_images(self.name, images, multiple=16)
-        layers = bergmann_layers(self.width)
-        if params is not None:
-            check_trained_size(self.name, images, conv_trained_size(params["encoder"], layers))
-        return GaussianVAE(layers, self.latent, images.shape[1])
+        return vae_network(self.name, self.width, self.latent, images, params)
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Random VAE, the frozen feature network, unit map normalisers."""

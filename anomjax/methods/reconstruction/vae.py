@@ -89,6 +89,17 @@ def elbo(net: GaussianVAE, params: Any, images: jax.Array, key: jax.Array | None
     return log_lik - kl, {"log_likelihood": jnp.mean(log_lik), "kl": jnp.mean(kl)}
 
 
+def vae_network(method: str, width: int, latent: int, images: jax.Array,
+                params: Any = None) -> GaussianVAE:
+    """The :class:`GaussianVAE` of width ``width`` and code ``latent`` for ``images``
+    ``[B, S, S, 3]`` (S a multiple of 16); given trained ``params``, checked to fit them."""
+    check_images(method, images, multiple=16)
+    layers = bergmann_layers(width)
+    if params is not None:
+        check_trained_size(method, images, conv_trained_size(params["encoder"], layers))
+    return GaussianVAE(layers, latent, images.shape[1])
+
+
 @register
 @dataclasses.dataclass(frozen=True)
 class VAE:
@@ -113,11 +124,7 @@ class VAE:
 
     def _net(self, images: jax.Array, params: Any = None) -> GaussianVAE:
         """The network for ``images`` (and, given ``params``, checked to fit them)."""
-        check_images(self.name, images, multiple=16)
-        layers = bergmann_layers(self.width)
-        if params is not None:
-            check_trained_size(self.name, images, conv_trained_size(params["encoder"], layers))
-        return GaussianVAE(layers, self.latent, images.shape[1])
+        return vae_network(self.name, self.width, self.latent, images, params)
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Random encoder, decoder and likelihood scale (``log_scale = 0``)."""
