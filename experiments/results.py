@@ -127,6 +127,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=REPO / "experiments" / "results.json")
     parser.add_argument("--resume", action="store_true",
                         help="reuse rows of --json computed with the same settings")
+    parser.add_argument("--compile-cache", type=Path, default=None, metavar="DIR",
+                        help="share JAX's persistent compilation cache in DIR between the "
+                             "rows: a row whose programs an earlier row compiled (e.g. the "
+                             "next synthetic category) loads them instead; its seconds are "
+                             "then marked as measured with a warm cache")
     parser.add_argument("--row", nargs=3, metavar=("METHOD", "DATASET", "ROOT"),
                         help=argparse.SUPPRESS)  # internal: run one row in this process
     parser.add_argument("--row-output", type=Path, help=argparse.SUPPRESS)
@@ -172,6 +177,8 @@ def run_row(method_name: str, dataset: str, root: Path, args: argparse.Namespace
     from anomjax.evaluate import evaluate, peak_rss_mb
     from anomjax.methods import make_method
 
+    if args.compile_cache is not None:
+        jax.config.update("jax_compilation_cache_dir", str(args.compile_cache))
     overrides = method_overrides(args.overrides, method_name)
     method = make_method(method_name, overrides)
     ds = open_dataset(root, image_size=args.image_size)
@@ -200,6 +207,7 @@ def run_row(method_name: str, dataset: str, root: Path, args: argparse.Namespace
                                          "pixel_auroc", "pixel_ap", "pixel_aupro")},
         "fit_s": round(fit_seconds, 1), "test_s": round(float(result["test_seconds"]), 1),
         "peak_mb": peak_rss_mb(), "code": code_version(),
+        **({"compile_cache": True} if args.compile_cache is not None else {}),
     }
 
 
@@ -304,6 +312,8 @@ def notes(row: dict) -> str:
         parts.append(f"batch {row['batch_size']}")
     if row.get("code"):
         parts.append(f"code {row['code']}")
+    if row.get("compile_cache"):
+        parts.append("seconds with a shared compilation cache")
     if row.get("overrides"):
         parts.append("set " + ", ".join(f"{k}={v}" for k, v in row["overrides"].items()))
     if row.get("error"):
