@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from anomjax.methods.base import State, register
-from anomjax.methods.generative.ganomaly import bce_with_logits
+from anomjax.methods.generative.ganomaly import bce_with_logits, discriminate
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images, check_trained_size, to_signed
 from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder, dcgan_trained_size
@@ -105,12 +105,6 @@ class AnoGAN:
                              mutable=["batch_stats"])
         return out, new["batch_stats"]
 
-    def _critic(self, disc: DCGANCritic, params: Any, stats: Any,
-                x: jax.Array) -> tuple[tuple[jax.Array, jax.Array], Any]:
-        out, new = disc.apply({"params": params, "batch_stats": stats}, x, train=True,
-                              mutable=["batch_stats"])
-        return out, new["batch_stats"]
-
     def discriminator_loss(self, params: Any, state: State, images: jax.Array,
                            key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
         """BCE of real images against 1 and generated ones against 0; hands ``z`` on."""
@@ -119,9 +113,9 @@ class AnoGAN:
         z = jax.random.uniform(key, (images.shape[0], self.latent), jnp.float32, -1.0, 1.0)
         fake, g_stats = self._generate(gen, jax.lax.stop_gradient(params["generator"]),
                                        stats["generator"], z, train=True)
-        (real_logit, _), d_stats = self._critic(disc, params["discriminator"],
+        (real_logit, _), d_stats = discriminate(disc, params["discriminator"],
                                                 stats["discriminator"], to_signed(images))
-        (fake_logit, _), d_stats = self._critic(disc, params["discriminator"], d_stats,
+        (fake_logit, _), d_stats = discriminate(disc, params["discriminator"], d_stats,
                                                 jax.lax.stop_gradient(fake))
         loss = bce_with_logits(real_logit, 1.0) + bce_with_logits(fake_logit, 0.0)
         return loss, {"batch_stats": {"generator": g_stats, "discriminator": d_stats},
@@ -135,7 +129,7 @@ class AnoGAN:
         stats = state["batch_stats"]
         fake, g_stats = self._generate(gen, params["generator"], stats["generator"],
                                        state["carry"]["z"], train=True)
-        (fake_logit, _), d_stats = self._critic(
+        (fake_logit, _), d_stats = discriminate(
             disc, jax.lax.stop_gradient(params["discriminator"]), stats["discriminator"], fake)
         return bce_with_logits(fake_logit, 1.0), {
             "batch_stats": {"generator": g_stats, "discriminator": d_stats}}

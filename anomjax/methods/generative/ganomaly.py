@@ -67,6 +67,15 @@ def bce_with_logits(logits: jax.Array, target: float) -> jax.Array:
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target)))
 
 
+def discriminate(disc: DCGANCritic, params: Any, stats: Any,
+                 x: jax.Array) -> tuple[tuple[jax.Array, jax.Array], Any]:
+    """``((logits, features), updated batch stats)`` of a DCGAN discriminator in training
+    mode (batch statistics) on ``x [B, H, W, C]``."""
+    out, new = disc.apply({"params": params, "batch_stats": stats}, x, train=True,
+                          mutable=["batch_stats"])
+    return out, new["batch_stats"]
+
+
 @register
 @dataclasses.dataclass(frozen=True)
 class GANomaly:
@@ -119,12 +128,6 @@ class GANomaly:
             phases=(Phase((Update("g", "generator", self.generator_loss),
                            Update("d", "discriminator", self.discriminator_loss))),))
 
-    def _discriminate(self, disc: DCGANCritic, params: Any, stats: Any,
-                      x: jax.Array) -> tuple[tuple[jax.Array, jax.Array], Any]:
-        out, new = disc.apply({"params": params, "batch_stats": stats}, x, train=True,
-                              mutable=["batch_stats"])
-        return out, new["batch_stats"]
-
     def generator_loss(self, params: Any, state: State, images: jax.Array,
                        key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
         """``w_adv L_adv + w_con L_con + w_enc L_enc``; hands ``x_hat`` to the D update."""
@@ -136,8 +139,8 @@ class GANomaly:
             {"params": params["generator"], "batch_stats": stats["generator"]}, x, train=True,
             mutable=["batch_stats"])
         d_params = jax.lax.stop_gradient(params["discriminator"])
-        (_, f_real), d_stats = self._discriminate(disc, d_params, stats["discriminator"], x)
-        (_, f_fake), d_stats = self._discriminate(disc, d_params, d_stats, x_hat)
+        (_, f_real), d_stats = discriminate(disc, d_params, stats["discriminator"], x)
+        (_, f_fake), d_stats = discriminate(disc, d_params, d_stats, x_hat)
         adv = l2_loss(f_real, f_fake)
         con = l1_loss(x, x_hat)
         enc = l2_loss(z, z_hat)
@@ -153,9 +156,9 @@ class GANomaly:
         del key
         _, disc = self._nets(images)
         stats = state["batch_stats"]
-        (real, _), d_stats = self._discriminate(disc, params["discriminator"],
+        (real, _), d_stats = discriminate(disc, params["discriminator"],
                                                 stats["discriminator"], to_signed(images))
-        (fake, _), d_stats = self._discriminate(disc, params["discriminator"], d_stats,
+        (fake, _), d_stats = discriminate(disc, params["discriminator"], d_stats,
                                                 state["carry"]["fake"])
         loss = 0.5 * (bce_with_logits(real, 1.0) + bce_with_logits(fake, 0.0))
         return loss, {"batch_stats": {**stats, "discriminator": d_stats}}
