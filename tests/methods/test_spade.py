@@ -125,6 +125,9 @@ def test_overrides_and_errors(paper):
         SPADE(storage_dtype="int8")
     with pytest.raises(ValueError, match="no training images"):
         SPADE().fit(jax.random.PRNGKey(0), [])
+    mixed = batches_of(toy_images(2), 2) + batches_of(toy_images(2, size=32), 2)
+    with pytest.raises(ValueError, match="must share one size: .*toy_good_0_0.png"):
+        SPADE().fit(jax.random.PRNGKey(0), mixed)
 
 
 def test_save_load_round_trip_keeps_float16_pyramid(paper, tmp_path):

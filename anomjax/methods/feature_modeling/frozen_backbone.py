@@ -7,7 +7,7 @@ weights it was fitted with); the architecture comes from
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -38,6 +38,20 @@ def check_images(images: Any, paths: Sequence[str]) -> np.ndarray:
                if not ok]
         raise ValueError(f"images hold NaN or infinite values: {', '.join(bad) or where}")
     return images.astype(np.float32, copy=False)
+
+
+def same_size_images(batches: Iterable[Any]) -> Iterator[np.ndarray]:
+    """Each batch's checked images (:func:`check_images`), or a ``ValueError`` naming the first
+    file of a batch whose image size differs from the first batch's."""
+    shape = None
+    for batch in batches:
+        images = check_images(batch.images, batch.paths)
+        if shape is None:
+            shape = images.shape[1:]
+        elif images.shape[1:] != shape:
+            raise ValueError(f"training images must share one size: {batch.paths[0]} is "
+                             f"{images.shape[1:3]}, earlier images were {shape[:2]}")
+        yield images
 
 
 def check_taps(method: str, backbone: str, taps: Sequence[str], count: int | None = None,

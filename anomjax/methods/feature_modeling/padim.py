@@ -58,9 +58,9 @@ from anomjax.backbones import get_backbone
 from anomjax.methods.base import State, register
 from anomjax.methods.feature_modeling.frozen_backbone import (
     BACKBONES,
-    check_images,
     check_taps,
     load_variables,
+    same_size_images,
 )
 from anomjax.methods.hyper import hyper
 from anomjax.nn import gaussian
@@ -135,14 +135,8 @@ def project(features: jax.Array, projection: jax.Array) -> jax.Array:
 
 def fit_gaussians(embed, batches: Iterable[Batch], epsilon: float) -> gaussian.Gaussian:
     """Stream ``batches`` through ``embed`` (images -> ``[B, h, w, d]``) into Gaussians."""
-    stats, shape = None, None
-    for batch in batches:
-        images = check_images(batch.images, batch.paths)
-        if shape is None:
-            shape = images.shape[1:]
-        elif images.shape[1:] != shape:
-            raise ValueError(f"training images must share one size: {batch.paths[0]} is "
-                             f"{images.shape[1:3]}, earlier images were {shape[:2]}")
+    stats = None
+    for images in same_size_images(batches):
         features = embed(images)
         if stats is None:
             stats = gaussian.init_stats(features.shape[1:3], features.shape[3])

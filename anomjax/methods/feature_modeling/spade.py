@@ -57,9 +57,9 @@ from anomjax.backbones import get_backbone
 from anomjax.methods.base import State, register
 from anomjax.methods.feature_modeling.frozen_backbone import (
     BACKBONES,
-    check_images,
     check_taps,
     load_variables,
+    same_size_images,
 )
 from anomjax.methods.feature_modeling.padim import default_taps
 from anomjax.methods.hyper import hyper
@@ -159,14 +159,8 @@ class SPADE:
         ``image_features`` ``[N, C_img]`` float32 and ``pyramid``: ``{tap: [N, h_l, w_l,
         C_l]}`` (``per_layer``) or ``[N, h, w, C]`` (``concatenated``)."""
         variables = load_variables(self.backbone, self.backbone_weights, key)
-        descriptors, pyramids, shape = [], [], None
-        for batch in batches:
-            images = check_images(batch.images, batch.paths)
-            if shape is None:
-                shape = images.shape[1:]
-            elif images.shape[1:] != shape:
-                raise ValueError(f"training images must share one size: {batch.paths[0]} is "
-                                 f"{images.shape[1:3]}, earlier images were {shape[:2]}")
+        descriptors, pyramids = [], []
+        for images in same_size_images(batches):
             descriptor, pyramid = _describe(self, variables, images)
             descriptors.append(np.asarray(descriptor))
             pyramids.append(jax.tree.map(lambda x: np.asarray(x.astype(self.storage_dtype)),
