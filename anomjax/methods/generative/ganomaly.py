@@ -157,9 +157,9 @@ class GANomaly:
         _, disc = self._nets(images)
         stats = state["batch_stats"]
         (real, _), d_stats = discriminate(disc, params["discriminator"],
-                                                stats["discriminator"], to_signed(images))
+                                          stats["discriminator"], to_signed(images))
         (fake, _), d_stats = discriminate(disc, params["discriminator"], d_stats,
-                                                state["carry"]["fake"])
+                                          state["carry"]["fake"])
         loss = 0.5 * (bce_with_logits(real, 1.0) + bce_with_logits(fake, 0.0))
         return loss, {"batch_stats": {**stats, "discriminator": d_stats}}
 
