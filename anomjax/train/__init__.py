@@ -47,13 +47,21 @@ What a ``kind = "train"`` method must provide (a frozen dataclass, ``@register``
         # Called once after the last epoch with the (unshuffled) training batches, e.g. to
         # store the mean/std of training-set scores used for normalisation at test time.
 
+    def frozen_features(self, state, images) -> pytree of [B, ...] arrays
+        # Jittable features of a frozen network that depend on the image alone (e.g. a
+        # distillation teacher's). The engine computes them once per training image, keeps
+        # them in host memory (up to train_method's frozen_cache_mb) and calls
+        # loss(params, state, images, key, frozen=<this batch's features>), so the loss
+        # skips the frozen forward pass; see anomjax.train.frozen_cache.
+
 Entry points::
 
     state = train_method(method, key, train_split, *, epochs, batch_size, run_dir=None,
                          resume=False, ...)           # -> the trained method State
 
 ``train_method`` owns everything else: the jitted, buffer-donating
-``train_step(train_state, images, key) -> (train_state, metrics)`` (``make_train_step``), the
+``train_step(train_state, images, key, frozen=None) -> (train_state, metrics)``
+(``make_train_step``), the
 ``TrainState`` pytree (params, opt_state, batch_stats, step, key), data parallelism over a
 ``jax.sharding.Mesh`` of all devices (batch sharded, params replicated; each process reads
 only its own shard of the data), Orbax checkpoints in ``run_dir/checkpoints`` (every epoch,

@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from anomjax.train.checkpoint import CheckpointStore
 from anomjax.train.divergence import TrainingDiverged
+from anomjax.train.frozen_cache import FrozenCache, build_frozen_cache
+from anomjax.train.groups import GroupedOptimizer
 from anomjax.train.metrics_log import MetricsLog
 from anomjax.train.prefetch import prefetch
 from anomjax.train.sharding import DataMesh
@@ -89,15 +91,16 @@ def _global_batch_size(requested: int, n_train: int, mesh: DataMesh) -> int:
 
 
 def _epoch_batches(split: Any, local_bs: int, seed: int, epoch: int, skip: int, steps: int,
-                   num_workers: int) -> Iterator[np.ndarray]:
-    """This process's image batches of ``epoch``, from batch ``skip`` to ``steps``."""
+                   num_workers: int) -> Iterator[tuple[np.ndarray, tuple[str, ...]]]:
+    """This process's batches of ``epoch`` (images and their paths), from batch ``skip`` to
+    ``steps``."""
     batches = split.batches(batch_size=local_bs, shuffle=True, seed=epoch_seed(seed, epoch),
                             num_workers=num_workers, drop_remainder=True,
                             shard_index=jax.process_index(), num_shards=jax.process_count())
     got = skip
     for batch in itertools.islice(batches, skip, steps):
         got += 1
-        yield np.asarray(batch.images, np.float32)
+        yield np.asarray(batch.images, np.float32), tuple(batch.paths)
     if got < steps:
         raise RuntimeError(f"the training split gave {got} batches of {local_bs} images in "
                            f"epoch {epoch}, expected {steps} (len(split) = {len(split)}); its "
@@ -176,7 +179,8 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
                  checkpoint_every: int | None = None, log_every: int = 10,
                  val_split: Any = None, val_every: int | None = None,
                  compute_dtype: str | None = None, num_workers: int = 4,
-                 devices: list[Any] | None = None, disable: bool = False) -> State:
+                 frozen_cache_mb: float = 2048.0, devices: list[Any] | None = None,
+                 disable: bool = False) -> State:
     """Train a ``kind="train"`` method on ``train_split`` and return its trained state.
 
     Args:
@@ -206,6 +210,10 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
         steps (and log them under ``val/``).
       compute_dtype: ``"bfloat16"`` to run the loss in bfloat16 (float32 master params).
       num_workers: image-loading workers of the data pipeline.
+      frozen_cache_mb: for a method that declares ``frozen_features`` (see
+        :mod:`anomjax.train.frozen_cache`), compute them once per training image and keep
+        them in host memory if they take at most this many MiB (0: compute them at every
+        step).
       devices: the devices to train on (default: all devices of all processes).
       disable: turn the progress bar off.
 
@@ -241,7 +249,7 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
                          checkpoint_every=checkpoint_every, log_every=log_every,
                          val_split=val_split, val_every=val_every,
                          compute_dtype=compute_dtype, num_workers=num_workers,
-                         disable=disable)
+                         frozen_cache_mb=frozen_cache_mb, disable=disable)
     finally:
         if store is not None:
             store.close()
@@ -314,7 +322,7 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                 n_train: int, mesh: DataMesh, keys: tuple[jax.Array, int, jax.Array],
                 checkpoint_every: int | None, log_every: int, val_split: Any,
                 val_every: int | None, compute_dtype: str | None, num_workers: int,
-                disable: bool) -> TrainState:
+                frozen_cache_mb: float, disable: bool) -> TrainState:
     """Initialise or restore the train state, run the remaining steps, return the last."""
     init_key, data_seed, step_key = keys
     total_steps = epochs * steps_per_epoch
@@ -325,7 +333,8 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
 
     optimizer, step_fn = _compiled_step(method, total_steps, compute_dtype, mesh)
     images = _init_images(method, train_split, local_bs, n_train, num_workers)
-    ts = init_train_state(_initial_state(method, init_key, images), optimizer, step_key)
+    initial = _initial_state(method, init_key, images)
+    ts = init_train_state(initial, optimizer, step_key)
     ts = mesh.place(ts, train_state_sharding(method, mesh))
     meta = {"global_batch_size": global_bs, "steps_per_epoch": steps_per_epoch,
             "data_seed": data_seed, "process_count": jax.process_count(),
@@ -341,6 +350,18 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
             warnings.warn(f"the checkpoint in {store.directory} is at step {start}, past the "
                           f"{total_steps} steps of {epochs} epochs; returning it as it is",
                           stacklevel=2)
+    cache: FrozenCache | None = None
+    if start < total_steps and not isinstance(optimizer, GroupedOptimizer):
+        cache = build_frozen_cache(method, initial, train_split, local_bs,
+                                   limit_mb=frozen_cache_mb, num_workers=num_workers)
+    del initial, images
+
+    def place(item: tuple[np.ndarray, tuple[str, ...]]) -> tuple[jax.Array, Any]:
+        """A batch's images, and its cached frozen features, sharded on the mesh."""
+        batch_images, paths = item
+        frozen = None if cache is None else jax.tree.map(mesh.shard_batch, cache.lookup(paths))
+        return mesh.shard_batch(batch_images), frozen
+
     log = MetricsLog(run_dir, resume_step=start if resume else None,
                      enabled=jax.process_index() == 0)
     bar = tqdm(total=total_steps, initial=start, desc=f"train {meta['method']}", unit="step",
@@ -361,8 +382,8 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
             skip = step - epoch * steps_per_epoch
             batches = _epoch_batches(train_split, local_bs, data_seed, epoch, skip,
                                      steps_per_epoch, num_workers)
-            for images in prefetch(batches, mesh.shard_batch):
-                ts, metrics = step_fn(ts, images, jax.random.fold_in(ts.key, step))
+            for images, frozen in prefetch(batches, place):
+                ts, metrics = step_fn(ts, images, jax.random.fold_in(ts.key, step), frozen)
                 step += 1
                 window.add(step, epoch, metrics)
                 if step % log_every == 0:

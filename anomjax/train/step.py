@@ -12,7 +12,8 @@ import optax
 from anomjax.train.groups import GroupedOptimizer, make_grouped_step
 from anomjax.train.state import TrainState, method_state
 
-TrainStep = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+TrainStep = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+"""``train_step(train_state, images, key, frozen=None) -> (train_state, metrics)``."""
 
 
 def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
@@ -33,9 +34,12 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
                     compute_dtype: str | None = None,
                     replicated: jax.sharding.Sharding | None = None,
                     state_sharding: Any = None) -> TrainStep:
-    """``train_step(train_state, images [B, H, W, 3], key) -> (train_state, metrics)``.
+    """``train_step(train_state, images [B, H, W, 3], key, frozen=None) -> (train_state,
+    metrics)``.
 
-    Jitted with the train state's buffers donated. The gradient of ``method.loss`` updates the
+    Jitted with the train state's buffers donated. ``frozen`` (the batch's cached frozen
+    features, see :mod:`anomjax.train.frozen_cache`) is passed on as ``method.loss(...,
+    frozen=frozen)`` when given. The gradient of ``method.loss`` updates the
     params through ``optimizer``; a ``"batch_stats"`` entry of the loss's aux replaces the
     running statistics; every other aux entry is returned as a scalar metric, with ``loss``
     and ``grad_norm``, and ``finite``: 1.0 when the loss, the gradient norm and every leaf of
@@ -58,8 +62,11 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
 
         grouped_step = make_grouped_step(optimizer, cast)
 
-        def train_step(ts: TrainState, images: jax.Array,
-                       key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        def train_step(ts: TrainState, images: jax.Array, key: jax.Array,
+                       frozen: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+            if frozen is not None:
+                raise ValueError("cached frozen features are not supported with parameter "
+                                 "groups (GroupedOptimizer)")
             new, metrics = grouped_step(ts, images, key)
             finite = all_finite((metrics["loss"], new.params, new.opt_state, new.batch_stats))
             return new, {**metrics, "finite": finite.astype(jnp.float32)}
@@ -75,18 +82,19 @@ def _single_step(method: Any, optimizer: optax.GradientTransformation,
                  dtype: jnp.dtype | None) -> Callable:
     """The step of one optimiser over ``method.loss`` (see :func:`make_train_step`)."""
 
-    def train_step(ts: TrainState, images: jax.Array,
-                   key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    def train_step(ts: TrainState, images: jax.Array, key: jax.Array,
+                   frozen: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
         def loss_fn(params: Any) -> tuple[jax.Array, dict[str, Any]]:
             state = method_state(ts)
-            x = images
+            x, cached = images, frozen
             if dtype is not None:
                 stats = state.pop("batch_stats", None)
-                params, state, x = _cast_floats((params, state, x), dtype)
+                params, state, x, cached = _cast_floats((params, state, x, cached), dtype)
                 if stats is not None:
                     state["batch_stats"] = stats
             state["params"] = params
-            loss, aux = method.loss(params, state, x, key)
+            extra = {} if cached is None else {"frozen": cached}
+            loss, aux = method.loss(params, state, x, key, **extra)
             return loss.astype(jnp.float32), dict(aux)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts.params)

@@ -200,7 +200,8 @@ def test_precise_bn_makes_running_statistics_those_of_the_training_images(small_
 
 def test_one_epoch_then_resume_to_two_equals_two_epochs_straight(tmp_path):
     """A real method with BatchNorm through the engine: 1 epoch, then resume to 2, gives the
-    parameters, running statistics and maps of a straight 2-epoch run."""
+    parameters, running statistics and maps of a straight 2-epoch run; training with the
+    teacher's features cached gives the parameters of training without the cache."""
     from anomjax.data.synthetic import make_category
     from anomjax.train import train_method
 
@@ -209,11 +210,16 @@ def test_one_epoch_then_resume_to_two_equals_two_epochs_straight(tmp_path):
 
     method = STPM(taps=("stage2",))  # a shallow student compiles fast
 
-    def run(run_dir, epochs, resume=False):
+    def run(run_dir, epochs, resume=False, frozen_cache_mb=2048.0):
         return train_method(method, jax.random.key(3), ds.train, epochs=epochs, batch_size=4,
-                            run_dir=run_dir, resume=resume, num_workers=0, disable=True)
+                            run_dir=run_dir, resume=resume, num_workers=0, disable=True,
+                            frozen_cache_mb=frozen_cache_mb)
 
-    straight = run(tmp_path / "straight", 2)
+    straight = run(tmp_path / "straight", 2)  # the teacher's features cached once per image
+    # The same run with the teacher run at every step: equal up to float rounding.
+    per_step = run(tmp_path / "per_step", 2, frozen_cache_mb=0)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 per_step["params"], straight["params"])
     first = run(tmp_path / "resumed", 1)
     resumed = run(tmp_path / "resumed", 2, resume=True)
     for name in ("params", "batch_stats"):
@@ -226,3 +232,17 @@ def test_one_epoch_then_resume_to_two_equals_two_epochs_straight(tmp_path):
     score = jax.jit(method.score)
     np.testing.assert_allclose(score(resumed, images).maps, score(straight, images).maps, rtol=1e-5,
                                atol=1e-7)
+
+
+def test_a_step_with_cached_teacher_features_runs_no_teacher(small_state):
+    """With ``frozen`` given, the loss traces only the student: fewer matrix products."""
+    images, state = small_state
+    frozen = SMALL.frozen_features(state, images)
+
+    def products(*args):
+        jaxpr = jax.make_jaxpr(lambda *a: SMALL.loss(state["params"], state, *a))(*args)
+        return str(jaxpr).count("dot_general") + str(jaxpr).count("conv_general_dilated")
+
+    with_teacher, student_only = products(images, jax.random.key(0)), products(
+        images, jax.random.key(0), frozen)
+    assert student_only * 2 == with_teacher  # teacher and student: the same network

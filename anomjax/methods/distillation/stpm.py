@@ -168,17 +168,23 @@ class STPM:
                          taps=tuple(self.taps), logits=False)
         return (out[0], out[1]["batch_stats"]) if train else (out, None)
 
-    def _teacher(self, state: State, images: jax.Array) -> list[jax.Array]:
-        """Frozen teacher features, shallow to deep (no gradient reaches the teacher)."""
-        feats, _ = self._features(jax.lax.stop_gradient(state["frozen"]["teacher"]), images)
-        return [feats[t] for t in self.taps]
+    def frozen_features(self, state: State, images: jax.Array) -> dict[str, jax.Array]:
+        """The frozen teacher's ``{tap: [B, h, w, c]}`` (no gradient reaches the teacher).
 
-    def loss(self, params: Any, state: State, images: jax.Array,
-             key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        A function of the image alone (STPM does not augment), so the training engine
+        computes it once per training image (``anomjax.train.frozen_cache``).
+        """
+        feats, _ = self._features(jax.lax.stop_gradient(state["frozen"]["teacher"]), images)
+        return {t: feats[t] for t in self.taps}
+
+    def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
+             frozen: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, Any]]:
         """Pyramid matching loss of ``images [B, H, W, 3]`` (summed over levels, mean over the
-        batch and positions); student in train mode."""
+        batch and positions); student in train mode. ``frozen``: the teacher's features of
+        ``images`` when the engine cached them (else they are computed here)."""
         del key  # STPM's training is deterministic given the batch
-        t_feats = self._teacher(state, images)
+        teacher_out = self.frozen_features(state, images) if frozen is None else frozen
+        t_feats = [teacher_out[t] for t in self.taps]
         s_out, batch_stats = self._features(
             {"params": params, "batch_stats": state["batch_stats"]}, images, train=True)
         aux: dict[str, Any] = {"batch_stats": batch_stats}
@@ -207,12 +213,12 @@ class STPM:
     def score(self, state: State, images: jax.Array) -> Scores:
         """Product of the upsampled per-level maps, smoothed; image score = its maximum."""
         check_rgb("stpm", images)
-        t_feats = self._teacher(state, images)
+        t_feats = self.frozen_features(state, images)
         s_feats, _ = self._features({"params": state["params"],
                                      "batch_stats": state["batch_stats"]}, images)
         size = images.shape[1:3]
         maps = jnp.ones((images.shape[0], *size), jnp.float32)
-        for tap, t in zip(self.taps, t_feats, strict=True):
-            maps = maps * upsample(level_distance(t, s_feats[tap]), size)
+        for tap in self.taps:
+            maps = maps * upsample(level_distance(t_feats[tap], s_feats[tap]), size)
         maps = gaussian_blur(maps, self.sigma)
         return Scores(image=jnp.max(maps, axis=(1, 2)), maps=maps)
