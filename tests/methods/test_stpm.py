@@ -233,16 +233,3 @@ def test_one_epoch_then_resume_to_two_equals_two_epochs_straight(tmp_path):
     np.testing.assert_allclose(score(resumed, images).maps, score(straight, images).maps, rtol=1e-5,
                                atol=1e-7)
 
-
-def test_a_step_with_cached_teacher_features_runs_no_teacher(small_state):
-    """With ``frozen`` given, the loss traces only the student: fewer matrix products."""
-    images, state = small_state
-    frozen = SMALL.frozen_features(state, images)
-
-    def products(*args):
-        jaxpr = jax.make_jaxpr(lambda *a: SMALL.loss(state["params"], state, *a))(*args)
-        return str(jaxpr).count("dot_general") + str(jaxpr).count("conv_general_dilated")
-
-    with_teacher, student_only = products(images, jax.random.key(0)), products(
-        images, jax.random.key(0), frozen)
-    assert student_only * 2 == with_teacher  # teacher and student: the same network

@@ -211,11 +211,19 @@ class MKD:
         del total_steps
         return optax.adam(self.learning_rate)
 
+    def frozen_features(self, state: State, images: jax.Array) -> list[jax.Array]:
+        """The frozen source network's features ``[B, h, w, c]`` per tap, shallow first (a
+        function of the image alone, so the training engine computes them once per training
+        image: ``anomjax.train.frozen_cache``)."""
+        return frozen_features(self._teacher(), state["frozen"]["teacher"], images, self.taps)
+
     def _image_losses(self, params: Any, state: State, images: jax.Array, taps: int,
-                      train: bool = False, guided: bool = False) -> tuple[jax.Array, Any]:
-        """Per-image loss ``[B]`` over the deepest ``taps`` layers, and the batch stats."""
+                      train: bool = False, guided: bool = False,
+                      real: list[jax.Array] | None = None) -> tuple[jax.Array, Any]:
+        """Per-image loss ``[B]`` over the deepest ``taps`` layers, and the batch stats;
+        ``real``: the source's features of ``images`` if already computed."""
         backbone = self._teacher()
-        real = frozen_features(backbone, state["frozen"]["teacher"], images, self.taps)
+        real = self.frozen_features(state, images) if real is None else real
         variables = {"params": params, "batch_stats": state["batch_stats"]}
         cloner = self._cloner(backbone, guided)
         if train:
@@ -226,11 +234,13 @@ class MKD:
         start = len(self.taps) - taps
         return value_direction_loss(pred[start:], real[start:], self.lamda), stats
 
-    def loss(self, params: Any, state: State, images: jax.Array,
-             key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Value + direction distillation loss over all taps, averaged over the batch."""
+    def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
+             frozen: list[jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Value + direction distillation loss over all taps, averaged over the batch;
+        ``frozen``: the source's features of ``images`` when the engine cached them."""
         del key
-        losses, stats = self._image_losses(params, state, images, len(self.taps), train=True)
+        losses, stats = self._image_losses(params, state, images, len(self.taps), train=True,
+                                           real=frozen)
         return jnp.mean(losses), {"batch_stats": stats}
 
     def _input_gradients(self, state: State, images: jax.Array, guided: bool) -> jax.Array:

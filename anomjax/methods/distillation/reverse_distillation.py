@@ -218,12 +218,19 @@ class ReverseDistillation:
         del total_steps
         return optax.adam(self.learning_rate, b1=self.beta1, b2=self.beta2)
 
-    def _reconstruct(self, params: Any, state: State, images: jax.Array,
-                     train: bool) -> tuple[list[jax.Array], list[jax.Array], Any]:
-        """Teacher features ``E_k``, their reconstructions ``D_k`` (``[B, h_k, w_k, c_k]``,
-        shallow first) and the batch stats."""
+    def frozen_features(self, state: State, images: jax.Array) -> list[jax.Array]:
+        """The frozen teacher's ``E_k`` ``[B, h_k, w_k, c_k]``, shallow first (a function of
+        the image alone, so the training engine computes them once per training image:
+        ``anomjax.train.frozen_cache``)."""
+        return frozen_features(self._teacher(), state["frozen"]["teacher"], images, self.taps)
+
+    def _reconstruct(self, params: Any, state: State, images: jax.Array, train: bool,
+                     feats: list[jax.Array] | None = None
+                     ) -> tuple[list[jax.Array], list[jax.Array], Any]:
+        """Teacher features ``E_k`` (``feats`` if already computed), their reconstructions
+        ``D_k`` (``[B, h_k, w_k, c_k]``, shallow first) and the batch stats."""
         backbone = self._teacher()
-        feats = frozen_features(backbone, state["frozen"]["teacher"], images, self.taps)
+        feats = self.frozen_features(state, images) if feats is None else feats
         variables = {"params": params, "batch_stats": state["batch_stats"]}
         if train:
             student, updates = self._net(backbone).apply(variables, feats, train=True,
@@ -234,12 +241,14 @@ class ReverseDistillation:
             stats = state["batch_stats"]
         return feats, student, stats
 
-    def loss(self, params: Any, state: State, images: jax.Array,
-             key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
+             frozen: list[jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """``sum_k`` of the mean over the batch of ``1 - cos(E_k, D_k)``, flattened per image or
-        per position (``loss_cosine``)."""
+        per position (``loss_cosine``); ``frozen``: the teacher's features of ``images`` when
+        the engine cached them."""
         del key
-        feats, recon, stats = self._reconstruct(params, state, images, train=True)
+        feats, recon, stats = self._reconstruct(params, state, images, train=True,
+                                                feats=frozen)
         distance = (flattened_cosine_distance if self.loss_cosine == "flattened"
                     else cosine_distance_map)
         per_scale = [jnp.mean(distance(t, s)) for t, s in zip(feats, recon, strict=True)]
