@@ -10,6 +10,9 @@ import pytest
 from anomjax.methods.distillation.mkd import MKD
 from anomjax.methods.distillation.reverse_distillation import ReverseDistillation
 from anomjax.methods.distillation.stpm import STPM
+from anomjax.methods.flows.cflow import CFlow
+from anomjax.methods.flows.csflow import CSFlow
+from anomjax.methods.flows.fastflow import FastFlow
 
 
 def _products(fn, *args) -> int:
@@ -18,8 +21,13 @@ def _products(fn, *args) -> int:
     return text.count("dot_general") + text.count("conv_general_dilated")
 
 
-@pytest.mark.parametrize("method", [STPM(taps=("stage2", "stage3")), ReverseDistillation(),
-                                    MKD()], ids=lambda m: m.name)
+METHODS = [STPM(taps=("stage2", "stage3")), ReverseDistillation(), MKD(),
+           CFlow(taps=("stage2", "stage3"), condition_dim=16, coupling_blocks=2),
+           FastFlow(taps=("stage2", "stage3"), flow_steps=2),
+           CSFlow(tap="stage3", coupling_blocks=1, hidden=16)]
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
 def test_loss_with_cached_features_runs_no_frozen_network_and_is_unchanged(method):
     # 64 px: at 32 px RD's bottleneck is 1 x 1, and its batch-statistics BatchNorm over two
     # values turns rounding into visible loss differences.

@@ -156,15 +156,22 @@ class CFlow:
                        images: jax.Array) -> list[jax.Array]:
         """``log p / C`` per position ``[B, h_l, w_l]`` per level (one encoder pass)."""
         out = []
-        for level, f in enumerate(encoder_features(self.backbone, state, images, self.taps)):
+        for level, f in enumerate(self.frozen_features(state, images)):
             out.append(self._log_prob(params, level, *self._fibres(f)).reshape(f.shape[:3]))
         return out
 
-    def loss(self, params: Any, state: State, images: jax.Array,
-             key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Sum over levels of the mean ``-log sigmoid(log p / C)`` of the step's fibres."""
+    def frozen_features(self, state: State, images: jax.Array) -> list[jax.Array]:
+        """The frozen encoder's features ``[B, h, w, c]`` per tap (a function of the image
+        alone, so the training engine computes them once per training image:
+        ``anomjax.train.frozen_cache``)."""
+        return encoder_features(self.backbone, state, images, self.taps)
+
+    def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
+             frozen: list[jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Sum over levels of the mean ``-log sigmoid(log p / C)`` of the step's fibres;
+        ``frozen``: the encoder's features when the engine cached them."""
         total, aux = jnp.zeros((), jnp.float32), {}
-        feats = encoder_features(self.backbone, state, images, self.taps)
+        feats = self.frozen_features(state, images) if frozen is None else frozen
         keys = jax.random.split(key, len(feats))
         for level, f in enumerate(feats):
             fibres, context = self._fibres(f)

@@ -126,8 +126,10 @@ class CSFlow:
                         CrossScaleConv(2 * (channels - half), self.hidden, kernel)))
         return out
 
-    def _maps(self, state: State, images: jax.Array) -> list[jax.Array]:
-        """Features of the tap at the three image scales ``[B, h / 2^s, w / 2^s, C]``."""
+    def frozen_features(self, state: State, images: jax.Array) -> list[jax.Array]:
+        """The frozen encoder's features of the tap at the three image scales
+        ``[B, h / 2^s, w / 2^s, C]`` (a function of the image alone, so the training engine
+        computes them once per training image: ``anomjax.train.frozen_cache``)."""
         return [encoder_features(self.backbone, state, downscale(images, 2 ** s), (self.tap,))[0]
                 for s in range(N_SCALES)]
 
@@ -168,18 +170,22 @@ class CSFlow:
         return pytorch_adam(self.learning_rate, eps=1e-4, weight_decay=self.weight_decay,
                             max_grad_norm=self.max_grad_norm)
 
-    def _latents(self, params: dict[str, Any], state: State, images: jax.Array
+    def _latents(self, params: dict[str, Any], state: State, images: jax.Array,
+                 maps: list[jax.Array] | None = None
                  ) -> tuple[jax.Array, jax.Array, list[tuple[int, int, int]]]:
-        maps = self._maps(state, images)
+        """Packed latents, log-determinants and the scales' shapes; ``maps``: the encoder's
+        features of ``images`` if already computed."""
+        maps = self.frozen_features(state, images) if maps is None else maps
         shapes = [tuple(m.shape[1:]) for m in maps]
         z, log_det = self._flow(params, shapes).forward_and_log_det(pack(maps))
         return z, log_det, shapes
 
-    def loss(self, params: Any, state: State, images: jax.Array,
-             key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """``mean_B (0.5 ||z||^2 - log_det) / D`` (the authors' ``get_loss``)."""
+    def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
+             frozen: list[jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """``mean_B (0.5 ||z||^2 - log_det) / D`` (the authors' ``get_loss``); ``frozen``: the
+        encoder's features when the engine cached them."""
         del key
-        z, log_det, _ = self._latents(params, state, images)
+        z, log_det, _ = self._latents(params, state, images, frozen)
         return jnp.mean(nll_per_dim(z, log_det)), {}
 
     def score(self, state: State, images: jax.Array) -> Scores:

@@ -123,10 +123,17 @@ class FastFlow:
         del total_steps
         return pytorch_adam(self.learning_rate, weight_decay=self.weight_decay)
 
-    def _latents(self, params: dict[str, Any], state: State,
-                 images: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
-        """``(z [B, h, w, C], log_det [B])`` per level; the encoder runs once."""
-        feats = encoder_features(self.backbone, state, images, self.taps)
+    def frozen_features(self, state: State, images: jax.Array) -> list[jax.Array]:
+        """The frozen encoder's features ``[B, h, w, c]`` per tap (a function of the image
+        alone, so the training engine computes them once per training image:
+        ``anomjax.train.frozen_cache``)."""
+        return encoder_features(self.backbone, state, images, self.taps)
+
+    def _latents(self, params: dict[str, Any], state: State, images: jax.Array,
+                 feats: list[jax.Array] | None = None) -> list[tuple[jax.Array, jax.Array]]:
+        """``(z [B, h, w, C], log_det [B])`` per level; the encoder runs once (not at all when
+        its features ``feats`` are given)."""
+        feats = self.frozen_features(state, images) if feats is None else feats
         out = []
         for level, f in enumerate(feats):
             p = params[f"level{level}"]
@@ -138,12 +145,13 @@ class FastFlow:
             out.append(self._flow(p["flow"], level, f.shape[-1]).forward_and_log_det(x))
         return out
 
-    def loss(self, params: Any, state: State, images: jax.Array,
-             key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Sum over levels of ``mean_B(0.5 ||z||^2 - log_det)`` (anomalib's FastflowLoss)."""
+    def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
+             frozen: list[jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Sum over levels of ``mean_B(0.5 ||z||^2 - log_det)`` (anomalib's FastflowLoss);
+        ``frozen``: the encoder's features when the engine cached them."""
         del key
         total, aux = jnp.zeros((), jnp.float32), {}
-        for level, (z, log_det) in enumerate(self._latents(params, state, images)):
+        for level, (z, log_det) in enumerate(self._latents(params, state, images, frozen)):
             nll = jnp.mean(0.5 * jnp.sum(jnp.square(z), axis=(1, 2, 3)) - log_det)
             aux[f"nll_level{level}"] = nll
             total = total + nll
