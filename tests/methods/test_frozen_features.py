@@ -13,6 +13,7 @@ from anomjax.methods.distillation.stpm import STPM
 from anomjax.methods.flows.cflow import CFlow
 from anomjax.methods.flows.csflow import CSFlow
 from anomjax.methods.flows.fastflow import FastFlow
+from anomjax.methods.reconstruction.dfr import DFR
 
 
 def _products(fn, *args) -> int:
@@ -24,7 +25,7 @@ def _products(fn, *args) -> int:
 METHODS = [STPM(taps=("stage2", "stage3")), ReverseDistillation(), MKD(),
            CFlow(taps=("stage2", "stage3"), condition_dim=16, coupling_blocks=2),
            FastFlow(taps=("stage2", "stage3"), flow_steps=2),
-           CSFlow(tap="stage3", coupling_blocks=1, hidden=16)]
+           CSFlow(tap="stage3", coupling_blocks=1, hidden=16), DFR(latent_dim=8)]
 
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)

@@ -153,7 +153,10 @@ class DFR:
     learning_rate: float = hyper(1e-4, low=0.0, high=1.0, low_open=True)
     sigma: float = hyper(0.0, low=0.0, high=64.0)
 
-    def _features(self, state: State, images: jax.Array) -> jax.Array:
+    def frozen_features(self, state: State, images: jax.Array) -> jax.Array:
+        """Regional features ``[B, H / pool_stride, W / pool_stride, C]`` of the frozen
+        backbone (a function of the image alone, so the training engine computes them once
+        per training image: ``anomjax.train.frozen_cache``)."""
         backbone = teacher(self.backbone)
         feats = frozen_features(backbone, state["frozen"]["teacher"], images, self.taps)
         return jax.lax.stop_gradient(
@@ -172,7 +175,7 @@ class DFR:
         check_taps(teacher(self.backbone), self.taps)
         frozen = {"teacher": teacher_variables(self.backbone, self.backbone_weights)}
         sample = first_images(images, 1 if self.latent_dim else self.pca_images)
-        feats = jax.jit(self._features)({"frozen": frozen}, jnp.asarray(sample))
+        feats = jax.jit(self.frozen_features)({"frozen": frozen}, jnp.asarray(sample))
         channels = feats.shape[-1]
         latent = self.latent_dim or pca_dimension(feats.reshape(-1, channels),
                                                   self.variance_kept)
@@ -185,10 +188,11 @@ class DFR:
         del total_steps
         return optax.adam(self.learning_rate)
 
-    def _reconstruct(self, params: Any, state: State, images: jax.Array,
-                     train: bool) -> tuple[jax.Array, jax.Array, Any]:
-        """Regional features and their reconstruction ``[B, h, w, C]`` each, and batch stats."""
-        feats = self._features(state, images)
+    def _reconstruct(self, params: Any, state: State, images: jax.Array, train: bool,
+                     feats: jax.Array | None = None) -> tuple[jax.Array, jax.Array, Any]:
+        """Regional features (``feats`` if already computed) and their reconstruction
+        ``[B, h, w, C]`` each, and batch stats."""
+        feats = self.frozen_features(state, images) if feats is None else feats
         latent = params["conv2"]["kernel"].shape[-1]
         net = FeatureAutoencoder(feats.shape[-1], latent)
         variables = {"params": params, "batch_stats": state["batch_stats"]}
@@ -198,12 +202,14 @@ class DFR:
         recon = net.apply(variables, feats, train=False)
         return feats, recon.astype(jnp.float32), state["batch_stats"]
 
-    def loss(self, params: Any, state: State, images: jax.Array,
-             key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
+             frozen: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Mean squared error between regional features and their reconstruction (the mean of
-        the training-mode error map)."""
+        the training-mode error map); ``frozen``: the regional features when the engine
+        cached them."""
         del key
-        feats, recon, stats = self._reconstruct(params, state, images, train=True)
+        feats, recon, stats = self._reconstruct(params, state, images, train=True,
+                                                feats=frozen)
         return jnp.mean(reconstruction_errors(feats, recon)), {"batch_stats": stats}
 
     def score(self, state: State, images: jax.Array) -> Scores:
