@@ -12,7 +12,8 @@ step then looks its images up by path and hands their features to the loss, whic
 frozen forward pass. The result is the same training up to float rounding (the features
 come from another compiled program). Only a method whose ``frozen_features`` really is a
 function of the image alone may declare it: a loss that augments the images with the
-step's key before the frozen network cannot use a cache.
+step's key before the frozen network cannot use a cache. Under several processes each one
+caches every training image, since its shard of each epoch's shuffle changes.
 """
 
 from __future__ import annotations
