@@ -353,7 +353,11 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
         "training epochs of the methods that learn weights (batch size in the notes when it "
         "is not 16; incomplete last batches are dropped); '-' for methods that only fit "
         "statistics. Floor: on mvtec3d_tire the pixels' brightness alone reaches a pixel "
-        "AUROC of 0.85-0.91 (`experiments/baseline_intensity.md`).",
+        "AUROC of 0.85-0.91 (`experiments/baseline_intensity.md`). Where a frozen network "
+        "runs in front of what is trained, its features are computed once per training "
+        "image (`anomjax.train.frozen_cache`) from code e681cf6 on for STPM, c9b40c8 for "
+        "Reverse Distillation and MKD, 68a16f9 for CFLOW, FastFlow and CS-Flow, edd2697 for "
+        "DFR: fit seconds of later rows are lower; metrics change only by float rounding.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",

@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from anomjax.types import State
 
@@ -55,14 +56,16 @@ class FrozenCache:
 
 
 def build_frozen_cache(method: Any, state: State, split: Any, batch_size: int, *,
-                       limit_mb: float, num_workers: int) -> FrozenCache | None:
+                       limit_mb: float, num_workers: int,
+                       disable: bool = True) -> FrozenCache | None:
     """``method.frozen_features`` of every image of ``split``, or ``None`` where it does not
     apply: the method declares no ``frozen_features``, ``limit_mb`` is 0, the features would
     take more than ``limit_mb`` of host memory, or two images of the split share a path (they
     could not be told apart); a warning names the last two reasons.
 
     ``state`` is the method's initial state (host or single-device arrays); the batches are
-    padded to ``batch_size`` so the features compile once.
+    padded to ``batch_size`` so the features compile once; ``disable=False`` shows a
+    progress bar.
     """
     features_fn = getattr(method, "frozen_features", None)
     if features_fn is None or limit_mb <= 0:
@@ -82,19 +85,22 @@ def build_frozen_cache(method: Any, state: State, split: Any, batch_size: int, *
         return None
     rows: dict[str, int] = {}
     parts: list[Any] = []
-    for batch in _chain(first, batches):
-        for path in batch.paths:
-            if path in rows:
-                warnings.warn(f"two training images share the path {path!r}; the frozen "
-                              "features are computed at every step instead", stacklevel=3)
-                return None
-            rows[path] = len(rows)
-        images = np.asarray(batch.images, np.float32)
-        size = len(images)
-        if size < batch_size:  # pad with copies of the first image: one compilation
-            images = np.concatenate([images, np.repeat(images[:1], batch_size - size, 0)])
-        out = jax.device_get(compute(state, images))
-        parts.append(jax.tree.map(lambda leaf, size=size: np.asarray(leaf[:size]), out))
+    with tqdm(total=-(-n // batch_size), unit="batch", disable=disable,
+              desc=f"caching {getattr(method, 'name', 'frozen')} features") as bar:
+        for batch in _chain(first, batches):
+            for path in batch.paths:
+                if path in rows:
+                    warnings.warn(f"two training images share the path {path!r}; the frozen "
+                                  "features are computed at every step instead", stacklevel=3)
+                    return None
+                rows[path] = len(rows)
+            images = np.asarray(batch.images, np.float32)
+            size = len(images)
+            if size < batch_size:  # pad with copies of the first image: one compilation
+                images = np.concatenate([images, np.repeat(images[:1], batch_size - size, 0)])
+            out = jax.device_get(compute(state, images))
+            parts.append(jax.tree.map(lambda leaf, size=size: np.asarray(leaf[:size]), out))
+            bar.update(1)
     features = jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
     return FrozenCache(rows, features)
 

@@ -353,7 +353,8 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
     cache: FrozenCache | None = None
     if start < total_steps and not isinstance(optimizer, GroupedOptimizer):
         cache = build_frozen_cache(method, initial, train_split, local_bs,
-                                   limit_mb=frozen_cache_mb, num_workers=num_workers)
+                                   limit_mb=frozen_cache_mb, num_workers=num_workers,
+                                   disable=disable or jax.process_index() != 0)
     del initial, images
 
     def place(item: tuple[np.ndarray, tuple[str, ...]]) -> tuple[jax.Array, Any]:

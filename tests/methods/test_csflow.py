@@ -50,7 +50,7 @@ def test_scores_are_the_half_squared_latents(trained):
                                                                    images)
     assert float(scores.image[0]) == pytest.approx(float(np.mean(np.asarray(z[0]) ** 2 / 2)),
                                                    rel=1e-5)
-    maps = jax.eval_shape(TINY._maps, state, images)
+    maps = jax.eval_shape(TINY.frozen_features, state, images)
     assert [m.shape[1:3] for m in maps] == [(16, 16), (8, 8), (4, 4)]
     with pytest.raises(ValueError, match="multiple of 32"):
         TINY.score(state, jnp.zeros((1, 48, 48, 3)))

@@ -20,12 +20,32 @@ from anomjax.methods.feature_modeling.padim import (
     default_embedding_dim,
     default_feature_dim,
     default_taps,
+    fit_gaussians,
     random_channel_index,
     semi_orthogonal_matrix,
 )
 from anomjax.nn.pyramid import concat_taps
+from anomjax.types import Batch
 
 # ---- embeddings against NumPy (fast) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("merge_images", [1, 3, 100])
+def test_fit_gaussians_merging_batches_gives_numpys_moments(merge_images):
+    """7 images in batches of 2, merged 1, 3 (crossing batch ends) or all at a time."""
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(7, 2, 3, 3)).astype(np.float32)
+    batch = Batch(images, np.zeros(7, np.int32), np.zeros((7, 2, 3), np.uint8),
+                  tuple(f"{i}.png" for i in range(7)), ("good",) * 7)
+    fitted = fit_gaussians(lambda x: jnp.asarray(x) * 2.0 + 1.0, batches_of(batch, 2), 0.01,
+                           merge_images=merge_images)
+    feats = images.astype(np.float64) * 2.0 + 1.0  # [N, h, w, d]
+    np.testing.assert_allclose(fitted["mean"], feats.mean(axis=0), rtol=1e-6)
+    cov = np.stack([[np.cov(feats[:, i, j].T) + 0.01 * np.eye(3) for j in range(3)]
+                    for i in range(2)])
+    inv_chol = np.asarray(fitted["inv_chol"], np.float64)
+    precision = np.swapaxes(inv_chol, -1, -2) @ inv_chol
+    np.testing.assert_allclose(precision, np.linalg.inv(cov), rtol=1e-4, atol=1e-4)
 
 
 def test_concat_taps_is_torch_nearest_replication_at_any_ratio():

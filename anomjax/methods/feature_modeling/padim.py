@@ -133,14 +133,31 @@ def project(features: jax.Array, projection: jax.Array) -> jax.Array:
                       precision=jax.lax.Precision.HIGHEST)
 
 
-def fit_gaussians(embed, batches: Iterable[Batch], epsilon: float) -> gaussian.Gaussian:
-    """Stream ``batches`` through ``embed`` (images -> ``[B, h, w, d]``) into Gaussians."""
-    stats = None
-    for images in same_size_images(batches):
-        features = embed(images)
+def fit_gaussians(embed, batches: Iterable[Batch], epsilon: float,
+                  merge_images: int = 48) -> gaussian.Gaussian:
+    """Stream ``batches`` through ``embed`` (images -> ``[B, h, w, d]``) into Gaussians.
+
+    The features of consecutive batches are merged into the statistics ``merge_images`` at a
+    time: each update reads and writes the whole ``[h, w, d, d]`` scatter, and its per-position
+    products contract over the images, so a few larger updates are faster than many small
+    ones (measured at ``[64, 64]`` positions and ``d = 176`` on 2 CPU cores: 208 images in 4
+    updates of 52 took 0.6x the time of 13 updates of 16, with other work running).
+    """
+    stats, pending = None, []
+
+    def merge(stats: gaussian.GaussianStats | None) -> gaussian.GaussianStats:
+        features = pending[0] if len(pending) == 1 else jnp.concatenate(pending)
+        pending.clear()
         if stats is None:
             stats = gaussian.init_stats(features.shape[1:3], features.shape[3])
-        stats = gaussian.update_stats(stats, features)
+        return gaussian.update_stats(stats, features)
+
+    for images in same_size_images(batches):
+        pending.append(embed(images))
+        if sum(len(f) for f in pending) >= merge_images:
+            stats = merge(stats)
+    if pending:
+        stats = merge(stats)
     if stats is None:
         raise ValueError("no training images: the batches were empty")
     return gaussian.finalize(stats, epsilon)
