@@ -18,6 +18,7 @@ caches every training image, since its shard of each epoch's shuffle changes.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -87,7 +88,7 @@ def build_frozen_cache(method: Any, state: State, split: Any, batch_size: int, *
     parts: list[Any] = []
     with tqdm(total=-(-n // batch_size), unit="batch", disable=disable,
               desc=f"caching {getattr(method, 'name', 'frozen')} features") as bar:
-        for batch in _chain(first, batches):
+        for batch in itertools.chain([first], batches):
             for path in batch.paths:
                 if path in rows:
                     warnings.warn(f"two training images share the path {path!r}; the frozen "
@@ -104,8 +105,3 @@ def build_frozen_cache(method: Any, state: State, split: Any, batch_size: int, *
     features = jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
     return FrozenCache(rows, features)
 
-
-def _chain(first: Any, rest: Any) -> Any:
-    """``first`` then the items of iterator ``rest``."""
-    yield first
-    yield from rest
