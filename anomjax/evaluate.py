@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from anomjax.metrics import compute_metrics, f1_adaptive_threshold, quantile_threshold
+from anomjax.metrics import f1_adaptive_threshold, quantile_threshold, subset_metrics
 from anomjax.types import Batch, Scores, State
 from anomjax.visualize import overlay_panel
 
@@ -107,9 +107,10 @@ def evaluate(method: Any, state: State, split: Any, *, batch_size: int = 16,
     start = time.perf_counter()
     preds = predict_split(method, state, split, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - start
-    result: dict[str, Any] = dict(compute_metrics(preds.image_scores, preds.labels,
-                                                  preds.maps, preds.masks))
-    result["per_defect"] = per_defect_metrics(preds)
+    subsets = {"all": np.ones(len(preds.labels), bool), **defect_subsets(preds.defect_types)}
+    metrics = subset_metrics(preds.image_scores, preds.labels, preds.maps, preds.masks, subsets)
+    result: dict[str, Any] = dict(metrics.pop("all"))
+    result["per_defect"] = metrics
     result["threshold"], result["threshold_note"] = threshold_record(preds, threshold_quantile)
     result.update(n_test=int(len(preds.labels)), test_seconds=round(seconds, 3),
                   images_per_second=round(len(preds.labels) / max(seconds, 1e-9), 3),
@@ -122,18 +123,14 @@ def evaluate(method: Any, state: State, split: Any, *, batch_size: int = 16,
     return result
 
 
-def per_defect_metrics(preds: Predictions) -> dict[str, dict[str, float]]:
-    """Metrics on the good images plus the images of each defect type in turn (none without
-    good images)."""
-    good = preds.defect_types == "good"
-    out: dict[str, dict[str, float]] = {}
+def defect_subsets(defect_types: np.ndarray) -> dict[str, np.ndarray]:
+    """``{defect type: [N] bool}``: the good images plus the images of that type, for each
+    defect type in turn (``{}`` without good images)."""
+    good = defect_types == "good"
     if not good.any():
-        return out
-    for defect in sorted(set(preds.defect_types.tolist()) - {"good"}):
-        keep = good | (preds.defect_types == defect)
-        out[defect] = dict(compute_metrics(preds.image_scores[keep], preds.labels[keep],
-                                           preds.maps[keep], preds.masks[keep]))
-    return out
+        return {}
+    return {defect: good | (defect_types == defect)
+            for defect in sorted(set(defect_types.tolist()) - {"good"})}
 
 
 def threshold_record(preds: Predictions, quantile: float | None = None

@@ -24,7 +24,12 @@ from anomjax.metrics.binned import (
     binned_pro_curve,
     pixel_histograms,
 )
-from anomjax.metrics.compute import EXACT_PIXEL_LIMIT, METRIC_KEYS, compute_metrics
+from anomjax.metrics.compute import (
+    EXACT_PIXEL_LIMIT,
+    METRIC_KEYS,
+    compute_metrics,
+    subset_metrics,
+)
 from anomjax.metrics.normalization import NormalizationStats, normalization_stats, normalize
 from anomjax.metrics.pro import aupro, aupro_from_weights, component_weights, pro_curve
 from anomjax.metrics.ranking import (
@@ -75,4 +80,5 @@ __all__ = [
     "pro_curve",
     "quantile_threshold",
     "ranking_metrics",
+    "subset_metrics",
 ]

@@ -54,18 +54,18 @@ class PixelHistograms:
     pro_weight: np.ndarray
     n_components: int
 
-    def descending(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        """``(thresholds, defect, normal, pro)`` cumulated from the highest bin down, float32.
+    def descending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(thresholds, defect, normal, pro)`` cumulated from the highest bin down (host
+        arrays: thresholds float32, the cumulated counts and PRO float64).
 
         A bin's threshold is its lowest score, or its lower edge if it is empty.
         """
         rev = slice(None, None, -1)
-        pro = np.cumsum(self.pro_weight[rev]) / max(self.n_components, 1)
+        pro = np.cumsum(self.pro_weight[rev], dtype=np.float64) / max(self.n_components, 1)
         thresholds = np.where(np.isfinite(self.lowest), self.lowest, self.edges)
-        return (jnp.asarray(thresholds[rev], jnp.float32),
-                jnp.asarray(np.cumsum(self.defect[rev]), jnp.float32),
-                jnp.asarray(np.cumsum(self.normal[rev]), jnp.float32),
-                jnp.asarray(pro, jnp.float32))
+        return (thresholds[rev].astype(np.float32),
+                np.cumsum(self.defect[rev], dtype=np.float64),
+                np.cumsum(self.normal[rev], dtype=np.float64), pro)
 
 
 def _chunks(n: int, chunk_size: int, desc: str, disable: bool):

@@ -10,29 +10,25 @@ straight lines. The exact metrics get this representation by sorting
 areas below do not care which.
 
 Undefined results (no positives, no negatives) come out as NaN; callers warn about them.
-Eager callers sort on the host (:func:`sorted_padded`, numpy is much faster than XLA's CPU
-sort) and pad with weightless entries to a few bucketed lengths, so the jitted sweeps compile
-once per bucket instead of once per input size; traced callers sort with
-:func:`sort_descending`.
+Every function here runs on NumPy arrays on the host and on JAX arrays (traced or not) with
+the same code (:func:`array_namespace`). Eager callers sort on the host
+(:func:`sorted_on_host`) and sweep in NumPy: NumPy's sort and cumulative sums are much faster
+than XLA's on the CPU (there a scan of millions of entries costs about a second) and nothing
+compiles; the host accumulates in 64 bits. Traced callers sort with :func:`sort_descending`
+and the sweeps become part of their jitted program.
 """
 
 from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-_MIN_BUCKET = 1024
 _SIGN = np.uint32(0x80000000)
-
-
-def bucket_size(n: int) -> int:
-    """``n`` rounded up to a coarse grid (at most 1/8 larger), so jit compiles per bucket."""
-    if n <= _MIN_BUCKET:
-        return _MIN_BUCKET
-    step = 1 << (n.bit_length() - 4)
-    return -(-n // step) * step
 
 
 def descending_order(scores: np.ndarray) -> np.ndarray:
@@ -50,28 +46,36 @@ def descending_order(scores: np.ndarray) -> np.ndarray:
     return (packed & np.uint64(0xFFFFFFFF)).astype(np.intp)
 
 
-def sorted_padded(scores, others: list, fill: list) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Flatten, sort descending by ``scores`` and pad to :func:`bucket_size` (host side).
-
-    Returns the sorted scores and each of ``others`` in the same order. Padding repeats the
-    lowest score, so it joins the last run of ties, and gives ``others`` the ``fill`` values
-    (which must carry no weight); the jitted sweeps then compile once per bucket.
-    """
+def sorted_on_host(scores, others: list) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Flatten and sort descending by ``scores`` on the host; each of ``others`` (arrays of
+    the same size) is flattened and put in the same order."""
     flat = np.asarray(scores, np.float32).ravel()
     order = descending_order(flat)
-    extra = bucket_size(flat.size) - flat.size
-    flat = np.pad(flat[order], (0, extra), mode="edge")
-    rest = [np.pad(np.asarray(o).ravel()[order], (0, extra), constant_values=f)
-            for o, f in zip(others, fill, strict=True)]
-    return flat, rest
+    return flat[order], [np.asarray(o).ravel()[order] for o in others]
 
 
-def _accumulator(weight: jax.Array) -> jax.Array:
-    """Flat weights in a dtype safe to cumulate: int32 for integer/bool counts, else float32."""
-    weight = jnp.asarray(weight).ravel()
-    if jnp.issubdtype(weight.dtype, jnp.integer) or weight.dtype == jnp.bool_:
-        return weight.astype(jnp.int32)
-    return weight.astype(jnp.float32)
+def array_namespace(*arrays: Any) -> ModuleType:
+    """``numpy`` when every argument is a NumPy array or scalar (host computation), else
+    ``jax.numpy`` (JAX arrays or tracers)."""
+    host = all(isinstance(a, np.ndarray | np.generic | float | int) for a in arrays)
+    return np if host else jnp
+
+
+def _accumulator(xp: ModuleType, weight: Any) -> Any:
+    """Flat weights in a dtype safe to cumulate: on the host int64/float64; in JAX int32 for
+    integer/bool counts, else float32."""
+    weight = xp.asarray(weight).ravel()
+    integer = xp.issubdtype(weight.dtype, xp.integer) or weight.dtype == xp.bool_
+    if xp is np:
+        return weight.astype(np.int64 if integer else np.float64)
+    return weight.astype(jnp.int32 if integer else jnp.float32)
+
+
+def _reverse_cummin(xp: ModuleType, x: Any) -> Any:
+    """``y[i] = min(x[i:])``."""
+    if xp is np:
+        return np.minimum.accumulate(x[::-1])[::-1]
+    return lax.cummin(x, reverse=True)
 
 
 def sort_descending(scores: jax.Array, *payload: jax.Array) -> tuple[jax.Array, ...]:
@@ -82,8 +86,8 @@ def sort_descending(scores: jax.Array, *payload: jax.Array) -> tuple[jax.Array, 
     return (-neg_scores, *rest)
 
 
-def cumulate_sorted(thresholds: jax.Array, pos_weight: jax.Array, neg_weight: jax.Array
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def cumulate_sorted(thresholds: Any, pos_weight: Any, neg_weight: Any
+                    ) -> tuple[Any, Any, Any]:
     """Cumulative weights at each entry of descending ``[M]`` scores, ties merged.
 
     Args:
@@ -93,25 +97,27 @@ def cumulate_sorted(thresholds: jax.Array, pos_weight: jax.Array, neg_weight: ja
 
     Returns:
       ``(pos, neg, is_step)``, each ``[M]``: the cumulative weights at the end of the run of
-      tied scores each entry belongs to, and a mask that is True at the last entry of each
-      run (one entry per distinct threshold).
+      tied scores each entry belongs to (float64 on the host, float32 in JAX), and a mask that
+      is True at the last entry of each run (one entry per distinct threshold).
     """
-    pos = jnp.cumsum(_accumulator(pos_weight)).astype(jnp.float32)
-    neg = jnp.cumsum(_accumulator(neg_weight)).astype(jnp.float32)
+    xp = array_namespace(thresholds, pos_weight, neg_weight)
+    real = np.float64 if xp is np else jnp.float32
+    pos = xp.cumsum(_accumulator(xp, pos_weight)).astype(real)
+    neg = xp.cumsum(_accumulator(xp, neg_weight)).astype(real)
     m = thresholds.shape[0]
-    is_step = jnp.concatenate([thresholds[1:] != thresholds[:-1], jnp.ones((1,), bool)])
-    run_end = lax.cummin(jnp.where(is_step, jnp.arange(m), m - 1), reverse=True)
+    is_step = xp.concatenate([thresholds[1:] != thresholds[:-1], xp.ones((1,), bool)])
+    run_end = _reverse_cummin(xp, xp.where(is_step, xp.arange(m), m - 1))
     return pos[run_end], neg[run_end], is_step
 
 
-def _with_origin(x: jax.Array) -> jax.Array:
-    return jnp.concatenate([jnp.zeros((1,), x.dtype), x])
+def _with_origin(xp: ModuleType, x: Any) -> Any:
+    return xp.concatenate([xp.zeros((1,), x.dtype), x])
 
 
-def _ratio(num: jax.Array, den: jax.Array) -> jax.Array:
+def _ratio(xp: ModuleType, num: Any, den: Any) -> Any:
     """``num / den`` with NaN where ``den == 0``."""
-    safe = jnp.where(den > 0, den, 1.0)
-    return jnp.where(den > 0, num / safe, jnp.nan)
+    safe = xp.where(den > 0, den, 1.0)
+    return xp.where(den > 0, num / safe, xp.nan)
 
 
 # The areas difference the cumulative *counts* and scale afterwards: the repeated entries of a
@@ -119,51 +125,51 @@ def _ratio(num: jax.Array, den: jax.Array) -> jax.Array:
 # compiler's fused multiply-adds turn them into rounding noise that adds up over many ties.
 
 
-@jax.jit
-def roc_area(pos: jax.Array, neg: jax.Array) -> jax.Array:
+def roc_area(pos: Any, neg: Any) -> Any:
     """Area under the ROC curve (TPR vs FPR) from cumulative ``pos``/``neg`` ``[M]``.
 
     The curve runs from (0, 0) through every threshold to (1, 1); NaN if a class is absent.
     """
-    pos0 = _with_origin(pos)
-    d_neg = jnp.diff(_with_origin(neg))
-    area = jnp.sum(d_neg * (pos0[1:] + pos0[:-1]))
-    return _ratio(area, 2.0 * pos[-1] * neg[-1])
+    xp = array_namespace(pos, neg)
+    pos0 = _with_origin(xp, pos)
+    d_neg = xp.diff(_with_origin(xp, neg))
+    area = xp.sum(d_neg * (pos0[1:] + pos0[:-1]))
+    return _ratio(xp, area, 2.0 * pos[-1] * neg[-1])
 
 
-@jax.jit
-def partial_area(neg: jax.Array, y: jax.Array, x_max: float | jax.Array) -> jax.Array:
+def partial_area(neg: Any, y: Any, x_max: float | Any) -> Any:
     """Trapezoid area under ``y`` against the rate ``neg / neg[-1]`` from 0 to ``x_max``.
 
     ``neg`` ``[M]`` are non-decreasing cumulative counts, ``y`` ``[M]`` the curve; it starts
     at (0, 0) and is interpolated linearly at exactly ``x_max``, beyond which nothing counts.
     NaN if ``neg[-1] == 0``.
     """
-    neg0 = _with_origin(neg)
-    y0 = _with_origin(y)
-    x_start = _ratio(neg0[:-1], neg[-1])
-    width = _ratio(jnp.diff(neg0), neg[-1])
-    kept = jnp.minimum(width, jnp.maximum(x_max - x_start, 0.0))
-    fraction = jnp.where(width > 0, kept / jnp.where(width > 0, width, 1.0), 0.0)
+    xp = array_namespace(neg, y, x_max)
+    neg0 = _with_origin(xp, neg)
+    y0 = _with_origin(xp, y)
+    x_start = _ratio(xp, neg0[:-1], neg[-1])
+    width = _ratio(xp, xp.diff(neg0), neg[-1])
+    kept = xp.minimum(width, xp.maximum(x_max - x_start, 0.0))
+    fraction = xp.where(width > 0, kept / xp.where(width > 0, width, 1.0), 0.0)
     y_end = y0[:-1] + (y0[1:] - y0[:-1]) * fraction
-    return jnp.sum(kept * (y0[:-1] + y_end)) * 0.5
+    return xp.sum(kept * (y0[:-1] + y_end)) * 0.5
 
 
-@jax.jit
-def average_precision_area(pos: jax.Array, neg: jax.Array) -> jax.Array:
+def average_precision_area(pos: Any, neg: Any) -> Any:
     """Average precision ``sum_k (R_k - R_{k-1}) P_k`` over thresholds, as scikit-learn.
 
     NaN if there are no positives.
     """
-    d_pos = jnp.diff(_with_origin(pos))
+    xp = array_namespace(pos, neg)
+    d_pos = xp.diff(_with_origin(xp, pos))
     predicted = pos + neg
-    precision = jnp.where(predicted > 0, pos / jnp.where(predicted > 0, predicted, 1.0), 1.0)
-    return _ratio(jnp.sum(d_pos * precision), pos[-1])
+    precision = xp.where(predicted > 0, pos / xp.where(predicted > 0, predicted, 1.0), 1.0)
+    return _ratio(xp, xp.sum(d_pos * precision), pos[-1])
 
 
-@jax.jit
-def f1_scores(pos: jax.Array, neg: jax.Array) -> jax.Array:
+def f1_scores(pos: Any, neg: Any) -> Any:
     """F1 ``2 TP / (2 TP + FP + FN)`` at every threshold ``[M]``; NaN if there are no positives."""
+    xp = array_namespace(pos, neg)
     n_pos = pos[-1]
-    f1 = 2.0 * pos / (pos + neg + jnp.where(n_pos > 0, n_pos, 1.0))
-    return jnp.where(n_pos > 0, f1, jnp.nan)
+    f1 = 2.0 * pos / (pos + neg + xp.where(n_pos > 0, n_pos, 1.0))
+    return xp.where(n_pos > 0, f1, xp.nan)

@@ -24,10 +24,11 @@ from scipy import ndimage
 
 from anomjax.metrics._checks import check_finite, check_ndim, check_same_shape, warn_undefined
 from anomjax.metrics.curves import (
+    array_namespace,
     cumulate_sorted,
     partial_area,
     sort_descending,
-    sorted_padded,
+    sorted_on_host,
 )
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -56,16 +57,17 @@ def component_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
     return weights, n_components
 
 
-@jax.jit
 def _sorted_pro(scores: jax.Array, weights: jax.Array, normal: jax.Array, n_components):
-    """Cumulative false positives, PRO and the run-end mask, each ``[M]``.
+    """Cumulative false positives, PRO and the run-end mask, each ``[M]`` (host NumPy for
+    NumPy input, else JAX).
 
     ``scores`` are flat and descending; ``weights`` and ``normal`` (1 for a normal pixel,
     else 0) follow them.
     """
+    xp = array_namespace(scores, weights, normal)
     overlap, false_pos, is_step = cumulate_sorted(scores, weights, normal)
-    n_components = jnp.asarray(n_components, jnp.float32)
-    pro = overlap / jnp.where(n_components > 0, n_components, jnp.nan)
+    n_components = xp.asarray(n_components, overlap.dtype)
+    pro = overlap / xp.where(n_components > 0, n_components, xp.nan)
     return false_pos, pro, is_step
 
 
@@ -84,9 +86,8 @@ def aupro_from_weights(maps: jax.Array, weights: jax.Array, n_components: int | 
 
 
 def _sorted_inputs(maps, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat descending ``(scores, weights, normal)``, padded with weightless entries."""
-    scores, (weights, normal) = sorted_padded(maps, [weights, (weights == 0).astype(np.int8)],
-                                              fill=[0.0, 0])
+    """Flat descending ``(scores, weights, normal)`` on the host."""
+    scores, (weights, normal) = sorted_on_host(maps, [weights, (weights == 0).astype(np.int8)])
     return scores, weights, normal
 
 
@@ -95,11 +96,16 @@ def _checked_weights(maps, masks) -> tuple[np.ndarray, int]:
     check_same_shape("maps", maps, "masks", masks)
     check_finite("maps", maps)
     weights, n_components = component_weights(masks)
+    warn_undefined_pro(n_components, bool((weights == 0).any()))
+    return weights, n_components
+
+
+def warn_undefined_pro(n_components: int, has_normal_pixel: bool) -> None:
+    """Warn when PRO is undefined: no defect region, or no normal pixel for the FPR."""
     if n_components == 0:
         warn_undefined("PRO", "masks hold no defect region")
-    elif not (weights == 0).any():
+    elif not has_normal_pixel:
         warn_undefined("PRO", "masks hold no normal pixel, so the false-positive rate is undefined")
-    return weights, n_components
 
 
 def aupro(maps: jax.Array, masks: jax.Array, max_fpr: float = 0.3) -> jax.Array:

@@ -3,8 +3,8 @@
 Each function sorts all scores once (``O(M log M)`` time, a few ``[M]`` buffers), so it is
 exact but holds every score in memory; :mod:`.binned` computes the pixel metrics in bounded
 memory. Tied scores are one threshold step, as in scikit-learn. Scores are compared in
-float32 (JAX's default precision). Eager calls sort on the host and pad to a bucketed length
-(:func:`~anomjax.metrics.curves.sorted_padded`); under ``jax.jit`` XLA sorts.
+float32 (JAX's default precision). Eager calls sort and sweep on the host in NumPy
+(:func:`~anomjax.metrics.curves.sorted_on_host`); under ``jax.jit`` XLA sorts and sweeps.
 
 All functions are jittable. Called eagerly they check their input: NaN/inf scores, labels
 other than 0/1 and shape mismatches raise ``ValueError``; a metric that is undefined for a
@@ -29,12 +29,13 @@ from anomjax.metrics._checks import (
     warn_undefined,
 )
 from anomjax.metrics.curves import (
+    array_namespace,
     average_precision_area,
     cumulate_sorted,
     f1_scores,
     roc_area,
     sort_descending,
-    sorted_padded,
+    sorted_on_host,
 )
 
 
@@ -60,7 +61,7 @@ def _class_counts(scores_name: str, scores, labels_name: str, labels, binary: bo
 
 
 def _classes(labels) -> jax.Array:
-    """``[M]`` int8 classes: 1 positive, 0 negative (padding, added on the host, is -1)."""
+    """``[M]`` int8 classes: 1 positive, 0 negative (-1: an entry that counts as neither)."""
     return (jnp.asarray(labels) > 0).ravel().astype(jnp.int8)
 
 
@@ -72,19 +73,20 @@ class RankingMetrics(NamedTuple):
     f1: F1Max
 
 
-@jax.jit
 def _sorted_ranking_metrics(scores: jax.Array, classes: jax.Array) -> RankingMetrics:
-    """All three metrics of descending ``[M]`` scores and their int8 classes."""
-    pos, neg, _ = cumulate_sorted(scores, (classes == 1).astype(jnp.int32),
-                                  (classes == 0).astype(jnp.int32))
-    finite = jnp.all(jnp.isfinite(scores))
+    """All three metrics of descending ``[M]`` scores and their int8 classes (host NumPy for
+    NumPy input, else JAX; see :mod:`anomjax.metrics.curves`)."""
+    xp = array_namespace(scores, classes)
+    pos, neg, _ = cumulate_sorted(scores, (classes == 1).astype(xp.int32),
+                                  (classes == 0).astype(xp.int32))
+    finite = xp.all(xp.isfinite(scores))
     f1 = f1_scores(pos, neg)
-    best = jnp.argmax(jnp.where(jnp.isnan(f1), -1.0, f1))  # first = highest threshold
-    f1_best = jnp.where(finite, f1[best], jnp.nan)
+    best = xp.argmax(xp.where(xp.isnan(f1), -1.0, f1))  # first = highest threshold
+    f1_best = xp.where(finite, f1[best], xp.nan)
     return RankingMetrics(
-        auroc=jnp.where(finite, roc_area(pos, neg), jnp.nan),
-        average_precision=jnp.where(finite, average_precision_area(pos, neg), jnp.nan),
-        f1=F1Max(f1_best, jnp.where(jnp.isnan(f1_best), jnp.nan, scores[best])))
+        auroc=xp.where(finite, roc_area(pos, neg), xp.nan),
+        average_precision=xp.where(finite, average_precision_area(pos, neg), xp.nan),
+        f1=F1Max(f1_best, xp.where(xp.isnan(f1_best), xp.nan, scores[best])))
 
 
 _TITLES = {"auroc": "AUROC", "average_precision": "AP", "f1": "F1-max"}
@@ -96,18 +98,25 @@ def _ranked(scores, labels, *, pixels: bool, wanted: tuple[str, ...]) -> Ranking
         return _sorted_ranking_metrics(*sort_descending(scores, _classes(labels)))
     names = ("maps", "masks") if pixels else ("scores", "labels")
     n_pos, n_neg = _class_counts(names[0], scores, names[1], labels, binary=not pixels)
+    warn_undefined_ranking(n_pos, n_neg, pixels=pixels, wanted=wanted)
+    flat, (classes,) = sorted_on_host(scores, [(np.asarray(labels) > 0).astype(np.int8)])
+    return _sorted_ranking_metrics(flat, classes)
+
+
+def warn_undefined_ranking(n_pos: int, n_neg: int, *, pixels: bool,
+                           wanted: tuple[str, ...] = tuple(_TITLES)) -> None:
+    """Warn about each of the ``wanted`` metrics (``"auroc"``, ``"average_precision"``,
+    ``"f1"``) that is undefined for ``n_pos`` positives and ``n_neg`` negatives."""
+    label_name = "masks" if pixels else "labels"
     counts = (f"defect pixels={n_pos}, normal pixels={n_neg}" if pixels
               else f"n_pos={n_pos}, n_neg={n_neg}")
     for name in wanted:
         title = ("pixel " if pixels else "") + _TITLES[name]
         if name == "auroc" and min(n_pos, n_neg) == 0:
-            warn_undefined(title, f"{names[1]} hold a single class ({counts})")
+            warn_undefined(title, f"{label_name} hold a single class ({counts})")
         elif name != "auroc" and n_pos == 0:
             positive = "defect pixel" if pixels else "positive (defective) sample"
-            warn_undefined(title, f"{names[1]} hold no {positive}")
-    flat, (classes,) = sorted_padded(scores, [(np.asarray(labels) > 0).astype(np.int8)],
-                                     fill=[-1])
-    return _sorted_ranking_metrics(flat, classes)
+            warn_undefined(title, f"{label_name} hold no {positive}")
 
 
 def ranking_metrics(scores: jax.Array, labels: jax.Array) -> RankingMetrics:

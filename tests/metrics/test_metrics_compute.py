@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from anomjax.metrics import METRIC_KEYS, UndefinedMetricWarning, aupro, compute_metrics
+from anomjax.metrics import (
+    METRIC_KEYS,
+    UndefinedMetricWarning,
+    aupro,
+    compute_metrics,
+    subset_metrics,
+)
 from anomjax.metrics import compute as compute_module
+from tests.metrics.references import reference_aupro
 
 
 def test_exact_metrics_match_references(blobs):
@@ -61,3 +68,44 @@ def test_bad_input_raises_clear_errors(blobs):
         compute_metrics(np.where(np.arange(6) == 1, np.nan, scores), labels, maps, masks)
     with pytest.raises(ValueError, match=r"labels must hold only 0 .* found \[255\]"):
         compute_metrics(scores, labels * 255, maps, masks)
+
+
+@pytest.mark.parametrize("fixture", ["blobs", "tied_blobs"])
+def test_subset_metrics_match_references_on_each_subset(fixture, request, make_blobs):
+    """One shared sort gives each subset the numbers of scikit-learn and the PRO reference
+    loop run on that subset alone (ties included), normal-only images mixed in."""
+    scores, labels, maps, masks = make_blobs(seed=0 if fixture == "blobs" else 1, n=9,
+                                             levels=None if fixture == "blobs" else 12)
+    subsets = {"first": np.arange(9) < 5, "odd_and_zero": (np.arange(9) % 2 == 1)
+               | (np.arange(9) == 0), "all": np.ones(9, bool)}
+    result = subset_metrics(scores, labels, maps, masks, subsets, exact=True)
+    assert list(result) == list(subsets)
+    for name, keep in subsets.items():
+        got = result[name]
+        assert tuple(got) == METRIC_KEYS
+        assert got["image_auroc"] == pytest.approx(roc_auc_score(labels[keep], scores[keep]),
+                                                   abs=1e-6)
+        assert got["pixel_auroc"] == pytest.approx(
+            roc_auc_score(masks[keep].ravel(), maps[keep].ravel()), abs=1e-6)
+        assert got["pixel_ap"] == pytest.approx(
+            average_precision_score(masks[keep].ravel(), maps[keep].ravel()), abs=1e-6)
+        assert got["pixel_aupro"] == pytest.approx(reference_aupro(maps[keep], masks[keep]),
+                                                   abs=1e-5)
+    bounded = subset_metrics(scores, labels, maps, masks, subsets, exact=False, disable=True)
+    assert bounded["first"] == compute_metrics(scores[:5], labels[:5], maps[:5], masks[:5],
+                                               exact=False, disable=True)
+
+
+def test_subset_metrics_warn_per_subset_and_reject_bad_selections(blobs):
+    scores, labels, maps, masks = blobs
+    normal_only = labels == 0
+    with pytest.warns(UndefinedMetricWarning) as record:
+        result = subset_metrics(scores, labels, maps, masks,
+                                {"normal": normal_only, "all": np.ones(6, bool)})
+    assert all(np.isnan(v) for v in result["normal"].values())
+    assert not any(np.isnan(v) for v in result["all"].values())
+    assert len(record) == 6
+    with pytest.raises(ValueError, match="subset 'none' selects no image"):
+        subset_metrics(scores, labels, maps, masks, {"none": np.zeros(6, bool)})
+    with pytest.raises(ValueError, match=r"subset 'ints' must be a boolean \[6\] selection"):
+        subset_metrics(scores, labels, maps, masks, {"ints": np.arange(6)})
