@@ -13,11 +13,11 @@ keeps the JSON records.
 Test seconds are the whole ``evaluate`` call (scoring and every metric, per-defect ones
 included) against anomalib's ``Engine.test`` (its evaluator's metrics included); the runs
 recorded up to 2026-12-01 21:12 UTC gave anomjax's scoring seconds only, without its metrics
-(``scoring_s`` now). Settings that differ between the libraries (printed with the table): anomalib's ``fit``
-includes one validation pass over the test set (its default). Both libraries' Lite0 PaDiM
-tap the same blocks (anomalib's timm blocks 1/2/4 are anomjax's ``stage2``/``3``/``5``) and
-keep 100 random channels by default; ``--padim-dims 54,100,176`` runs anomjax's PaDiM once
-per ``d`` (each against the one anomalib run).
+(``scoring_s`` now). Settings that differ between the libraries (printed with the table):
+anomalib's ``fit`` includes one validation pass over the test set (its default). Both
+libraries' Lite0 PaDiM tap the same blocks (anomalib's timm blocks 1/2/4 are anomjax's
+``stage2``/``3``/``5``) and keep 100 random channels by default; ``--padim-dims 54,100,176``
+runs anomjax's PaDiM once per ``d`` (each against the one anomalib run).
 """
 
 from __future__ import annotations

@@ -33,11 +33,13 @@ def test_sigkill_after_step_three_then_resume_is_bit_identical(tmp_path):
          "--batch-size", "4", "--run-dir", str(run_dir), "--checkpoint-every", "2",
          "--slow-after", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = run_dir / "metrics.jsonl"
+    checkpoint_two = run_dir / "checkpoints" / "2"  # renamed into place once complete
     deadline = time.monotonic() + 240
-    try:
-        while not (metrics.is_file() and '"step": 3' in metrics.read_text()):
+    try:  # the step-2 checkpoint is written in the background while training goes on
+        while not (metrics.is_file() and '"step": 3' in metrics.read_text()
+                   and checkpoint_two.is_dir()):
             assert child.poll() is None, child.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "the child never reached step 3"
+            assert time.monotonic() < deadline, "the child never reached step 3 and checkpoint 2"
             time.sleep(0.2)
     finally:
         child.kill()  # SIGKILL: no cleanup, no final checkpoint
