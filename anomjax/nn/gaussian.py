@@ -48,9 +48,12 @@ def update_stats(stats: GaussianStats, features: jax.Array) -> GaussianStats:
     x = features.astype(jnp.float32)
     n_batch = jnp.asarray(x.shape[0], jnp.float32)
     batch_mean = jnp.mean(x, axis=0)
-    centred = x - batch_mean
-    batch_scatter = jnp.einsum("b...i,b...j->...ij", centred, centred,
-                               precision=jax.lax.Precision.HIGHEST)
+    positions, dim = x.shape[1:-1], x.shape[-1]
+    # Positions leading ([P, B, D]): the per-position products become one batched matrix
+    # product in XLA's canonical layout (measured faster on the CPU than contracting [B, P, D]).
+    centred = jnp.swapaxes((x - batch_mean).reshape(x.shape[0], -1, dim), 0, 1)
+    batch_scatter = jnp.einsum("pbi,pbj->pij", centred, centred,
+                               precision=jax.lax.Precision.HIGHEST).reshape(*positions, dim, dim)
     count = stats["count"]
     total = count + n_batch
     delta = batch_mean - stats["mean"]

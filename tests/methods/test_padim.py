@@ -32,13 +32,20 @@ from anomjax.types import Batch
 
 @pytest.mark.parametrize("merge_images", [1, 3, 100])
 def test_fit_gaussians_merging_batches_gives_numpys_moments(merge_images):
-    """7 images in batches of 2, merged 1, 3 (crossing batch ends) or all at a time."""
+    """7 images in batches of 2, merged 1, 3 (crossing batch ends) or all at a time; the last
+    batch of one image is padded, so the embedding only ever sees batches of 2."""
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(7, 2, 3, 3)).astype(np.float32)
     batch = Batch(images, np.zeros(7, np.int32), np.zeros((7, 2, 3), np.uint8),
                   tuple(f"{i}.png" for i in range(7)), ("good",) * 7)
-    fitted = fit_gaussians(lambda x: jnp.asarray(x) * 2.0 + 1.0, batches_of(batch, 2), 0.01,
-                           merge_images=merge_images)
+    seen = []
+
+    def embed(x):
+        seen.append(len(x))
+        return jnp.asarray(x) * 2.0 + 1.0
+
+    fitted = fit_gaussians(embed, batches_of(batch, 2), 0.01, merge_images=merge_images)
+    assert seen == [2, 2, 2, 2]
     feats = images.astype(np.float64) * 2.0 + 1.0  # [N, h, w, d]
     np.testing.assert_allclose(fitted["mean"], feats.mean(axis=0), rtol=1e-6)
     cov = np.stack([[np.cov(feats[:, i, j].T) + 0.01 * np.eye(3) for j in range(3)]

@@ -53,6 +53,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from anomjax.backbones import get_backbone
 from anomjax.methods.base import State, register
@@ -141,7 +142,8 @@ def fit_gaussians(embed, batches: Iterable[Batch], epsilon: float,
     time: each update reads and writes the whole ``[h, w, d, d]`` scatter, and its per-position
     products contract over the images, so a few larger updates are faster than many small
     ones (measured at ``[64, 64]`` positions and ``d = 176`` on 2 CPU cores: 208 images in 4
-    updates of 52 took 4.9 s, in 13 updates of 16 9.1 s).
+    updates of 52 took 4.9 s, in 13 updates of 16 9.1 s). A last batch smaller than the first
+    is padded for ``embed`` (:func:`embed_padded`).
     """
     stats, pending = None, []
 
@@ -152,8 +154,10 @@ def fit_gaussians(embed, batches: Iterable[Batch], epsilon: float,
             stats = gaussian.init_stats(features.shape[1:3], features.shape[3])
         return gaussian.update_stats(stats, features)
 
+    batch_size = None
     for images in same_size_images(batches):
-        pending.append(embed(images))
+        batch_size = batch_size or len(images)
+        pending.append(embed_padded(embed, images, batch_size))
         if sum(len(f) for f in pending) >= merge_images:
             stats = merge(stats)
     if pending:
@@ -161,6 +165,16 @@ def fit_gaussians(embed, batches: Iterable[Batch], epsilon: float,
     if stats is None:
         raise ValueError("no training images: the batches were empty")
     return gaussian.finalize(stats, epsilon)
+
+
+def embed_padded(embed, images: np.ndarray, batch_size: int) -> jax.Array:
+    """``embed(images)`` with a batch smaller than ``batch_size`` padded to it (copies of its
+    first image, dropped from the result), so the jitted embedding compiles once."""
+    missing = batch_size - len(images)
+    if missing <= 0:
+        return embed(images)
+    padded = np.concatenate([images, np.repeat(images[:1], missing, axis=0)])
+    return embed(padded)[: len(images)]
 
 
 def gaussian_scores(fitted: gaussian.Gaussian, features: jax.Array, size: tuple[int, int],
