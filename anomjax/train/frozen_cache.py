@@ -68,22 +68,15 @@ def build_frozen_cache(method: Any, state: State, split: Any, batch_size: int, *
     padded to ``batch_size`` so the features compile once; ``disable=False`` shows a
     progress bar.
     """
-    features_fn = getattr(method, "frozen_features", None)
-    if features_fn is None or limit_mb <= 0:
+    if getattr(method, "frozen_features", None) is None or limit_mb <= 0:
         return None
     n = len(split)
     batches = iter(split.batches(batch_size=batch_size, num_workers=num_workers))
     first = next(batches)
-    compute = jax.jit(features_fn)
-    shapes = jax.eval_shape(compute, state, np.asarray(first.images, np.float32))
-    per_image = sum(np.prod(s.shape[1:]) * s.dtype.itemsize for s in jax.tree.leaves(shapes))
-    need_mb = n * per_image / 2**20
-    if need_mb > limit_mb:
-        warnings.warn(f"{getattr(method, 'name', method)}: the frozen features of the {n} "
-                      f"training images would take {need_mb:.0f} MiB, over the cache limit "
-                      f"of {limit_mb:.0f} MiB; computing them at every step instead",
-                      stacklevel=3)
+    if cached_feature_shapes(method, state, np.shape(first.images), n, limit_mb,
+                             warn=True) is None:
         return None
+    compute = jax.jit(method.frozen_features)
     rows: dict[str, int] = {}
     parts: list[Any] = []
     with tqdm(total=-(-n // batch_size), unit="batch", disable=disable,
@@ -105,3 +98,26 @@ def build_frozen_cache(method: Any, state: State, split: Any, batch_size: int, *
     features = jax.tree.map(lambda *leaves: np.concatenate(leaves), *parts)
     return FrozenCache(rows, features)
 
+
+
+def cached_feature_shapes(method: Any, state: State, batch_shape: tuple[int, ...], n_images: int,
+                          limit_mb: float, *, warn: bool = False) -> Any:
+    """The shapes (``jax.ShapeDtypeStruct`` pytree) of ``method.frozen_features`` of one batch
+    of images ``batch_shape`` ``[b, H, W, 3]``, or ``None`` when no cache is kept: no
+    ``frozen_features``, ``limit_mb`` 0, or the ``n_images`` would take more than
+    ``limit_mb`` MiB (with ``warn``, a warning says so). Traces, does not compute."""
+    features_fn = getattr(method, "frozen_features", None)
+    if features_fn is None or limit_mb <= 0:
+        return None
+    images = jax.ShapeDtypeStruct(tuple(batch_shape), np.float32)
+    shapes = jax.eval_shape(features_fn, state, images)
+    per_image = sum(np.prod(s.shape[1:]) * s.dtype.itemsize for s in jax.tree.leaves(shapes))
+    need_mb = n_images * per_image / 2**20
+    if need_mb <= limit_mb:
+        return shapes
+    if warn:
+        warnings.warn(f"{getattr(method, 'name', method)}: the frozen features of the "
+                      f"{n_images} training images would take {need_mb:.0f} MiB, over the "
+                      f"cache limit of {limit_mb:.0f} MiB; computing them at every step "
+                      "instead", stacklevel=4)
+    return None

@@ -10,6 +10,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from anomjax.train.checkpoint import CheckpointStore
 from anomjax.train.divergence import TrainingDiverged
-from anomjax.train.frozen_cache import FrozenCache, build_frozen_cache
+from anomjax.train.frozen_cache import FrozenCache, build_frozen_cache, cached_feature_shapes
 from anomjax.train.groups import GroupedOptimizer
 from anomjax.train.metrics_log import MetricsLog
 from anomjax.train.prefetch import prefetch
@@ -351,10 +352,19 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                           f"{total_steps} steps of {epochs} epochs; returning it as it is",
                           stacklevel=2)
     cache: FrozenCache | None = None
-    if start < total_steps and not isinstance(optimizer, GroupedOptimizer):
+    cacheable = not isinstance(optimizer, GroupedOptimizer)
+    compiling = None
+    if start < total_steps and jax.process_count() == 1 and isinstance(images, np.ndarray):
+        frozen_shapes = (cached_feature_shapes(method, initial, (local_bs, *images.shape[1:]),
+                                               n_train, frozen_cache_mb) if cacheable else None)
+        compiling = _compile_ahead(step_fn, ts, jax.random.fold_in(ts.key, start),
+                                   (global_bs, *images.shape[1:]), frozen_shapes, mesh)
+    if start < total_steps and cacheable:
         cache = build_frozen_cache(method, initial, train_split, local_bs,
                                    limit_mb=frozen_cache_mb, num_workers=num_workers,
                                    disable=disable or jax.process_index() != 0)
+    if compiling is not None:
+        compiling.result()  # a compilation error is raised here, as the first step would
     del initial, images
 
     def place(item: tuple[np.ndarray, tuple[str, ...]]) -> tuple[jax.Array, Any]:
@@ -402,6 +412,22 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
         bar.close()
         log.close()
     return ts
+
+
+def _compile_ahead(step_fn: TrainStep, ts: TrainState, key: jax.Array,
+                   batch_shape: tuple[int, ...], frozen_shapes: Any, mesh: DataMesh) -> Future:
+    """Compile ``step_fn`` for batches ``batch_shape`` ``[B, H, W, 3]`` (and cached frozen
+    features of ``frozen_shapes`` per batch, if any) in a background thread, so that XLA's
+    compilation overlaps the frozen-feature pass; the first step then reuses the executable
+    (same shapes and shardings as the real calls)."""
+    images = jax.ShapeDtypeStruct(batch_shape, np.float32, sharding=mesh.batch_sharding)
+    frozen = None if frozen_shapes is None else jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct((batch_shape[0], *s.shape[1:]), s.dtype,
+                                       sharding=mesh.batch_sharding), frozen_shapes)
+    pool = ThreadPoolExecutor(1, "compile")
+    compiled = pool.submit(lambda: step_fn.lower(ts, images, key, frozen).compile())
+    pool.shutdown(wait=False)  # the thread ends with the compilation
+    return compiled
 
 
 _LAYOUT_FIELDS = ("global_batch_size", "steps_per_epoch", "data_seed", "process_count",

@@ -94,3 +94,22 @@ def test_training_through_the_cache_equals_computing_the_features_every_step(tmp
     # Each step's batch got its own images' features (the mean of the batch's pixels).
     np.testing.assert_allclose([r["train/image_mean"] for r in cached_log],
                                [r["train/image_mean"] for r in plain_log], rtol=1e-6)
+
+
+@pytest.mark.parametrize("frozen_cache_mb", [0.0, 2048.0])
+def test_the_step_compiled_ahead_is_the_one_training_runs(frozen_cache_mb, caplog):
+    """The step is compiled in the background (overlapping the cache pass) with the shapes
+    and shardings of the real calls: compiled exactly once, in that thread, with or without
+    a cache."""
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level("WARNING", logger="jax._src.dispatch"):
+            train_method(ToyWithFrozenTarget(noise=0.125), jax.random.key(5), toy_split(n=8),
+                         epochs=2, batch_size=4, num_workers=0, frozen_cache_mb=frozen_cache_mb,
+                         disable=True)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [r for r in caplog.records
+                if r.getMessage().startswith("Finished XLA compilation of jit(train_step)")]
+    assert len(compiled) == 1, [r.getMessage() for r in compiled]
+    assert compiled[0].threadName.startswith("compile")  # ahead, not at the first step
