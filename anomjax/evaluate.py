@@ -94,11 +94,13 @@ def predict_split(method: Any, state: State, split: Any, *, batch_size: int = 16
 
 def evaluate(method: Any, state: State, split: Any, *, batch_size: int = 16,
              maps_dir: str | Path | None = None, overlays_dir: str | Path | None = None,
-             threshold_quantile: float | None = None, progress: bool = True) -> dict[str, Any]:
+             threshold_quantile: float | None = None, per_defect: bool = True,
+             progress: bool = True) -> dict[str, Any]:
     """Score ``split`` and compute every shared metric.
 
     Returns a dict with the metric keys of :func:`anomjax.metrics.compute_metrics`, plus
-    ``per_defect`` (the same metrics on good + one defect type), ``threshold`` (see
+    ``per_defect`` (the same metrics on good + one defect type; ``{}`` with
+    ``per_defect=False``, which skips them), ``threshold`` (see
     :func:`threshold_record`; ``None`` when the split cannot fix one, with the reason in
     ``threshold_note``), ``n_test``,
     ``test_seconds``, ``images_per_second`` and ``peak_rss_mb``. With ``maps_dir`` it writes
@@ -107,7 +109,8 @@ def evaluate(method: Any, state: State, split: Any, *, batch_size: int = 16,
     start = time.perf_counter()
     preds = predict_split(method, state, split, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - start
-    subsets = {"all": np.ones(len(preds.labels), bool), **defect_subsets(preds.defect_types)}
+    subsets = {"all": np.ones(len(preds.labels), bool),
+               **(defect_subsets(preds.defect_types) if per_defect else {})}
     metrics = subset_metrics(preds.image_scores, preds.labels, preds.maps, preds.masks, subsets)
     result: dict[str, Any] = dict(metrics.pop("all"))
     result["per_defect"] = metrics

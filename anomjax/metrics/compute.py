@@ -69,10 +69,8 @@ def subset_metrics(image_scores, labels, maps, masks, subsets: Mapping[str, np.n
 
     ``subsets`` maps a name to a boolean ``[N]`` selection of the test images; the other
     arguments are those of :func:`compute_metrics`. The exact pixel metrics sort all pixels
-    once and compute every subset's from that one order, the pixels of the images outside
-    the subset carrying no weight: the same numbers as sorting each subset on its own (ties
-    still merge, the extra entries add zero-width steps), with one compilation for all
-    subsets instead of one per subset size. The bounded metrics run once per subset.
+    once and take each subset's pixels from that one order (still descending, so the same
+    numbers as sorting the subset on its own). The bounded metrics run once per subset.
 
     Returns:
       ``{name: {key: float}}`` in the order of ``subsets``.
@@ -143,9 +141,7 @@ def _exact_pixel_metrics(maps: np.ndarray, masks: np.ndarray, subsets: dict[str,
     defect_pixels = defect.reshape(n, -1).sum(axis=1)
     per_image = maps[0].size
     image_of = np.repeat(np.arange(n, dtype=np.int32), per_image)
-    scores, (classes, weights, image_of) = sorted_on_host(
-        maps, [defect.astype(np.int8), weights, image_of])
-    normal = (classes == 0).astype(np.int8)
+    ordered = sorted_on_host(maps, [defect.astype(np.int8), weights, image_of])
     out = {}
     for name, keep in subsets.items():
         n_pos = int(defect_pixels[keep].sum())
@@ -153,10 +149,13 @@ def _exact_pixel_metrics(maps: np.ndarray, masks: np.ndarray, subsets: dict[str,
         n_regions = int(regions[keep].sum())
         warn_undefined_ranking(n_pos, n_neg, pixels=True, wanted=("auroc", "average_precision"))
         warn_undefined_pro(n_regions, n_neg > 0)
-        member = keep[image_of]
-        ranking = _sorted_ranking_metrics(scores, np.where(member, classes, -1).astype(np.int8))
-        false_pos, pro, _ = _sorted_pro(scores, np.where(member, weights, 0.0),
-                                        np.where(member, normal, 0).astype(np.int8), n_regions)
+        scores, (classes, weights, image_of) = ordered
+        if not keep.all():  # the subset's pixels, still in descending order
+            member = keep[image_of]
+            scores, classes, weights = scores[member], classes[member], weights[member]
+        ranking = _sorted_ranking_metrics(scores, classes)
+        false_pos, pro, _ = _sorted_pro(scores, weights, (classes == 0).astype(np.int8),
+                                        n_regions)
         out[name] = {"pixel_auroc": ranking.auroc, "pixel_ap": ranking.average_precision,
                      "pixel_aupro": partial_area(false_pos, pro, max_fpr) / max_fpr}
     return out
