@@ -40,8 +40,10 @@ def init_stats(positions: tuple[int, ...], dim: int) -> GaussianStats:
 
 
 @jax.jit
-def update_stats(stats: GaussianStats, features: jax.Array) -> GaussianStats:
-    """Merge a batch of features ``[B, *P, D]`` into ``stats`` (Chan's parallel update).
+def update_stats(stats: GaussianStats | None, features: jax.Array) -> GaussianStats:
+    """Merge a batch of features ``[B, *P, D]`` into ``stats`` (Chan's parallel update);
+    ``stats=None`` gives the batch's own statistics (as merging into :func:`init_stats`,
+    without reading and adding the zero scatter).
 
     ``scatter`` is the centred sum ``sum_i (x_i - mean)(x_i - mean)^T`` over all images seen.
     """
@@ -54,6 +56,8 @@ def update_stats(stats: GaussianStats, features: jax.Array) -> GaussianStats:
     centred = jnp.swapaxes((x - batch_mean).reshape(x.shape[0], -1, dim), 0, 1)
     batch_scatter = jnp.einsum("pbi,pbj->pij", centred, centred,
                                precision=jax.lax.Precision.HIGHEST).reshape(*positions, dim, dim)
+    if stats is None:
+        return {"count": n_batch, "mean": batch_mean, "scatter": batch_scatter}
     count = stats["count"]
     total = count + n_batch
     delta = batch_mean - stats["mean"]
@@ -78,8 +82,8 @@ def finalize(stats: GaussianStats, epsilon: float = 0.01) -> Gaussian:
     count = int(stats["count"])
     if count < 2:
         raise ValueError(f"a Gaussian needs at least 2 training images, got {count}")
-    inv_chol = _inverse_cholesky(covariance(stats, epsilon))
-    if not bool(jnp.all(jnp.isfinite(inv_chol))):
+    inv_chol, finite = _inverse_cholesky(covariance(stats, epsilon))
+    if not bool(finite):
         raise FloatingPointError(
             "covariance is not positive definite at some positions (the training features "
             "hold NaN or infinite values, or epsilon is 0 with fewer images than dimensions)")
@@ -87,11 +91,13 @@ def finalize(stats: GaussianStats, epsilon: float = 0.01) -> Gaussian:
 
 
 @jax.jit
-def _inverse_cholesky(cov: jax.Array) -> jax.Array:
-    """``L^-1`` ``[..., D, D]`` of the lower Cholesky factor ``L`` of SPD matrices ``cov``."""
+def _inverse_cholesky(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``L^-1`` ``[..., D, D]`` of the lower Cholesky factor ``L`` of SPD matrices ``cov``, and
+    whether all of it is finite (``[]`` bool)."""
     chol = jnp.linalg.cholesky(cov, symmetrize_input=True)
     eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
-    return jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+    inv_chol = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+    return inv_chol, jnp.all(jnp.isfinite(inv_chol))
 
 
 def mahalanobis(gaussian: Gaussian, features: jax.Array) -> jax.Array:

@@ -55,6 +55,10 @@ def test_streaming_equals_one_batch_and_numpy_moments(data):
         streamed = gaussian.update_stats(streamed, train[start:start + 4])
     whole = gaussian.update_stats(gaussian.init_stats((3, 4), 8), train)
     chex.assert_trees_all_close(streamed, whole, rtol=1e-5, atol=1e-4)
+    from_none = gaussian.update_stats(None, train[:4])  # no zero statistics to start from
+    for start in range(4, 23, 4):
+        from_none = gaussian.update_stats(from_none, train[start:start + 4])
+    chex.assert_trees_all_close(from_none, whole, rtol=1e-5, atol=1e-4)
     assert float(streamed["count"]) == 23
     np.testing.assert_allclose(np.asarray(streamed["mean"]), train.mean(0), rtol=1e-5, atol=1e-5)
     cov = np.asarray(gaussian.covariance(streamed, 0.0))

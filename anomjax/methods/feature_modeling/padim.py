@@ -150,8 +150,6 @@ def fit_gaussians(embed, batches: Iterable[Batch], epsilon: float,
     def merge(stats: gaussian.GaussianStats | None) -> gaussian.GaussianStats:
         features = pending[0] if len(pending) == 1 else jnp.concatenate(pending)
         pending.clear()
-        if stats is None:
-            stats = gaussian.init_stats(features.shape[1:3], features.shape[3])
         return gaussian.update_stats(stats, features)
 
     batch_size = None
