@@ -140,8 +140,9 @@ def _exact_pixel_metrics(maps: np.ndarray, masks: np.ndarray, subsets: dict[str,
     regions = np.rint(weights.reshape(n, -1).sum(axis=1, dtype=np.float64)).astype(np.int64)
     defect_pixels = defect.reshape(n, -1).sum(axis=1)
     per_image = maps[0].size
-    image_of = np.repeat(np.arange(n, dtype=np.int32), per_image)
-    ordered = sorted_on_host(maps, [defect.astype(np.int8), weights, image_of])
+    all_scores, (all_classes, all_weights, all_images) = sorted_on_host(
+        maps, [defect.astype(np.int8), weights, np.repeat(np.arange(n, dtype=np.int32),
+                                                          per_image)])
     out = {}
     for name, keep in subsets.items():
         n_pos = int(defect_pixels[keep].sum())
@@ -149,12 +150,13 @@ def _exact_pixel_metrics(maps: np.ndarray, masks: np.ndarray, subsets: dict[str,
         n_regions = int(regions[keep].sum())
         warn_undefined_ranking(n_pos, n_neg, pixels=True, wanted=("auroc", "average_precision"))
         warn_undefined_pro(n_regions, n_neg > 0)
-        scores, (classes, weights, image_of) = ordered
+        scores, classes, region_weights = all_scores, all_classes, all_weights
         if not keep.all():  # the subset's pixels, still in descending order
-            member = keep[image_of]
-            scores, classes, weights = scores[member], classes[member], weights[member]
+            member = keep[all_images]
+            scores, classes, region_weights = (a[member] for a in (scores, classes,
+                                                                   region_weights))
         ranking = _sorted_ranking_metrics(scores, classes)
-        false_pos, pro, _ = _sorted_pro(scores, weights, (classes == 0).astype(np.int8),
+        false_pos, pro, _ = _sorted_pro(scores, region_weights, (classes == 0).astype(np.int8),
                                         n_regions)
         out[name] = {"pixel_auroc": ranking.auroc, "pixel_ap": ranking.average_precision,
                      "pixel_aupro": partial_area(false_pos, pro, max_fpr) / max_fpr}

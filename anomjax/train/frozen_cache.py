@@ -99,7 +99,6 @@ def build_frozen_cache(method: Any, state: State, split: Any, batch_size: int, *
     return FrozenCache(rows, features)
 
 
-
 def cached_feature_shapes(method: Any, state: State, batch_shape: tuple[int, ...], n_images: int,
                           limit_mb: float, *, warn: bool = False) -> Any:
     """The shapes (``jax.ShapeDtypeStruct`` pytree) of ``method.frozen_features`` of one batch
