@@ -44,6 +44,7 @@ from anomjax.checkpoint import (
     save_run,
     write_json,
 )
+from anomjax.data.transforms import RESIZE_DTYPES
 from anomjax.evaluate import evaluate, peak_rss_mb
 from anomjax.methods.base import make_method, method_class, method_names
 
@@ -180,6 +181,10 @@ def _add_data_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
     parser.add_argument("--image-size", type=_image_side, default=256,
                         help=f"resize to N x N (1 to {MAX_IMAGE_SIDE})")
     parser.add_argument("--crop", type=_image_side, help="then centre-crop to M x M")
+    parser.add_argument("--resize-dtype", choices=RESIZE_DTYPES, default="uint8",
+                        help="resize the 8-bit image, rounding to 8 bits (uint8, default: the "
+                             "authors' PIL pipelines) or its [0, 1] floats (float32: "
+                             "torchvision on tensors, as anomalib); test and predict reuse it")
 
 
 def _bounded_int(text: str, what: str, low: int, high: int) -> int:
@@ -236,7 +241,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     batch_size = args.batch_size or int(getattr(method, "default_batch_size",
                                                 DEFAULT_BATCH_SIZE))
     dataset, _ = open_multiclass(args.data, layout=args.layout, image_size=args.image_size,
-                                 crop=args.crop)
+                                 crop=args.crop, resize_dtype=args.resize_dtype)
     primary = jax.process_index() == 0
     out = Path(args.out)
     with _run_folder_lock(out, primary):
@@ -252,8 +257,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
                                     allow_config_change=args.allow_config_change)
         data = [str(Path(d).resolve()) for d in args.data]
         extra = {"data": data[0] if len(data) == 1 else data, "layout": dataset.layout,
-                 "image_size": args.image_size, "crop": args.crop, "seed": args.seed,
-                 "batch_size": batch_size, "n_train": len(dataset.train),
+                 "image_size": args.image_size, "crop": args.crop,
+                 "resize_dtype": args.resize_dtype, "seed": args.seed, "batch_size": batch_size,
+                 "n_train": len(dataset.train),
                  "fit_seconds": round(seconds, 3), "fit_peak_rss_mb": peak_rss_mb()}
         run_dir = save_run(out, method, state, extra)
     if primary:
@@ -306,7 +312,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     with run_lock(args.run_dir):
         method, state, config = load_run(args.run_dir)
         dataset = open_dataset(args.data, layout=args.layout, image_size=config["image_size"],
-                               crop=config.get("crop"))
+                               crop=config.get("crop"), resize_dtype=_resize_dtype(config))
         result = evaluate(method, state, dataset.test, batch_size=args.batch_size,
                           maps_dir=args.maps, overlays_dir=args.overlays,
                           threshold_quantile=args.threshold_quantile)
@@ -330,10 +336,19 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resize_dtype(config: dict[str, Any]) -> str:
+    """The run's ``resize_dtype`` (runs saved before it was recorded resized in uint8)."""
+    return config.get("resize_dtype", "uint8")
+
+
 def _check_image_settings(run_dir: str, config: dict[str, Any]) -> None:
     """A run's ``image_size``/``crop`` must be sizes the CLI accepts (a crafted config.json
-    could ask for 100000 px)."""
+    could ask for 100000 px), and its ``resize_dtype`` one of :data:`RESIZE_DTYPES`."""
     from anomjax.data.transforms import as_hw
+
+    if _resize_dtype(config) not in RESIZE_DTYPES:
+        raise RunError(f"{Path(run_dir) / 'config.json'}: invalid resize_dtype "
+                       f"{_resize_dtype(config)!r}, expected one of {RESIZE_DTYPES}")
 
     for key in ("image_size", "crop"):
         value = config.get(key)
@@ -373,7 +388,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     method, state, config = load_run(args.run_dir)
     score_fn = jax.jit(method.score)
     rows = []
-    batches = iter_image_batches(paths, args.batch_size, config["image_size"], config.get("crop"))
+    batches = iter_image_batches(paths, args.batch_size, config["image_size"], config.get("crop"),
+                                 resize_dtype=_resize_dtype(config))
     with tqdm(total=len(paths), desc=f"predicting with {method.name}", unit="img") as bar:
         for images, names in batches:
             n = len(names)
@@ -481,8 +497,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                     batch_size=DEFAULT_BATCH_SIZE,
                                     run_dir=out / "runs" / category)
         extra = {"data": str((data_root / category).resolve()), "layout": dataset.layout,
-                 "image_size": args.image_size, "crop": None, "seed": args.seed,
-                 "n_train": len(dataset.train), "fit_seconds": round(seconds, 3),
+                 "image_size": args.image_size, "crop": None, "resize_dtype": "uint8",
+                 "seed": args.seed, "n_train": len(dataset.train), "fit_seconds": round(seconds, 3),
                  "fit_peak_rss_mb": peak_rss_mb()}
         save_run(out / "runs" / category, method, state, extra)
         result = evaluate(method, state, dataset.test,

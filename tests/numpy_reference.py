@@ -34,6 +34,36 @@ def torch_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.einsum("yh,xw,bhw...->byx...", wy, wx, x.astype(np.float64))
 
 
+def _antialiased_weights(in_size: int, out_size: int) -> np.ndarray:
+    """``[out, in]`` weights of torchvision's ``Resize(antialias=True)`` bilinear filter.
+
+    Output ``i`` is centred on source ``c = (i + 0.5) * in / out``; the triangle filter is
+    stretched by ``s = max(in / out, 1)``: source pixel ``j`` weighs ``max(0, 1 - |j + 0.5 -
+    c| / s)`` for ``j`` in ``[floor(c - s + 0.5), floor(c + s + 0.5))`` within the image, and
+    the weights are normalised to sum to 1.
+    """
+    w = np.zeros((out_size, in_size))
+    scale = in_size / out_size
+    support = max(scale, 1.0)
+    for i in range(out_size):
+        centre = (i + 0.5) * scale
+        lo = max(int(np.floor(centre - support + 0.5)), 0)
+        hi = min(int(np.floor(centre + support + 0.5)), in_size)
+        taps = np.arange(lo, hi)
+        w[i, lo:hi] = np.maximum(0.0, 1.0 - np.abs(taps + 0.5 - centre) / support)
+        w[i] /= w[i].sum()
+    return w
+
+
+def antialiased_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """torchvision's antialiased bilinear ``Resize`` of a float ``[H, W, C]`` image to
+    ``size`` (float64, no rounding)."""
+    wy = _antialiased_weights(x.shape[0], size[0])
+    wx = _antialiased_weights(x.shape[1], size[1])
+    rows = np.einsum("yh,hwc->ywc", wy, x.astype(np.float64))
+    return np.einsum("xw,ywc->yxc", wx, rows)
+
+
 def torch_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``F.interpolate(mode="nearest")`` of ``[B, h, w, ...]``: source ``floor(i * in / out)``."""
     rows = (np.arange(size[0]) * x.shape[1]) // size[0]

@@ -72,6 +72,26 @@ def test_predict_writes_scores_and_heatmaps(run_dir, category, tmp_path):
     assert len(list(out.glob("*_heatmap.png"))) == 10
 
 
+def test_the_resize_dtype_of_fit_is_reused_by_test_and_predict(category, tmp_path):
+    run = tmp_path / "run"
+    # 48 px: the 64 px images are resized (at their own size both dtypes are the same).
+    assert main(["fit", "--method", "padim", "--data", str(category), "--image-size", "48",
+                 "--batch-size", "4", "--resize-dtype", "float32", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["resize_dtype"] == "float32"
+    assert main(["test", str(run), "--data", str(category), "--batch-size", "4",
+                 "--maps", str(tmp_path / "maps")]) == 0
+    tested = np.load(tmp_path / "maps" / "maps.npz")
+    out = tmp_path / "pred"
+    images = sorted((category / "test").rglob("*.png"))
+    assert main(["predict", str(run), *map(str, images), "--out", str(out),
+                 "--batch-size", "4"]) == 0
+    by_path = {str(Path(p).resolve()): i for i, p in enumerate(tested["paths"])}
+    for i, image in enumerate(images):
+        predicted = np.load(out / f"{i:04d}_{image.stem}_map.npy")
+        np.testing.assert_allclose(predicted, tested["maps"][by_path[str(image.resolve())]],
+                                   rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["fit", "--method", "nope", "--data", ".", "--out", "x"], "unknown method 'nope'"),
     (["fit", "--method", "padim", "--data", "/no/such/dir", "--out", "x"], "/no/such/dir"),
@@ -168,6 +188,9 @@ def test_broken_run_files_are_named_before_any_work(fake_run, category, tmp_path
     config.write_text(good.replace('"image_size": 64', '"image_size": 100000'))
     _one_line_error(capsys, ["test", str(fake_run), "--data", str(category)],
                     "image_size=100000 exceeds 4096 px")
+    config.write_text(good.replace('"resize_dtype": "uint8"', '"resize_dtype": "int4"'))
+    _one_line_error(capsys, ["test", str(fake_run), "--data", str(category)],
+                    f"{config}: invalid resize_dtype 'int4'")
     config.write_text(good.replace('"params": {', '"params": {"bank_dtype": "x", '))
     _one_line_error(capsys, ["test", str(fake_run), "--data", str(category)],
                     f"{config}: invalid run config")

@@ -31,8 +31,11 @@ MaskReader = Callable[[int], np.ndarray]
 
 
 def load_sample(sample: Sample, image_size: transforms.Size | None,
-                crop: transforms.Size | None) -> tuple[np.ndarray, np.ndarray]:
+                crop: transforms.Size | None, resize_dtype: str = "uint8"
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Read, resize and crop one sample: ``(image [H, W, 3] float32, mask [H, W] uint8)``.
+
+    ``resize_dtype`` as in :func:`anomjax.data.transforms.prepare`.
 
     Raises :class:`DataError` when the mask's size differs from its image's.
     """
@@ -44,7 +47,7 @@ def load_sample(sample: Sample, image_size: transforms.Size | None,
                             f"but its image {sample.path} is {image.shape[1]}x{image.shape[0]}")
     else:
         mask = np.zeros(image.shape[:2], np.uint8)
-    return transforms.prepare(image, mask, image_size, crop)
+    return transforms.prepare(image, mask, image_size, crop, resize_dtype)
 
 
 def _checked_mask(sample: Sample) -> np.ndarray:
@@ -226,10 +229,11 @@ class Dataset:
 
 
 def file_split(samples: Sequence[Sample], image_size: transforms.Size | None,
-               crop: transforms.Size | None) -> Split:
-    """A :class:`Split` that decodes ``samples`` from disk."""
+               crop: transforms.Size | None, resize_dtype: str = "uint8") -> Split:
+    """A :class:`Split` that decodes ``samples`` from disk (see :func:`load_sample`)."""
     samples = tuple(samples)
-    return Split(samples, lambda i: load_sample(samples[i], image_size, crop),
+    transforms.check_resize_dtype(resize_dtype)
+    return Split(samples, lambda i: load_sample(samples[i], image_size, crop, resize_dtype),
                  lambda i: _checked_mask(samples[i]))
 
 
@@ -242,15 +246,19 @@ def array_split(samples: Sequence[Sample], images: np.ndarray, masks: np.ndarray
 
 def open_dataset(root: str | os.PathLike, layout: str | None = None,
                  image_size: transforms.Size | None = 256, crop: transforms.Size | None = None,
-                 *, folder: FolderSpec | None = None) -> Dataset:
+                 *, folder: FolderSpec | None = None, resize_dtype: str = "uint8") -> Dataset:
     """Open the category folder ``root`` (layout detected unless named).
 
     Images are resized to ``image_size`` (``N`` -> ``N x N``; ``None`` keeps native sizes),
-    then centre-cropped to ``crop``; masks follow by nearest neighbour. ``folder``
+    then centre-cropped to ``crop``; masks follow by nearest neighbour. ``resize_dtype``:
+    ``"uint8"`` resizes the 8-bit image (the authors' PIL pipelines), ``"float32"`` its
+    ``[0, 1]`` floats without rounding (torchvision on tensors, anomalib); see
+    :mod:`anomjax.data.transforms`. ``folder``
     configures the ``folder`` layout. Raises :class:`DataError` for a missing or unknown
     folder, an empty training set, or a defective image without a mask.
     """
     root = Path(root)
+    transforms.check_resize_dtype(resize_dtype)
     if image_size is not None:
         transforms.as_hw(image_size)
     if crop is not None:
@@ -260,15 +268,19 @@ def open_dataset(root: str | os.PathLike, layout: str | None = None,
             raise ValueError(f"crop {crop} is larger than image_size {image_size}")
     layout, train, test = discover(root, layout, folder)
     has_masks = not (layout == "folder" and (folder or FolderSpec()).mask is None)
-    return Dataset(root.resolve().name, layout, file_split(train, image_size, crop),
-                   file_split(test, image_size, crop), root=root, has_masks=has_masks)
+    return Dataset(root.resolve().name, layout,
+                   file_split(train, image_size, crop, resize_dtype),
+                   file_split(test, image_size, crop, resize_dtype), root=root,
+                   has_masks=has_masks)
 
 
 def iter_image_batches(paths: Sequence[str | os.PathLike], batch_size: int,
                        image_size: transforms.Size | None, crop: transforms.Size | None = None,
-                       num_workers: int = 4) -> Iterator[tuple[np.ndarray, tuple[str, ...]]]:
-    """Stream arbitrary image files as ``(images [B, H, W, 3] float32 in [0, 1], paths)``."""
+                       num_workers: int = 4, resize_dtype: str = "uint8"
+                       ) -> Iterator[tuple[np.ndarray, tuple[str, ...]]]:
+    """Stream arbitrary image files as ``(images [B, H, W, 3] float32 in [0, 1], paths)``,
+    prepared as :func:`open_dataset` prepares a dataset's images."""
     samples = [Sample(str(p), 0, None, GOOD) for p in paths]
-    for batch in file_split(samples, image_size, crop).batches(batch_size,
-                                                               num_workers=num_workers):
+    split = file_split(samples, image_size, crop, resize_dtype)
+    for batch in split.batches(batch_size, num_workers=num_workers):
         yield batch.images, batch.paths

@@ -10,6 +10,8 @@ A config is an ``ml_collections.ConfigDict`` with at least these fields::
     layout      dataset layout (``None``: detected)
     image_size  images are resized to N x N ...
     crop        ... then centre-cropped to M x M (``None``: no crop)
+    resize_dtype  ``"uint8"`` resizes the 8-bit images, ``"float32"`` their [0, 1] floats
+                (see :mod:`anomjax.data.transforms`)
     epochs      training epochs (``None``: the method's default; ignored by fit methods)
     batch_size  global batch size (``None``: the method's default, else 16)
     seed        PRNG seed of fitting/training
@@ -59,6 +61,7 @@ def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collec
         "method": {"name": method, **params},
         "data": (), "test_data": (), "layout": None,
         "image_size": getattr(cls, "default_image_size", 256), "crop": None,
+        "resize_dtype": "uint8",
         "epochs": getattr(cls, "default_epochs", None),
         "batch_size": getattr(cls, "default_batch_size", None), "seed": 0, "seeds": 1,
         "learning_rates": (), "shard_members": False, "save_maps": True,

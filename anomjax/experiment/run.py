@@ -86,8 +86,9 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / EXPERIMENT_FILE, config.to_dict())
-    union, categories = open_multiclass(train_folders, layout=config.layout,
-                                        image_size=config.image_size, crop=config.crop)
+    images = {"image_size": config.image_size, "crop": config.crop,
+              "resize_dtype": config.get("resize_dtype", "uint8")}
+    union, categories = open_multiclass(train_folders, layout=config.layout, **images)
     batch_size = _batch_size(config, method)
     trains = method.kind == "train"
     resume = trains and (run_dir / "checkpoints").is_dir() and any(
@@ -96,12 +97,12 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
                                 batch_size=batch_size, run_dir=run_dir,
                                 epochs=config.epochs if trains else None, resume=resume)
     extra = {"data": [str(Path(f).resolve()) for f in train_folders], "layout": union.layout,
-             "image_size": config.image_size, "crop": config.crop, "seed": int(config.seed),
+             **images, "seed": int(config.seed),
              "n_train": len(union.train), "fit_seconds": round(seconds, 3),
              "fit_peak_rss_mb": peak_rss_mb()}
     test_folders = data_folders(config.test_data) or train_folders
     tests = categories if test_folders == train_folders else open_multiclass(
-        test_folders, layout=config.layout, image_size=config.image_size, crop=config.crop)[1]
+        test_folders, layout=config.layout, **images)[1]
     members = ([(run_dir, method, state, {})] if fitted is method else
                [(run_dir / "members" / str(i), member_method, member_state(state, i), tag)
                 for i, (member_method, tag) in enumerate(member_methods)])

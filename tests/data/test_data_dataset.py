@@ -76,3 +76,17 @@ def test_iter_image_batches(ten_images):
     out = list(iter_image_batches(paths, 2, 12, crop=10))
     assert [imgs.shape for imgs, _ in out] == [(2, 10, 10, 3)] * 2 + [(1, 10, 10, 3)]
     assert [p for _, ps in out for p in ps] == [str(p) for p in paths]
+
+
+def test_resize_dtype_reaches_datasets_and_prediction_batches(ten_images):
+    paths = sorted((ten_images / "train" / "good").iterdir())
+    rounded = open_dataset(ten_images, image_size=12).train.load_all().images
+    exact = open_dataset(ten_images, image_size=12, resize_dtype="float32").train.load_all()
+    predicted = np.concatenate([b for b, _ in iter_image_batches(paths, 4, 12,
+                                                                 resize_dtype="float32")])
+    np.testing.assert_array_equal(predicted, exact.images)
+    np.testing.assert_allclose(exact.images, rounded, atol=1 / 255)  # Pillow: fixed point
+    assert np.abs(exact.images * 255 - np.round(exact.images * 255)).max() > 0.1
+    np.testing.assert_allclose(rounded * 255, np.round(rounded * 255), atol=1e-4)
+    with pytest.raises(ValueError, match="resize_dtype must be one of"):
+        open_dataset(ten_images, resize_dtype="float16")

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numpy_reference import antialiased_bilinear
 
 from anomjax.data import center_crop, denormalize, normalize, resize_image, resize_mask
 from anomjax.data.transforms import prepare
@@ -19,6 +20,21 @@ def test_resize_uint8_and_float_agree():
     as_float = resize_image(img.astype(np.float32) / 255.0, (16, 16))
     assert as_float.dtype == np.float32
     np.testing.assert_allclose(as_float * 255, small, atol=1.0)
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((300, 400), (256, 256)), ((37, 53), (16, 70))])
+def test_resize_dtypes_against_the_antialiased_bilinear_formula(in_hw, out_hw):
+    image = np.random.default_rng(3).integers(0, 256, (*in_hw, 3), dtype=np.uint8)
+    reference = antialiased_bilinear(image / 255.0, out_hw)
+    as_float, _ = prepare(image, None, out_hw, None, resize_dtype="float32")
+    np.testing.assert_allclose(as_float, reference, atol=2e-6)
+    # uint8: the same filter (Pillow's fixed-point weights), then rounded to 8 bits.
+    as_uint8, _ = prepare(image, None, out_hw, None, resize_dtype="uint8")
+    np.testing.assert_allclose(as_uint8, reference, atol=1.0 / 255)
+    np.testing.assert_allclose(as_uint8 * 255, np.round(as_uint8 * 255), atol=1e-4)
+    assert np.abs(as_float * 255 - np.round(as_float * 255)).max() > 0.4  # not rounded
+    with pytest.raises(ValueError, match="resize_dtype must be one of"):
+        prepare(image, None, out_hw, None, resize_dtype="float16")
 
 
 def test_resize_is_antialiased():
