@@ -125,12 +125,13 @@ def run_anomalib(method_name: str, data: str, image_size: int, coreset_ratio: fl
 def map_agreement(ours_npz: str, peer_npz: str) -> dict:
     """How alike two libraries' test maps are, image by image (aligned by resolved path):
     median and minimum per-image Pearson correlation, the median of ``|a - b| / |b|`` over
-    all pixels, the Spearman correlation of the image scores (max of each map), and the
+    all pixels, the Spearman correlation of the two libraries' image scores, and the
     ground-truth pixels on which the two libraries' resized masks disagree, as a fraction of
     anomjax's defect pixels (anomalib resizes masks by PyTorch's ``floor(i * in / out)``
     rule, anomjax by pixel centres as PIL's ``NEAREST``). ``anomalib_on_our_masks`` holds
     anomalib's maps scored by anomjax's metrics against anomjax's masks, so that both
-    libraries' maps are measured against the same ground truth."""
+    libraries' maps are measured against the same ground truth (image AUROC from anomalib's
+    own image scores)."""
     import numpy as np
 
     from anomjax.metrics import compute_metrics
@@ -145,14 +146,14 @@ def map_agreement(ours_npz: str, peer_npz: str) -> dict:
     def ranks(v: np.ndarray) -> np.ndarray:
         return np.argsort(np.argsort(v)).astype(np.float64)
 
-    spearman = np.corrcoef(ranks(a.max((1, 2))), ranks(b.max((1, 2))))[0, 1]
+    spearman = np.corrcoef(ranks(ours["image_scores"][order]), ranks(peer["pred_scores"]))[0, 1]
     return {"map_pearson_median": float(np.median(corr)), "map_pearson_min": float(min(corr)),
             "map_rel_diff_median": float(np.median(np.abs(a - b) / np.abs(b))),
             "image_score_spearman": float(spearman),
             "mask_mismatch": float((ours["masks"][order] != (peer["gt_masks"] > 0)).sum()
                                    / max(ours["masks"].sum(), 1)),
             "anomalib_on_our_masks": {k: v for k, v in compute_metrics(
-                b.max((1, 2)), ours["labels"][order], b, ours["masks"][order]).items()
+                peer["pred_scores"], ours["labels"][order], b, ours["masks"][order]).items()
                 if k in METRICS}}
 
 

@@ -32,10 +32,18 @@ Backbones and their defaults (``taps=()`` and ``n_features=0`` / ``k=0`` pick th
   the WRN50 proportion, was 54, and anomalib's Lite0 setting is 100), chosen by measurement
   on mvtec3d_tire at 256 px (``experiments/bench_vs_anomalib.py --padim-dims 54,100,176``,
   seed 0), image AUROC / pixel AUROC / AUPRO: 0.751 / 0.522 / 0.109 at ``d = 54``, 0.739 /
-  0.526 / 0.117 at ``d = 100``, 0.750 / 0.666 / 0.258 at ``d = 176`` (anomalib 2.7, ``d =
-  100``, on the same folder: 0.772 / 0.498 / 0.083). With so few channels the reduction the
-  paper needs for WRN50's 1792 buys little. ``k`` keeps the semi-orthogonal paper's WRN50
-  proportion, ``round(176 * 300 / 1792) = 29`` on Lite0.
+  0.526 / 0.117 at ``d = 100``, 0.750 / 0.666 / 0.258 at ``d = 176``. anomalib 2.7 gains as
+  much from all 176 channels on that folder (0.772 / 0.498 / 0.083 at its ``d = 100``,
+  0.770 / 0.625 / 0.192 at ``d = 176``). With so few channels the reduction the paper needs
+  for WRN50's 1792 buys little. ``k`` keeps the semi-orthogonal paper's WRN50 proportion,
+  ``round(176 * 300 / 1792) = 29`` on Lite0.
+
+At ``d = 176`` the 210 training images of that folder give near-singular covariances, and
+the scores feel half a grey level of input rounding: resizing the 8-bit image (the default
+reader, as the authors' PIL pipeline) or its floats (``open_dataset(resize_dtype=
+"float32")``, as anomalib) moves the metrics above by 2 / 4 / 6 points. Read as anomalib
+reads, the maps equal anomalib's to 0.34 % (median per pixel; ``experiments/
+vs_anomalib_tire.md``).
 
 Memory: the fitted state holds ``h * w * d * (d + 1)`` float32 numbers (64 x 64 positions
 and ``d = 176`` at 256 px input: 510 MB) besides the backbone; fitting streams the training
