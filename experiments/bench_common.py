@@ -5,7 +5,15 @@
 * :func:`timed_training`: ``train_method`` into a temporary run folder, fetching every
   step's metrics (``log_every=1``) so that the first, compiling step is timed on its own;
 * :func:`run_reference`: ``../shared/tools/ref_anomalib.py`` in its own interpreter, with
-  its timings converted to the same figures.
+  its timings converted to the same figures and its maps scored against anomjax's masks;
+* :func:`on_our_masks`: a reference's dumped maps scored by anomjax's metrics against the
+  ground truth as anomjax's reader resizes it.
+
+The two libraries resize ground-truth masks differently: anomalib by PyTorch's nearest rule
+(``floor(i * in / out)``, half a source pixel off the image's resampling grid), anomjax by
+pixel centres (PIL's ``NEAREST``, the authors' pipelines). Small or thin defects then differ
+by many pixels, and pixel metrics by several points for the same maps, so the benchmarks
+report anomalib's maps on anomjax's masks beside anomalib's own metrics.
 """
 
 from __future__ import annotations
@@ -73,19 +81,42 @@ def timed_training(method: Any, split: Any, args: argparse.Namespace
     }
 
 
+def on_our_masks(ref_maps: str | Path, data: str, image_size: int) -> dict[str, Any] | None:
+    """anomalib's dumped test maps (``ref_anomalib.py --dump-maps``) and image scores scored
+    by :func:`anomjax.metrics.compute_metrics` against anomjax's masks of ``data`` at
+    ``image_size`` (aligned by resolved path): ``metrics`` (image / pixel AUROC, AUPRO) and
+    ``mask_mismatch``, the pixels where the two libraries' masks differ as a fraction of
+    anomjax's defect pixels. ``None`` for a model without maps (GANomaly)."""
+    from anomjax.data import open_dataset
+    from anomjax.metrics import compute_metrics
+
+    ref = np.load(ref_maps)
+    if ref["anomaly_maps"].ndim != 3:
+        return None
+    test = open_dataset(data, image_size=image_size).test.load_all()
+    index = {os.path.realpath(p): i for i, p in enumerate(test.paths)}
+    masks = test.masks[[index[os.path.realpath(p)] for p in ref["image_paths"]]]
+    metrics = compute_metrics(ref["pred_scores"], ref["gt_labels"], ref["anomaly_maps"], masks)
+    return {"metrics": {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "pixel_aupro")},
+            "mask_mismatch": float((masks != (ref["gt_masks"] > 0)).sum()
+                                   / max(int(masks.sum()), 1))}
+
+
 def run_reference(args: argparse.Namespace, model: str,
                   extra: Sequence[str] = ()) -> dict[str, Any]:
     """anomalib's ``model`` with the benchmark's settings in its own interpreter: its JSON
-    record plus ``train_images_per_s``, ``fit_wall_s``, ``test_wall_s``, ``fit_test_s``."""
+    record plus ``train_images_per_s``, ``fit_wall_s``, ``test_wall_s``, ``fit_test_s`` and
+    ``on_our_masks`` (:func:`on_our_masks`; its maps are dumped after its timings)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ref.json"
         cmd = [args.ref_python, str(REF_SCRIPT), "--data", args.data, "--model", model,
                "--image-size", str(args.image_size), "--epochs", str(args.epochs),
                "--train-batch-size", str(args.batch_size), "--eval-batch-size",
                str(args.batch_size), "--skip-backbone-check", "--seed", str(args.seed),
-               *extra, "--out", str(out)]
+               *extra, "--out", str(out), "--dump-maps", tmp]
         subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
         ref = json.loads(out.read_text())
+        ref["on_our_masks"] = on_our_masks(ref["dump"], args.data, args.image_size)
     timing = ref["timing"]
     return {**ref,
             "train_images_per_s": (ref["dataset"]["n_train"] * args.epochs

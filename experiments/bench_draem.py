@@ -74,7 +74,7 @@ def main() -> None:
             **{k: ref[k] for k in ("train_images_per_s", "fit_wall_s", "test_wall_s",
                                    "fit_test_s", "peak_rss_mib")},
             "image_auroc": ref["metrics"]["image_AUROC"],
-            "pixel_auroc": ref["metrics"]["pixel_AUROC"]}
+            "pixel_auroc": ref["metrics"]["pixel_AUROC"], "on_our_masks": ref["on_our_masks"]}
         record["ratios"] = {
             "throughput_steady": ours["train_images_per_s_steady"]
             / theirs["train_images_per_s"],

@@ -82,6 +82,7 @@ def run_anomalib(model: str, args: argparse.Namespace) -> dict:
         "metrics": {"image_auroc": ref["metrics"]["image_AUROC"],
                     "pixel_auroc": ref["metrics"]["pixel_AUROC"],
                     "aupro": ref["metrics"]["pixel_AUPRO"]},
+        "on_our_masks": ref["on_our_masks"],
     }
 
 

@@ -62,7 +62,8 @@ def main() -> None:
         record["anomalib"] = {"train_images_per_s": ref["train_images_per_s"],
                               "fit_wall_s": ref["fit_wall_s"], "test_wall_s": ref["test_wall_s"],
                               "end_to_end_s": ref["fit_test_s"],
-                              "metrics": {k: ref["metrics"][k] for k in METRICS}}
+                              "metrics": {k: ref["metrics"][k] for k in METRICS},
+                              "on_our_masks": ref["on_our_masks"]}
         ours = record["anomjax"]
         record["end_to_end_ratio"] = ref["fit_test_s"] / ours["end_to_end_s"]
         record["throughput_ratio_steady"] = (ours["train_images_per_s_steady"]

@@ -40,9 +40,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-REF_SCRIPT = REPO.parent / "shared" / "tools" / "ref_anomalib.py"
-ANOMALIB_PYTHON = "/tmp/venv-anomalib/bin/python"
+from bench_common import REF_PYTHON, REF_SCRIPT, on_our_masks
+
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
 
@@ -122,19 +121,13 @@ def run_anomalib(method_name: str, data: str, image_size: int, coreset_ratio: fl
             "maps": rec.get("dump")}
 
 
-def map_agreement(ours_npz: str, peer_npz: str) -> dict:
+def map_agreement(ours_npz: str, peer_npz: str, data: str, image_size: int) -> dict:
     """How alike two libraries' test maps are, image by image (aligned by resolved path):
     median and minimum per-image Pearson correlation, the median of ``|a - b| / |b|`` over
-    all pixels, the Spearman correlation of the two libraries' image scores, and the
-    ground-truth pixels on which the two libraries' resized masks disagree, as a fraction of
-    anomjax's defect pixels (anomalib resizes masks by PyTorch's ``floor(i * in / out)``
-    rule, anomjax by pixel centres as PIL's ``NEAREST``). ``anomalib_on_our_masks`` holds
-    anomalib's maps scored by anomjax's metrics against anomjax's masks, so that both
-    libraries' maps are measured against the same ground truth (image AUROC from anomalib's
-    own image scores)."""
+    all pixels and the Spearman correlation of the two libraries' image scores; plus
+    :func:`bench_common.on_our_masks` (anomalib's maps against anomjax's masks, and how
+    often the two libraries' masks differ)."""
     import numpy as np
-
-    from anomjax.metrics import compute_metrics
 
     ours, peer = np.load(ours_npz), np.load(peer_npz)
     index = {os.path.realpath(p): i for i, p in enumerate(ours["paths"])}
@@ -147,14 +140,11 @@ def map_agreement(ours_npz: str, peer_npz: str) -> dict:
         return np.argsort(np.argsort(v)).astype(np.float64)
 
     spearman = np.corrcoef(ranks(ours["image_scores"][order]), ranks(peer["pred_scores"]))[0, 1]
+    masks = on_our_masks(peer_npz, data, image_size)
     return {"map_pearson_median": float(np.median(corr)), "map_pearson_min": float(min(corr)),
             "map_rel_diff_median": float(np.median(np.abs(a - b) / np.abs(b))),
-            "image_score_spearman": float(spearman),
-            "mask_mismatch": float((ours["masks"][order] != (peer["gt_masks"] > 0)).sum()
-                                   / max(ours["masks"].sum(), 1)),
-            "anomalib_on_our_masks": {k: v for k, v in compute_metrics(
-                peer["pred_scores"], ours["labels"][order], b, ours["masks"][order]).items()
-                if k in METRICS}}
+            "image_score_spearman": float(spearman), "mask_mismatch": masks["mask_mismatch"],
+            "anomalib_on_our_masks": masks["metrics"]}
 
 
 def _timed_run(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float]:
@@ -173,8 +163,9 @@ def child(args: argparse.Namespace) -> None:
     print("RECORD " + json.dumps(record), flush=True)
 
 
-def table(records: list[dict]) -> str:
-    """Markdown table of the runs, then one line of ratios per method."""
+def table(records: list[dict], data: str, image_size: int) -> str:
+    """Markdown table of the runs, then one line of ratios per method (and, where both
+    libraries' maps were kept, how alike they are)."""
     lines = ["| method | library | fit s | test s | fit+test s | process CPU s | peak RSS MiB "
              "| image AUROC | pixel AUROC | AUPRO |", "|---" * 10 + "|"]
     for r in records:
@@ -208,7 +199,7 @@ def table(records: list[dict]) -> str:
                      f"{ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x of anomalib's; "
                      f"anomjax - anomalib: {deltas}")
         if ours.get("maps") and peer.get("maps"):
-            agree = map_agreement(ours["maps"], peer["maps"])
+            agree = map_agreement(ours["maps"], peer["maps"], data, image_size)
             ours["map_agreement"] = agree
             lines.append(f"  - {method} maps, anomjax against anomalib: per-image Pearson "
                          f"median {agree['map_pearson_median']:.4f} (min "
@@ -229,7 +220,7 @@ def main() -> None:
     parser.add_argument("--coreset-ratio", type=float, default=0.01)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--anomalib-python", default=ANOMALIB_PYTHON)
+    parser.add_argument("--anomalib-python", default=REF_PYTHON)
     parser.add_argument("--weights", default=None,
                         help="Lite0 .pth for anomalib (default: the file anomjax itself loads)")
     parser.add_argument("--skip-anomalib", action="store_true")
@@ -271,7 +262,8 @@ def main() -> None:
                                             args.coreset_ratio, args.anomalib_python, weights,
                                             out_dir, d))
                 print(f"anomalib {method}: {records[-1]}", file=sys.stderr, flush=True)
-    report = table(records)  # adds each pair's map agreement to the anomjax record
+    # table() adds each pair's map agreement to the anomjax record
+    report = table(records, args.data, args.image_size)
     (out_dir / "records.json").write_text(json.dumps(records, indent=2))
     print(f"\n{Path(args.data).name}, EfficientNet-Lite0, {args.image_size}x{args.image_size}, "
           f"PatchCore coreset {args.coreset_ratio}, resize {args.resize_dtype}, "
