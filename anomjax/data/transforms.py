@@ -2,13 +2,16 @@
 
 Images are resized with Pillow's antialiased bilinear filter (the filter torchvision's
 ``Resize`` applies to PIL images, so sizes and pixel values match the papers' pipelines);
-masks are resized by nearest neighbour so they stay binary.
+masks are resized by nearest neighbour so they stay binary, sampling pixel centres (PIL's
+``NEAREST``, the authors' pipelines; PyTorch's ``nearest``, which anomalib uses for masks,
+takes ``floor(i * in / out)``, half a source pixel off the image's resampling grid).
 
 ``resize_dtype`` says what is resized. ``"uint8"`` (the default) resizes the decoded 8-bit
 image and rounds the result to 8 bits, as the authors' PIL pipelines do (``Resize`` before
 ``ToTensor``). ``"float32"`` resizes the image after its conversion to ``[0, 1]`` floats,
 without rounding, as torchvision's ``Resize`` on float tensors does (anomalib 2.x). The two
-differ by at most half a grey level per pixel, but methods with near-singular statistics feel
+differ by about half a grey level per pixel (at most one: Pillow's 8-bit filter is fixed
+point), but methods with near-singular statistics feel
 it: PaDiM with all 176 Lite0 channels on mvtec3d_tire moves by 2 points of image AUROC and 4
 of pixel AUROC between them (``experiments/vs_anomalib_tire.md``).
 """
