@@ -6,8 +6,8 @@
   step's metrics (``log_every=1``) so that the first, compiling step is timed on its own;
 * :func:`run_reference`: ``../shared/tools/ref_anomalib.py`` in its own interpreter, with
   its timings converted to the same figures and its maps scored against anomjax's masks;
-* :func:`on_our_masks`: a reference's dumped maps scored by anomjax's metrics against the
-  ground truth as anomjax's reader resizes it.
+* :func:`test_masks` and :func:`on_our_masks`: a reference's dumped maps scored by anomjax's
+  metrics against the ground truth as anomjax's reader resizes it.
 
 The two libraries resize ground-truth masks differently: anomalib by PyTorch's nearest rule
 (``floor(i * in / out)``, half a source pixel off the image's resampling grid), anomjax by
@@ -81,21 +81,27 @@ def timed_training(method: Any, split: Any, args: argparse.Namespace
     }
 
 
-def on_our_masks(ref_maps: str | Path, data: str, image_size: int) -> dict[str, Any] | None:
+def test_masks(data: str, image_size: int) -> dict[str, np.ndarray]:
+    """``{resolved path: [H, W] uint8 mask}`` of ``data``'s test split as anomjax reads it."""
+    from anomjax.data import open_dataset
+
+    test = open_dataset(data, image_size=image_size).test.load_all()
+    return {os.path.realpath(p): m for p, m in zip(test.paths, test.masks, strict=True)}
+
+
+def on_our_masks(ref_maps: str | Path, our_masks: dict[str, np.ndarray]
+                 ) -> dict[str, Any] | None:
     """anomalib's dumped test maps (``ref_anomalib.py --dump-maps``) and image scores scored
-    by :func:`anomjax.metrics.compute_metrics` against anomjax's masks of ``data`` at
-    ``image_size`` (aligned by resolved path): ``metrics`` (image / pixel AUROC, AUPRO) and
+    by :func:`anomjax.metrics.compute_metrics` against ``our_masks`` (:func:`test_masks`,
+    aligned by resolved path): ``metrics`` (image / pixel AUROC, AUPRO) and
     ``mask_mismatch``, the pixels where the two libraries' masks differ as a fraction of
     anomjax's defect pixels. ``None`` for a model without maps (GANomaly)."""
-    from anomjax.data import open_dataset
     from anomjax.metrics import compute_metrics
 
     ref = np.load(ref_maps)
     if ref["anomaly_maps"].ndim != 3:
         return None
-    test = open_dataset(data, image_size=image_size).test.load_all()
-    index = {os.path.realpath(p): i for i, p in enumerate(test.paths)}
-    masks = test.masks[[index[os.path.realpath(p)] for p in ref["image_paths"]]]
+    masks = np.stack([our_masks[os.path.realpath(p)] for p in ref["image_paths"]])
     metrics = compute_metrics(ref["pred_scores"], ref["gt_labels"], ref["anomaly_maps"], masks)
     return {"metrics": {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "pixel_aupro")},
             "mask_mismatch": float((masks != (ref["gt_masks"] > 0)).sum()
@@ -116,7 +122,7 @@ def run_reference(args: argparse.Namespace, model: str,
                *extra, "--out", str(out), "--dump-maps", tmp]
         subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
         ref = json.loads(out.read_text())
-        ref["on_our_masks"] = on_our_masks(ref["dump"], args.data, args.image_size)
+        ref["on_our_masks"] = on_our_masks(ref["dump"], test_masks(args.data, args.image_size))
     timing = ref["timing"]
     return {**ref,
             "train_images_per_s": (ref["dataset"]["n_train"] * args.epochs

@@ -42,6 +42,8 @@ from pathlib import Path
 
 from bench_common import REF_PYTHON, REF_SCRIPT, on_our_masks
 
+from anomjax.data.transforms import RESIZE_DTYPES
+
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro")
 
 
@@ -121,7 +123,7 @@ def run_anomalib(method_name: str, data: str, image_size: int, coreset_ratio: fl
             "maps": rec.get("dump")}
 
 
-def map_agreement(ours_npz: str, peer_npz: str, data: str, image_size: int) -> dict:
+def map_agreement(ours_npz: str, peer_npz: str) -> dict:
     """How alike two libraries' test maps are, image by image (aligned by resolved path):
     median and minimum per-image Pearson correlation, the median of ``|a - b| / |b|`` over
     all pixels and the Spearman correlation of the two libraries' image scores; plus
@@ -140,7 +142,8 @@ def map_agreement(ours_npz: str, peer_npz: str, data: str, image_size: int) -> d
         return np.argsort(np.argsort(v)).astype(np.float64)
 
     spearman = np.corrcoef(ranks(ours["image_scores"][order]), ranks(peer["pred_scores"]))[0, 1]
-    masks = on_our_masks(peer_npz, data, image_size)
+    masks = on_our_masks(peer_npz, {os.path.realpath(p): m
+                                    for p, m in zip(ours["paths"], ours["masks"], strict=True)})
     return {"map_pearson_median": float(np.median(corr)), "map_pearson_min": float(min(corr)),
             "map_rel_diff_median": float(np.median(np.abs(a - b) / np.abs(b))),
             "image_score_spearman": float(spearman), "mask_mismatch": masks["mask_mismatch"],
@@ -163,9 +166,22 @@ def child(args: argparse.Namespace) -> None:
     print("RECORD " + json.dumps(record), flush=True)
 
 
-def table(records: list[dict], data: str, image_size: int) -> str:
-    """Markdown table of the runs, then one line of ratios per method (and, where both
-    libraries' maps were kept, how alike they are)."""
+def pairs(records: list[dict]) -> list[tuple[str, dict, dict]]:
+    """``(label, anomjax record, anomalib record)`` of each method (and PaDiM d) run by both."""
+    found = []
+    for ours in [r for r in records if r["library"] == "anomjax"]:
+        d = ours["settings"].get("n_features", 0)
+        peer = next((r for r in records if r["method"] == ours["method"]
+                     and r["library"] == "anomalib"
+                     and r["settings"].get("n_features", 0) == d), None)
+        if peer is not None:
+            found.append((ours["method"] + (f" d={d}" if d else ""), ours, peer))
+    return found
+
+
+def table(records: list[dict]) -> str:
+    """Markdown table of the runs, then one line of ratios per method (and, where
+    ``map_agreement`` was added to the anomjax record, how alike the maps are)."""
     lines = ["| method | library | fit s | test s | fit+test s | process CPU s | peak RSS MiB "
              "| image AUROC | pixel AUROC | AUPRO |", "|---" * 10 + "|"]
     for r in records:
@@ -180,15 +196,7 @@ def table(records: list[dict], data: str, image_size: int) -> str:
         if "bf16_bank_minus_fp32" in r:
             lines.append("- anomjax patchcore with a bfloat16 bank, minus float32: " + ", ".join(
                 f"{k} {100 * v:+.2f} pt" for k, v in r["bf16_bank_minus_fp32"].items()))
-    for ours in [r for r in records if r["library"] == "anomjax"]:
-        method = ours["method"]
-        d = ours["settings"].get("n_features", 0)
-        peer = next((r for r in records if r["method"] == method and r["library"] == "anomalib"
-                     and r["settings"].get("n_features", 0) == d), None)
-        if peer is None:
-            continue
-        if d:
-            method += f" d={d}"
+    for method, ours, peer in pairs(records):
         speed = (peer["fit_s"] + peer["test_s"]) / (ours["fit_s"] + ours["test_s"])
         deltas = ", ".join(f"{k} {100 * (ours[k] - peer[k]):+.1f} pt"
                            for k in METRICS)
@@ -198,9 +206,8 @@ def table(records: list[dict], data: str, image_size: int) -> str:
                      f"{peer['process_cpu_s'] / ours['process_cpu_s']:.2f}x less), peak memory "
                      f"{ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x of anomalib's; "
                      f"anomjax - anomalib: {deltas}")
-        if ours.get("maps") and peer.get("maps"):
-            agree = map_agreement(ours["maps"], peer["maps"], data, image_size)
-            ours["map_agreement"] = agree
+        if "map_agreement" in ours:
+            agree = ours["map_agreement"]
             lines.append(f"  - {method} maps, anomjax against anomalib: per-image Pearson "
                          f"median {agree['map_pearson_median']:.4f} (min "
                          f"{agree['map_pearson_min']:.4f}), median relative difference "
@@ -226,7 +233,7 @@ def main() -> None:
     parser.add_argument("--skip-anomalib", action="store_true")
     parser.add_argument("--padim-dims", default="",
                         help="comma-separated PaDiM d values to run (default: the method's)")
-    parser.add_argument("--resize-dtype", choices=("uint8", "float32"), default="float32",
+    parser.add_argument("--resize-dtype", choices=RESIZE_DTYPES, default="float32",
                         help="anomjax's reader (default float32: the pixels anomalib sees)")
     parser.add_argument("--n-features", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--maps-out", default="", help=argparse.SUPPRESS)
@@ -262,13 +269,14 @@ def main() -> None:
                                             args.coreset_ratio, args.anomalib_python, weights,
                                             out_dir, d))
                 print(f"anomalib {method}: {records[-1]}", file=sys.stderr, flush=True)
-    # table() adds each pair's map agreement to the anomjax record
-    report = table(records, args.data, args.image_size)
+    for _, ours, peer in pairs(records):
+        if ours.get("maps") and peer.get("maps"):
+            ours["map_agreement"] = map_agreement(ours["maps"], peer["maps"])
     (out_dir / "records.json").write_text(json.dumps(records, indent=2))
     print(f"\n{Path(args.data).name}, EfficientNet-Lite0, {args.image_size}x{args.image_size}, "
           f"PatchCore coreset {args.coreset_ratio}, resize {args.resize_dtype}, "
           f"{os.cpu_count()} CPU cores\n")
-    print(report)
+    print(table(records))
 
 
 if __name__ == "__main__":

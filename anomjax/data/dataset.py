@@ -258,7 +258,6 @@ def open_dataset(root: str | os.PathLike, layout: str | None = None,
     folder, an empty training set, or a defective image without a mask.
     """
     root = Path(root)
-    transforms.check_resize_dtype(resize_dtype)
     if image_size is not None:
         transforms.as_hw(image_size)
     if crop is not None:
