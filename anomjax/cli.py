@@ -30,7 +30,10 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from anomjax.checkpoint import (
+from anomjax.data.transforms import RESIZE_DTYPES
+from anomjax.evaluate import evaluate, peak_rss_mb
+from anomjax.methods.base import make_method, method_class, method_names
+from anomjax.run_folder import (
     THRESHOLD_FILE,
     RunError,
     atomic_writer,
@@ -44,9 +47,6 @@ from anomjax.checkpoint import (
     save_run,
     write_json,
 )
-from anomjax.data.transforms import RESIZE_DTYPES
-from anomjax.evaluate import evaluate, peak_rss_mb
-from anomjax.methods.base import make_method, method_class, method_names
 
 METRIC_KEYS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap",
                "pixel_aupro")

@@ -172,7 +172,7 @@ def test_fit_refuses_a_file_or_another_run_as_out(category, run_dir, tmp_path, c
 
 
 def test_a_run_folder_in_use_is_refused(run_dir, category, capsys):
-    from anomjax.checkpoint import run_lock
+    from anomjax.run_folder import run_lock
 
     with run_lock(run_dir):
         _one_line_error(capsys, ["test", str(run_dir), "--data", str(category)],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import ClassVar
 
 import pytest
@@ -14,20 +15,26 @@ from anomjax.methods.base import (
     method_from_config,
     register,
 )
+from anomjax.methods.protocol import FittedMethod
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class _Toy:
-    """A toy method used only to test the registry."""
+class _Toy(FittedMethod):
+    """A toy method used only to test the registry (it is never fitted or scored)."""
 
     name: ClassVar[str] = "toy-registry-test"
-    kind: ClassVar[str] = "fit"
     ratio: float = 0.1
     k: int = 9
     layers: tuple[str, ...] = ("a", "b")
     flag: bool = False
     weights: str | None = None
+
+    def fit(self, key, batches):
+        raise NotImplementedError("the registry toy is never fitted")
+
+    def score(self, state, images):
+        raise NotImplementedError("the registry toy is never scored")
 
 
 def test_make_method_parses_each_field_type():
@@ -61,10 +68,10 @@ def test_config_round_trip():
     m = _Toy(ratio=0.25, layers=("p",))
     config = method_config(m)
     assert config == {"method": "toy-registry-test",
-                      "params": {"ratio": 0.25, "k": 9, "layers": ("p",), "flag": False,
+                      "params": {"ratio": 0.25, "k": 9, "layers": ["p"], "flag": False,
                                  "weights": None}}
-    as_json = {"method": config["method"], "params": {**config["params"], "layers": ["p"]}}
-    assert method_from_config(as_json) == m
+    assert json.loads(json.dumps(config)) == config  # what config.json and checkpoints hold
+    assert method_from_config(config) == m
 
 
 def test_register_refuses_non_dataclass_and_duplicates():
@@ -72,7 +79,14 @@ def test_register_refuses_non_dataclass_and_duplicates():
         register(type("Plain", (), {"name": "plain"}))
 
     @dataclasses.dataclass(frozen=True)
-    class Other:
+    class NoProtocol:
+        name: ClassVar[str] = "toy-no-protocol"
+
+    with pytest.raises(TypeError, match="must subclass FittedMethod or TrainedMethod"):
+        register(NoProtocol)
+
+    @dataclasses.dataclass(frozen=True)
+    class Other(_Toy):
         name: ClassVar[str] = "toy-registry-test"
 
     with pytest.raises(ValueError, match="registered twice"):

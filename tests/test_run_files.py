@@ -9,7 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from anomjax.checkpoint import (
+from anomjax.evaluate import Predictions, threshold_record
+from anomjax.methods import make_method
+from anomjax.run_folder import (
     RunError,
     load_threshold,
     prepare_run_dir,
@@ -17,8 +19,6 @@ from anomjax.checkpoint import (
     save_run,
     write_json,
 )
-from anomjax.evaluate import Predictions, threshold_record
-from anomjax.methods import make_method
 
 
 def test_write_json_replaces_a_planted_symlink_instead_of_writing_through_it(tmp_path):

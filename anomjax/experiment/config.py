@@ -33,7 +33,6 @@ command line as ``path.py`` or ``path.py:arg``. Overrides ``--config.a.b=v`` (or
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib.util
 from collections.abc import Iterable
@@ -43,6 +42,7 @@ from typing import Any
 import ml_collections
 
 from anomjax.methods.base import method_class
+from anomjax.methods.hyper import parse_value
 
 
 def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collections.ConfigDict:
@@ -93,36 +93,6 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         raise ValueError(f"{path}: get_config returned {type(config).__name__}, "
                          "not an ml_collections.ConfigDict")
     return config
-
-
-def parse_value(text: str, like: Any) -> Any:
-    """``text`` read as the type of ``like`` (tuples by commas, ``None`` fields literally);
-    ``none`` clears any field but a string one."""
-    if text.lower() == "none" and not isinstance(like, str):
-        return None
-    if isinstance(like, bool):
-        if text.lower() not in {"true", "false", "1", "0"}:
-            raise ValueError(f"cannot read {text!r} as a boolean")
-        return text.lower() in {"true", "1"}
-    if isinstance(like, int | float | str):
-        return type(like)(text)
-    if isinstance(like, tuple | list):
-        inner = type(like[0]) if like else _literal
-        text = text.strip()
-        if text[:1] in "([" and text[-1:] in ")]":  # "(a, b)" and "[a, b]" as well as "a,b"
-            text = text[1:-1]
-        return tuple(inner(t.strip()) for t in text.split(",") if t.strip() != "")
-    return _literal(text)
-
-
-def _literal(text: str) -> Any:
-    """A Python literal (number, tuple, None, bool), else the text itself."""
-    if text.lower() == "none":
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def get_path(config: ml_collections.ConfigDict, dotted: str) -> Any:

@@ -71,11 +71,11 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
     a finished run folder is fitted again from scratch only by the caller's choice (the
     sweep skips runs it has results for).
     """
-    from anomjax.checkpoint import THRESHOLD_FILE, save_run, write_json
     from anomjax.cli import fit_method, metrics_record
     from anomjax.data.multiclass import open_multiclass
     from anomjax.evaluate import evaluate, peak_rss_mb
     from anomjax.methods.population import member_state
+    from anomjax.run_folder import THRESHOLD_FILE, save_run, write_json
 
     method = build_method(config)
     fitted, member_methods = _population(method, config)

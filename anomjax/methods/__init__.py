@@ -11,8 +11,6 @@ from anomjax.methods import (  # noqa: F401  (importing a family registers its m
     self_supervised,
 )
 from anomjax.methods.base import (
-    FitMethod,
-    Method,
     State,
     make_method,
     method_class,
@@ -21,11 +19,17 @@ from anomjax.methods.base import (
     method_names,
     register,
 )
+from anomjax.methods.optimization import GroupedOptimizer, Phase, Update
+from anomjax.methods.protocol import FittedMethod, MethodWrapper, TrainedMethod
 
 __all__ = [
-    "FitMethod",
-    "Method",
+    "FittedMethod",
+    "GroupedOptimizer",
+    "MethodWrapper",
+    "Phase",
     "State",
+    "TrainedMethod",
+    "Update",
     "make_method",
     "method_class",
     "method_config",

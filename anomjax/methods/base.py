@@ -1,53 +1,26 @@
-"""The one protocol every method follows, and the registry that names them.
+"""The registry of methods: names, construction from hyper-parameters, run-config records.
 
-A method is a frozen dataclass of hyper-parameters with pure functions. Its fitted or
-trained state is a nested ``dict`` of arrays (a pytree), so ``jax.jit``, sharding, Orbax
-checkpoints and ``jax.tree_util`` treat every method alike.
-
-Two kinds exist:
-
-* ``kind = "fit"`` (memory-bank and Gaussian methods)::
-
-      state = method.fit(key, batches)        # batches: Iterable[Batch] of normal images
-      scores = method.score(state, images)    # images [B, H, W, 3] in [0, 1] -> Scores
-
-* ``kind = "train"`` (methods that learn weights; driven by :mod:`anomjax.train`)::
-
-      state = method.init(key, images)                    # initial state pytree
-      loss, aux = method.loss(params, state, batch, key)  # differentiable loss
-      scores = method.score(state, images)
-
-Methods never read datasets, print, or own a training loop.
+A method is a frozen dataclass of hyper-parameters with pure functions that subclasses
+:class:`~anomjax.methods.protocol.FittedMethod` or
+:class:`~anomjax.methods.protocol.TrainedMethod` (the protocols, with every optional hook
+and its default, are in :mod:`anomjax.methods.protocol`). Its fitted or trained state is a
+nested ``dict`` of arrays (a pytree), so ``jax.jit``, sharding, Orbax checkpoints and
+``jax.tree_util`` treat every method alike. Methods never read datasets, print, or own a
+training loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, Protocol, TypeVar
+import json
+from typing import Any, TypeVar
 
-import jax
-
-from anomjax.methods.hyper import validated
+from anomjax.methods.hyper import parse_value, validated
+from anomjax.methods.protocol import FittedMethod, MethodWrapper, TrainedMethod
 from anomjax.types import Batch, Scores, State
 
-__all__ = ["Batch", "FitMethod", "Method", "Scores", "State", "make_method", "method_class",
-           "method_config", "method_from_config", "method_names", "register"]
-
-
-class Method(Protocol):
-    """Structural type shared by all methods."""
-
-    name: ClassVar[str]
-    kind: ClassVar[str]
-
-    def score(self, state: State, images: jax.Array) -> Scores: ...
-
-
-class FitMethod(Method, Protocol):
-    """A method fitted in one pass over normal images (no gradient training)."""
-
-    def fit(self, key: jax.Array, batches: Iterable[Batch]) -> State: ...
+__all__ = ["Batch", "FittedMethod", "Scores", "State", "TrainedMethod", "make_method",
+           "method_class", "method_config", "method_from_config", "method_names", "register"]
 
 
 _REGISTRY: dict[str, type] = {}
@@ -62,6 +35,9 @@ def register(cls: _M) -> _M:
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls.__name__} must be a frozen dataclass to be registered")
+    if not issubclass(cls, FittedMethod | TrainedMethod) or issubclass(cls, MethodWrapper):
+        raise TypeError(f"{cls.__name__} must subclass FittedMethod or TrainedMethod "
+                        "(anomjax.methods.protocol) to be registered")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"method name {cls.name!r} is registered twice")
     validated(cls)
@@ -101,13 +77,18 @@ def make_method(name: str, overrides: dict[str, str] | None = None, **fields: An
         if not isinstance(text, str):
             raise TypeError(f"method {name!r}: override {key}={text!r} is not a string; pass "
                             f"typed values as keyword fields (make_method({name!r}, {key}=...))")
-        values[key] = _parse_like(text, default, key)
+        try:
+            values[key] = parse_value(text, default)
+        except ValueError as err:
+            raise ValueError(f"--set {key}={text}: {err}") from None
     return cls(**values)
 
 
 def method_config(method: Any) -> dict[str, Any]:
-    """JSON-serialisable description of a method: its name and every hyper-parameter."""
-    return {"method": method.name, "params": dataclasses.asdict(method)}
+    """JSON description of a method: its name and every hyper-parameter as a JSON value
+    (tuples become lists); what ``config.json`` and training checkpoints record."""
+    params = json.loads(json.dumps(dataclasses.asdict(method), default=str))
+    return {"method": method.name, "params": params}
 
 
 def method_from_config(config: dict[str, Any]) -> Any:
@@ -115,28 +96,6 @@ def method_from_config(config: dict[str, Any]) -> Any:
     cls = method_class(config["method"])
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in config["params"].items()}
     return cls(**params)
-
-
-def _parse_like(text: str, default: Any, key: str) -> Any:
-    """Parse ``text`` into the type of ``default``."""
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in {"true", "false", "1", "0", "yes", "no"}:
-                raise ValueError(text)
-            return text.lower() in {"true", "1", "yes"}
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if isinstance(default, tuple):
-            inner: Callable[[str], Any] = type(default[0]) if default else str
-            return tuple(inner(t) for t in text.split(",") if t)
-        if default is None:
-            return None if text.lower() in {"none", ""} else text
-        return type(default)(text)
-    except ValueError:
-        raise ValueError(f"--set {key}={text}: cannot read {text!r} as "
-                         f"{type(default).__name__}") from None
 
 
 def _import_all() -> None:

@@ -16,6 +16,7 @@ the field, the value and the valid range.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -115,3 +116,44 @@ def validated(cls: type) -> type:
     cls.__init__ = __init__
     cls._anomjax_validated = True
     return cls
+
+
+_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+
+
+def parse_value(text: str, like: Any) -> Any:
+    """``text`` (a ``--set`` or ``--config.`` value) read as the type of ``like``.
+
+    Booleans take ``true/false/1/0/yes/no``; tuples take ``a,b`` or ``(a, b)``, their items
+    typed like the first item of ``like`` (a Python literal when ``like`` is empty); ``none``
+    clears any field but a string one; a field whose value is ``None`` takes a Python literal
+    (number, tuple, ``None``, bool) or else the text. Raises ``ValueError`` naming the type.
+    """
+    if text.lower() == "none" and not isinstance(like, str):
+        return None
+    try:
+        if isinstance(like, bool):
+            if text.lower() not in _TRUE | _FALSE:
+                raise ValueError(text)
+            return text.lower() in _TRUE
+        if isinstance(like, int | float | str):
+            return type(like)(text)
+        if isinstance(like, tuple | list):
+            inner = type(like[0]) if like else _literal
+            text = text.strip()
+            if text[:1] in "([" and text[-1:] in ")]":
+                text = text[1:-1]
+            return tuple(inner(t.strip()) for t in text.split(",") if t.strip() != "")
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as {type(like).__name__}") from None
+    return _literal(text)
+
+
+def _literal(text: str) -> Any:
+    """A Python literal (number, tuple, None, bool), else the text itself."""
+    if text.lower() == "none":
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text

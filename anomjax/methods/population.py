@@ -53,10 +53,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from anomjax.methods.base import State
-from anomjax.train.groups import GroupedOptimizer
-from anomjax.train.state import TrainState
-from anomjax.types import Batch, Scores
+from anomjax.methods.optimization import GroupedOptimizer
+from anomjax.methods.protocol import MethodWrapper
+from anomjax.types import Batch, Scores, State
 
 PER_MEMBER = ("params", "batch_stats")
 
@@ -136,7 +135,7 @@ def vmapped_optimizer(optimizer: optax.GradientTransformation,
 
 
 @dataclasses.dataclass(frozen=True)
-class Population:
+class Population(MethodWrapper):
     """``size`` independent members of ``method``, trained and scored as one (see above).
 
     Attributes:
@@ -178,22 +177,6 @@ class Population:
                 raise ValueError("Population: every learning rate must be a finite number "
                                  f"> 0, got {rate!r}")
 
-    @property
-    def name(self) -> str:
-        return self.method.name
-
-    @property
-    def kind(self) -> str:
-        return self.method.kind
-
-    @property
-    def default_epochs(self) -> int | None:
-        return getattr(self.method, "default_epochs", None)
-
-    @property
-    def init_on_all_images(self) -> bool:
-        return getattr(self.method, "init_on_all_images", False)
-
     def member_keys(self, key: jax.Array) -> jax.Array:
         """``[K]`` keys: member ``i`` is initialised or fitted with entry ``i``."""
         return jax.random.split(key, self.size)
@@ -218,9 +201,9 @@ class Population:
                 dataclasses.replace(u, loss=functools.partial(self._members_loss, u.loss))
                 for u in p.updates)) for p in inner.phases))
 
-    def train_state_sharding(self, mesh: Mesh) -> TrainState | None:
-        """The train state's sharding prefix on ``mesh`` (its one axis): the member axis
-        split over the devices; ``None`` (replicated) unless ``shard_members``."""
+    def train_state_sharding(self, mesh: Mesh) -> dict[str, NamedSharding] | None:
+        """The train state's shardings on ``mesh`` (its one axis): the member axis split
+        over the devices; ``None`` (replicated) unless ``shard_members``."""
         if not self.shard_members:
             return None
         devices = int(mesh.devices.size)
@@ -229,31 +212,54 @@ class Population:
                              f"multiple of the {devices} devices")
         member = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
         replicated = NamedSharding(mesh, PartitionSpec())
-        return TrainState(params=member, opt_state=member, batch_stats=member,
-                          step=replicated, key=replicated,
-                          extra={"members": member, "shared": replicated})
+        return {"params": member, "opt_state": member, "batch_stats": member,
+                "step": replicated, "key": replicated,
+                "extra": {"members": member, "shared": replicated}}
 
-    def loss(self, params: Any, state: State, images: jax.Array,
-             key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    def frozen_features(self, state: State, images: jax.Array) -> dict[str, Any]:
+        """The wrapped method's frozen features, once for all members where they do not
+        depend on the member (a shared teacher: ``{"shared": [B, ...]}``), else per member
+        (``{"per_member": [B, K, ...]}``, batch axis first, as the engine's cache needs)."""
+        batched, shared = _member_axes(state)
+
+        def one(member: State) -> Any:
+            return self.method.frozen_features(_join(member, shared), images)
+
+        try:
+            return {"shared": jax.vmap(one, out_axes=None, axis_size=self.size)(batched)}
+        except ValueError:  # the features read a per-member entry
+            return {"per_member": jax.vmap(one, out_axes=1, axis_size=self.size)(batched)}
+
+    def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
+             **frozen: Any) -> tuple[jax.Array, dict[str, Any]]:
         """Sum of the members' losses on ``images``; aux entries are the members' mean
-        (``loss_member<i>`` each member's loss) and their stacked ``batch_stats``."""
-        return self._members_loss(self.method.loss, params, state, images, key)
+        (``loss_member<i>`` each member's loss) and their stacked ``batch_stats``.
+        ``frozen`` (from :meth:`frozen_features`, cached by the engine) reaches every
+        member's loss: the shared features unbatched, per-member ones by member."""
+        return self._members_loss(self.method.loss, params, state, images, key, **frozen)
 
     def _members_loss(self, member_loss: Any, params: Any, state: State, images: jax.Array,
-                      key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+                      key: jax.Array, frozen: dict[str, Any] | None = None
+                      ) -> tuple[jax.Array, dict[str, Any]]:
         """``member_loss`` (the method's loss, or one update's of a GAN) of every member,
         vmapped and summed (see :meth:`loss`); a GAN update's ``carry`` stays per member."""
         batched, shared = _member_axes({**state, "params": params})
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(self.size))
         carry = state.get("carry", {})
 
-        def one(member: State, k: jax.Array, handed: Any) -> tuple[jax.Array, dict[str, Any]]:
+        shared_frozen = None if frozen is None else frozen.get("shared")
+        member_frozen = None if frozen is None else frozen.get("per_member")
+
+        def one(member: State, k: jax.Array, handed: Any,
+                own_frozen: Any) -> tuple[jax.Array, dict[str, Any]]:
             full = _join(member, shared)
             if "carry" in state:
                 full["carry"] = handed
-            return member_loss(full["params"], full, images, k)
+            cached = own_frozen if member_frozen is not None else shared_frozen
+            extra = {} if frozen is None else {"frozen": cached}
+            return member_loss(full["params"], full, images, k, **extra)
 
-        losses, aux = jax.vmap(one)(batched, keys, carry)
+        losses, aux = jax.vmap(one, in_axes=(0, 0, 0, 1))(batched, keys, carry, member_frozen)
         per_member = ("batch_stats", "carry")
         out: dict[str, Any] = {k: jnp.mean(v) for k, v in aux.items() if k not in per_member}
         out.update({k: aux[k] for k in per_member if k in aux})
@@ -263,7 +269,7 @@ class Population:
     def calibrate(self, state: State, batches: Iterable[Batch]) -> State:
         """Each member calibrated by the wrapped method (if it calibrates) on the same
         batches (decoded once)."""
-        if not hasattr(self.method, "calibrate"):
+        if not self.calibrates:
             return state
         cached = list(batches)
         return stack_members([self.method.calibrate(member_state(state, i), iter(cached))

@@ -25,7 +25,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20
@@ -130,6 +130,17 @@ def _knn_single(queries, bank, *, k, query_chunk, bank_chunk):
     d, i = _search(queries, bank, jnp.int32(bank.shape[0]), jnp.int32(0), k=k,
                    query_chunk=query_chunk, bank_chunk=bank_chunk)
     return jnp.sqrt(jnp.maximum(d, 0.0)), i
+
+
+def caller_mesh() -> Mesh | AbstractMesh | None:
+    """The mesh the caller set with ``jax.set_mesh``: the concrete one eagerly, the abstract
+    one under ``jax.jit``; ``None`` when none is set or it holds one device (the bank is then
+    not split)."""
+    try:
+        mesh = jax.sharding.get_mesh()
+    except ValueError:  # tracing under jax.jit
+        mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty or mesh.size == 1 else mesh
 
 
 def _place(x: jax.Array, mesh: Mesh, spec: P) -> jax.Array:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -98,7 +99,7 @@ def ssim_loss(x: jax.Array, y: jax.Array, *, data_range: float = 1.0) -> jax.Arr
     return 1.0 - jnp.mean(ssim_map(x, y, data_range=data_range))
 
 
-_PREWITT_X = jnp.asarray([[1.0, 0.0, -1.0]] * 3, jnp.float32) / 3.0
+_PREWITT_X = np.asarray([[1.0, 0.0, -1.0]] * 3, np.float32) / 3.0
 
 
 def _gradient_magnitude(x: jax.Array) -> jax.Array:

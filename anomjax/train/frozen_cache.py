@@ -1,19 +1,18 @@
 """Features of a frozen network, computed once per training image instead of at every step.
 
 A method whose loss starts from features that depend only on frozen weights and the image
-(STPM's pretrained teacher, for instance) may declare::
-
-    def frozen_features(self, state, images) -> pytree of [B, ...] arrays   # jittable
-
-and accept them as ``loss(params, state, images, key, frozen=...)``. Before the first step
-:func:`build_frozen_cache` runs ``frozen_features`` once over every training image (in
-dataset order, on this process's first device) and keeps the result in host memory; each
-step then looks its images up by path and hands their features to the loss, which skips the
-frozen forward pass. The result is the same training up to float rounding (the features
-come from another compiled program). Only a method whose ``frozen_features`` really is a
-function of the image alone may declare it: a loss that augments the images with the
-step's key before the frozen network cannot use a cache. Under several processes each one
-caches every training image, since its shard of each epoch's shuffle changes.
+(STPM's pretrained teacher, for instance) overrides the hook
+:meth:`anomjax.methods.protocol.TrainedMethod.frozen_features` (a jittable pytree of
+``[B, ...]`` arrays) and accepts them as ``loss(params, state, images, key, frozen=...)``.
+Before the first step :func:`build_frozen_cache` runs ``frozen_features`` once over every
+training image (in dataset order, on this process's first device) and keeps the result in
+host memory; each step then looks its images up by path and hands their features to the
+loss, which skips the frozen forward pass. The result is the same training up to float
+rounding (the features come from another compiled program). Only a method whose
+``frozen_features`` really is a function of the image alone may declare it: a loss that
+augments the images with the step's key before the frozen network cannot use a cache.
+Under several processes each one caches every training image, since its shard of each
+epoch's shuffle changes.
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ def build_frozen_cache(method: Any, state: State, split: Any, batch_size: int, *
     padded to ``batch_size`` so the features compile once; ``disable=False`` shows a
     progress bar.
     """
-    if getattr(method, "frozen_features", None) is None or limit_mb <= 0:
+    if not method.uses_frozen_features or limit_mb <= 0:
         return None
     n = len(split)
     batches = iter(split.batches(batch_size=batch_size, num_workers=num_workers))
@@ -80,7 +79,7 @@ def build_frozen_cache(method: Any, state: State, split: Any, batch_size: int, *
     rows: dict[str, int] = {}
     parts: list[Any] = []
     with tqdm(total=-(-n // batch_size), unit="batch", disable=disable,
-              desc=f"caching {getattr(method, 'name', 'frozen')} features") as bar:
+              desc=f"caching {method.name} features") as bar:
         for batch in itertools.chain([first], batches):
             for path in batch.paths:
                 if path in rows:
@@ -105,17 +104,16 @@ def cached_feature_shapes(method: Any, state: State, batch_shape: tuple[int, ...
     of images ``batch_shape`` ``[b, H, W, 3]``, or ``None`` when no cache is kept: no
     ``frozen_features``, ``limit_mb`` 0, or the ``n_images`` would take more than
     ``limit_mb`` MiB (with ``warn``, a warning says so). Traces, does not compute."""
-    features_fn = getattr(method, "frozen_features", None)
-    if features_fn is None or limit_mb <= 0:
+    if not method.uses_frozen_features or limit_mb <= 0:
         return None
     images = jax.ShapeDtypeStruct(tuple(batch_shape), np.float32)
-    shapes = jax.eval_shape(features_fn, state, images)
+    shapes = jax.eval_shape(method.frozen_features, state, images)
     per_image = sum(np.prod(s.shape[1:]) * s.dtype.itemsize for s in jax.tree.leaves(shapes))
     need_mb = n_images * per_image / 2**20
     if need_mb <= limit_mb:
         return shapes
     if warn:
-        warnings.warn(f"{getattr(method, 'name', method)}: the frozen features of the "
+        warnings.warn(f"{method.name}: the frozen features of the "
                       f"{n_images} training images would take {need_mb:.0f} MiB, over the "
                       f"cache limit of {limit_mb:.0f} MiB; computing them at every step "
                       "instead", stacklevel=4)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
-import json
 import math
 import time
 import warnings
@@ -19,10 +17,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from anomjax.train.checkpoint import CheckpointStore
+from anomjax.methods.base import method_config
+from anomjax.methods.optimization import GroupedOptimizer
+from anomjax.methods.protocol import TrainedMethod
+from anomjax.train.checkpoint_store import CheckpointStore
 from anomjax.train.divergence import TrainingDiverged
 from anomjax.train.frozen_cache import FrozenCache, build_frozen_cache, cached_feature_shapes
-from anomjax.train.groups import GroupedOptimizer
 from anomjax.train.metrics_log import MetricsLog
 from anomjax.train.prefetch import prefetch
 from anomjax.train.sharding import DataMesh
@@ -47,9 +47,8 @@ def train_state_sharding(method: Any, mesh: DataMesh) -> Any:
     """The train state's sharding (a prefix of its pytree): the method's own
     ``train_state_sharding(mesh)`` where it declares one (a population with its member axis
     split over the devices), else replicated on every device."""
-    declared = getattr(method, "train_state_sharding", None)
-    sharding = declared(mesh.mesh) if declared is not None else None
-    return mesh.replicated if sharding is None else sharding
+    declared = method.train_state_sharding(mesh.mesh)
+    return mesh.replicated if declared is None else TrainState(**declared)
 
 
 @functools.lru_cache(maxsize=8)
@@ -66,13 +65,6 @@ def _compiled_step(method: Any, total_steps: int, compute_dtype: str | None,
 def _jitted_score(method: Any) -> Any:
     """``jax.jit(method.score)``, compiled once per method rather than at every validation."""
     return jax.jit(method.score)
-
-
-def hyperparameters(method: Any) -> dict[str, Any]:
-    """``{field: value}`` of a dataclass method as JSON values (tuples become lists)."""
-    if not dataclasses.is_dataclass(method):
-        return {}
-    return json.loads(json.dumps(dataclasses.asdict(method), default=str))
 
 
 def _global_batch_size(requested: int, n_train: int, mesh: DataMesh) -> int:
@@ -140,7 +132,7 @@ def _init_images(method: Any, split: Any, local_bs: int, n_train: int,
     ``[b, H, W, 3]``), or, for a method whose class sets ``init_on_all_images = True`` (e.g. to
     pretrain a teacher on all of them), every training image streamed as a re-iterable of
     batches (:class:`ImageBatches`)."""
-    if getattr(method, "init_on_all_images", False):
+    if method.init_on_all_images:
         return ImageBatches(split, local_bs, num_workers)
     sample = next(iter(split.batches(batch_size=min(local_bs, n_train), num_workers=0)))
     return np.asarray(sample.images, np.float32)
@@ -222,11 +214,14 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
       TrainingDiverged: a step gave a non-finite loss, gradient or updated state; the last
         checkpoint (written only after every step up to it was checked finite) is kept.
     """
+    if not isinstance(method, TrainedMethod):
+        raise TypeError(f"train_method needs a TrainedMethod (anomjax.methods.protocol), got "
+                        f"{type(method).__name__}")
     if epochs is None:
-        epochs = getattr(method, "default_epochs", None)
+        epochs = method.default_epochs
         if epochs is None:
-            raise ValueError(f"{getattr(method, 'name', method)} has no default number of "
-                             "epochs; give one (epochs=N, or --epochs N on the command line)")
+            raise ValueError(f"{method.name} has no default number of epochs; give one "
+                             "(epochs=N, or --epochs N on the command line)")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if log_every < 1:
@@ -256,10 +251,8 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
             store.close()
 
     state = method_state(ts)
-    if hasattr(method, "calibrate"):
-        state = method.calibrate(state, train_split.batches(batch_size=global_bs,
-                                                            num_workers=num_workers))
-    return state
+    return method.calibrate(state, train_split.batches(batch_size=global_bs,
+                                                       num_workers=num_workers))
 
 
 class _MetricsWindow:
@@ -339,8 +332,7 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
     ts = mesh.place(ts, train_state_sharding(method, mesh))
     meta = {"global_batch_size": global_bs, "steps_per_epoch": steps_per_epoch,
             "data_seed": data_seed, "process_count": jax.process_count(),
-            "method": getattr(method, "name", type(method).__name__),
-            "method_config": hyperparameters(method)}
+            "method": method.name, "method_config": method_config(method)["params"]}
 
     start = 0
     if resume and store.latest_step() is not None:

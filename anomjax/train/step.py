@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from anomjax.train.groups import GroupedOptimizer, make_grouped_step
+from anomjax.methods.optimization import GroupedOptimizer
+from anomjax.train.grouped_step import make_grouped_step
 from anomjax.train.state import TrainState, method_state
 
 TrainStep = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
@@ -52,11 +53,11 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
     the outputs to it, so a propagation change can never silently undo the buffer donation;
     ``state_sharding`` (a prefix of the train state, default ``replicated``) pins the
     updated state instead where it is not replicated (a population's member axis).
-    A :class:`~anomjax.train.groups.GroupedOptimizer` gets the step of several parameter
+    A :class:`~anomjax.methods.optimization.GroupedOptimizer` gets the step of several parameter
     groups (its ``loss`` metric is the sum of the groups' losses, checked the same way).
     """
     dtype = None if compute_dtype in (None, "float32") else jnp.dtype(compute_dtype)
-    if isinstance(optimizer, GroupedOptimizer):  # several groups (anomjax.train.groups)
+    if isinstance(optimizer, GroupedOptimizer):  # several groups (anomjax.train.grouped_step)
         def cast(tree: Any) -> Any:
             return tree if dtype is None else _cast_floats(tree, dtype)
 

@@ -198,7 +198,7 @@ def test_overrides_and_clear_errors(fitted):
 
 @pytest.mark.slow
 def test_save_load_round_trip_scores_identically(fitted, tmp_path):
-    from anomjax.checkpoint import load_run, save_run
+    from anomjax.run_folder import load_run, save_run
 
     method, state = fitted
     save_run(tmp_path / "run", method, state, {"image_size": 64})

@@ -131,7 +131,7 @@ def test_overrides_and_errors(paper):
 
 
 def test_save_load_round_trip_keeps_float16_pyramid(paper, tmp_path):
-    from anomjax.checkpoint import load_run, save_run
+    from anomjax.run_folder import load_run, save_run
 
     method, state = paper
     save_run(tmp_path / "run", method, state, {"image_size": 64})

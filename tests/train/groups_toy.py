@@ -10,19 +10,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from anomjax.methods.optimization import GroupedOptimizer, Phase, Update
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.scoring import to_scores
-from anomjax.train.groups import GroupedOptimizer, Phase, Update
 from anomjax.types import Scores
 
 
 @dataclasses.dataclass(frozen=True)
-class ToyGroups:
+class ToyGroups(TrainedMethod):
     """``a`` chases ``b`` and the image mean, ``b`` chases ``2 a`` (after ``a``'s update), then
     from step ``switch`` on ``c`` chases ``a``; ``b`` updates only on odd steps with
     ``every=2``."""
 
     name: ClassVar[str] = "toy_groups"
-    kind: ClassVar[str] = "train"
     lr: float = 0.1
     switch: int = 2
     b_every: int = 1

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from anomjax.train.checkpoint import CheckpointStore
+from anomjax.train.checkpoint_store import CheckpointStore
 from anomjax.train.state import TrainState
 
 

@@ -15,16 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.scoring import to_scores
 from anomjax.types import Batch, Scores
 
 
 @dataclasses.dataclass(frozen=True)
-class ToyConvAE:
+class ToyConvAE(TrainedMethod):
     """A 3x3 convolution trained to denoise its input; BN-like running mean of the input."""
 
     name: ClassVar[str] = "toy_conv_ae"
-    kind: ClassVar[str] = "train"
     lr: float = 0.05
     noise: float = 0.05
 

@@ -61,7 +61,7 @@ def main() -> None:
     flat = {"/".join(str(k) for k in path): np.asarray(jax.device_get(leaf))
             for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
     if args.save_run:
-        from anomjax.checkpoint import save_run
+        from anomjax.run_folder import save_run
 
         save_run(args.save_run, method, state, {"process": jax.process_index()})
     if jax.process_index() == 0:

@@ -48,6 +48,7 @@ import optax
 from anomjax.backbones import backbone_names
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur
 from anomjax.types import Scores
@@ -138,7 +139,7 @@ def value_direction_loss(pred: Sequence[jax.Array], real: Sequence[jax.Array],
 
 @register
 @dataclasses.dataclass(frozen=True)
-class MKD:
+class MKD(TrainedMethod):
     """Multiresolution knowledge distillation into a smaller cloner; gradient localisation.
 
     Attributes:
@@ -156,7 +157,6 @@ class MKD:
     """
 
     name: ClassVar[str] = "mkd"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 601  # the authors' MVTec config
     default_batch_size: ClassVar[int] = 128  # the authors' config.yaml
     default_image_size: ClassVar[int] = 128  # the authors' localisation code

@@ -58,6 +58,7 @@ import optax
 from anomjax.backbones import backbone_names
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.resnet_blocks import ResidualStage, batch_norm, conv
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur, upsample
@@ -143,7 +144,7 @@ LOSSES = ("flattened", "per_position")
 
 @register
 @dataclasses.dataclass(frozen=True)
-class ReverseDistillation:
+class ReverseDistillation(TrainedMethod):
     """Reverse Distillation (RD4AD) with a frozen teacher encoder, OCBE and student decoder.
 
     Attributes:
@@ -160,7 +161,6 @@ class ReverseDistillation:
     """
 
     name: ClassVar[str] = "reverse_distillation"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 200  # the paper's
     default_batch_size: ClassVar[int] = 16  # the official main.py's
     default_image_size: ClassVar[int] = 256  # the paper's

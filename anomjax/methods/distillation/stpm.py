@@ -23,7 +23,7 @@ running statistics.
 
 ``precise_bn=True`` (on by default, not in the paper; ``False`` is the paper's behaviour)
 recomputes the student's running statistics after the last epoch over the training images
-with the final weights (Wu & Johnson 2021; see ``anomjax.train.batch_stats``), from the full
+with the final weights (Wu & Johnson 2021; see ``anomjax.nn.batch_stats``), from the full
 batches only. With lr 0.4 the weights still move fast after a few epochs and the
 exponential running averages lag behind them. Measured with the authors' loss on
 mvtec3d_tire (128 px, batch 32, 5 epochs, one training scored both ways): image / pixel
@@ -62,10 +62,11 @@ from anomjax.backbones import backbone_names, load_backbone
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_rgb
+from anomjax.methods.protocol import TrainedMethod
+from anomjax.nn.batch_stats import pooled_batch_stats
+from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.nn.teacher import check_taps, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur, upsample
-from anomjax.train.batch_stats import pooled_batch_stats
-from anomjax.train.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.types import Batch, Scores
 
 BACKBONES = tuple(backbone_names())
@@ -100,7 +101,7 @@ def _full_batches(batches: Iterable[Batch]) -> Iterator[jax.Array]:
 
 @register
 @dataclasses.dataclass(frozen=True)
-class STPM:
+class STPM(TrainedMethod):
     """Student-teacher feature pyramid matching (see the module docstring).
 
     Attributes:
@@ -114,7 +115,6 @@ class STPM:
     """
 
     name: ClassVar[str] = "stpm"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 100  # the paper's
     default_batch_size: ClassVar[int] = 32  # the paper's and the authors' code's
     default_image_size: ClassVar[int] = 256  # the paper's

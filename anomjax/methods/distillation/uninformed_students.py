@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur
 from anomjax.types import Batch, Scores
@@ -221,7 +222,7 @@ def _mean_std(total: Any, total_sq: Any, count: int) -> tuple[Any, Any]:
 
 @register
 @dataclasses.dataclass(frozen=True)
-class UninformedStudents:
+class UninformedStudents(TrainedMethod):
     """Student-teacher anomaly detection with per-scale student ensembles.
 
     Attributes:
@@ -240,7 +241,6 @@ class UninformedStudents:
     """
 
     name: ClassVar[str] = "uninformed_students"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 100  # the paper's (students)
     init_on_all_images: ClassVar[bool] = True  # the teachers learn from every training image
 

@@ -72,6 +72,7 @@ from anomjax.methods.feature_modeling.frozen_backbone import (
     same_size_images,
 )
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import FittedMethod
 from anomjax.nn import gaussian
 from anomjax.nn.pyramid import concat_taps
 from anomjax.scoring import to_scores
@@ -193,7 +194,7 @@ def gaussian_scores(fitted: gaussian.Gaussian, features: jax.Array, size: tuple[
 
 
 @dataclasses.dataclass(frozen=True)
-class _PatchGaussians(abc.ABC):
+class _PatchGaussians(FittedMethod):
     """What PaDiM and semi-orthogonal PaDiM share; subclasses choose the projection.
 
     Attributes:
@@ -204,7 +205,6 @@ class _PatchGaussians(abc.ABC):
       sigma: Gaussian smoothing of the upsampled map, in pixels (4 in the paper).
     """
 
-    kind: ClassVar[str] = "fit"
     projection_key: ClassVar[str]
 
     backbone: str = hyper("efficientnet_lite0", choices=BACKBONES)

@@ -69,8 +69,9 @@ from anomjax.methods.feature_modeling.frozen_backbone import (
     load_variables,
 )
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import FittedMethod
 from anomjax.nn.coreset import greedy_coreset, random_projection
-from anomjax.nn.knn import nearest_neighbours
+from anomjax.nn.knn import caller_mesh, nearest_neighbours
 from anomjax.nn.patch_features import AGGREGATIONS, compact_patch_basis, local_patch_features
 from anomjax.scoring import to_scores
 from anomjax.types import Batch, Scores
@@ -83,13 +84,6 @@ def default_layers(backbone: str) -> tuple[str, str]:
     if backbone.startswith("efficientnet_lite"):
         return ("stage3", "stage5")
     raise ValueError(f"no default PatchCore layers for backbone {backbone!r}; set layers=...")
-
-
-def device_mesh() -> Mesh | None:
-    """A 1-D mesh ``("bank",)`` over all devices, or ``None`` on a single device."""
-    if jax.device_count() == 1:
-        return None
-    return jax.make_mesh((jax.device_count(),), ("bank",))
 
 
 def reweighted_image_score(patch_dist: jax.Array, patch_index: jax.Array,
@@ -132,7 +126,7 @@ def _softmax_weight(s_star: jax.Array, m_star: jax.Array, support: jax.Array) ->
 
 @register
 @dataclasses.dataclass(frozen=True)
-class PatchCore:
+class PatchCore(FittedMethod):
     """PatchCore hyper-parameters (paper defaults; see the module docstring).
 
     Attributes:
@@ -154,7 +148,7 @@ class PatchCore:
     """
 
     name: ClassVar[str] = "patchcore"
-    kind: ClassVar[str] = "fit"
+    uses_caller_mesh: ClassVar[bool] = True
 
     backbone: str = hyper("efficientnet_lite0", choices=BACKBONES)
     backbone_weights: str | None = None
@@ -224,7 +218,7 @@ class PatchCore:
         else:
             projected = jnp.concatenate(projected)  # the per-batch pieces are freed here
             start = jax.random.randint(key_start, (), 0, n)
-            coreset = greedy_coreset(projected, num_select, start=start, mesh=device_mesh(),
+            coreset = greedy_coreset(projected, num_select, start=start, mesh=caller_mesh(),
                                      disable=not self.progress)
             del projected
             bank = _gather_rows(chunks, coreset.indices)
@@ -246,7 +240,7 @@ class PatchCore:
                              f"{bank.shape[1]}: the state was fitted with other layers/backbone")
         flat = z.reshape(b * h * w, k)
         block = self.knn_block_mb * 2**20
-        mesh = device_mesh()
+        mesh = caller_mesh()
         dist, index = nearest_neighbours(flat, bank, 1, max_block_bytes=block, mesh=mesh)
         dist = dist.reshape(b, h * w)
         image = reweighted_image_score(dist, index.reshape(b, h * w), z.reshape(b, h * w, k),

@@ -63,6 +63,7 @@ from anomjax.methods.feature_modeling.frozen_backbone import (
 )
 from anomjax.methods.feature_modeling.padim import default_taps
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import FittedMethod
 from anomjax.nn.knn import nearest_neighbours
 from anomjax.nn.pyramid import concat_taps
 from anomjax.scoring import to_scores, upsample
@@ -104,7 +105,7 @@ def gallery_distances(queries: jax.Array, train: jax.Array, neighbours: jax.Arra
 
 @register
 @dataclasses.dataclass(frozen=True)
-class SPADE:
+class SPADE(FittedMethod):
     """SPADE hyper-parameters (see the module docstring for the backbone mapping).
 
     Attributes:
@@ -124,7 +125,6 @@ class SPADE:
     """
 
     name: ClassVar[str] = "spade"
-    kind: ClassVar[str] = "fit"
 
     backbone: str = hyper("efficientnet_lite0", choices=BACKBONES)
     backbone_weights: str | None = None

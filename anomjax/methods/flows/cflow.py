@@ -59,6 +59,7 @@ from anomjax.methods.flows.common import (
 )
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_rgb
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.flows import (
     FullyConnected,
     all_in_one_split,
@@ -72,7 +73,7 @@ from anomjax.types import Batch, Scores
 
 @register
 @dataclasses.dataclass(frozen=True)
-class CFlow:
+class CFlow(TrainedMethod):
     """CFLOW-AD: conditional flow decoders over encoder fibres (see the module docstring).
 
     Attributes:
@@ -88,7 +89,6 @@ class CFlow:
     """
 
     name: ClassVar[str] = "cflow"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 200  # 25 meta-epochs of 8 epochs (authors' config)
 
     backbone: str = "efficientnet_lite0"

@@ -44,6 +44,7 @@ from anomjax.methods.flows.common import (
 )
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_rgb
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.flows import (
     CrossScaleConv,
     MultiScaleCoupling,
@@ -78,7 +79,7 @@ def parallel_permutation(seed: int, shapes: list[tuple[int, int, int]]) -> np.nd
 
 @register
 @dataclasses.dataclass(frozen=True)
-class CSFlow:
+class CSFlow(TrainedMethod):
     """CS-Flow: one fully convolutional flow over three scales (see the module docstring).
 
     Attributes:
@@ -92,7 +93,6 @@ class CSFlow:
     """
 
     name: ClassVar[str] = "csflow"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 240  # 4 meta-epochs of 60 sub-epochs (authors' config)
 
     backbone: str = "efficientnet_lite0"

@@ -50,6 +50,7 @@ from anomjax.methods.flows.common import (
 )
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_rgb
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.flows import (
     FullyConnected,
     SoftClamp,
@@ -65,7 +66,7 @@ from anomjax.types import Scores
 
 @register
 @dataclasses.dataclass(frozen=True)
-class DifferNet:
+class DifferNet(TrainedMethod):
     """DifferNet: a flow over multi-scale pooled image features (see the module docstring).
 
     Attributes:
@@ -83,7 +84,6 @@ class DifferNet:
     """
 
     name: ClassVar[str] = "differnet"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 192  # 24 meta-epochs of 8 sub-epochs (authors' config)
 
     backbone: str = "efficientnet_lite0"

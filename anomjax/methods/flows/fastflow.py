@@ -44,6 +44,7 @@ from anomjax.methods.flows.common import (
 )
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_rgb
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.flows import ConvSubnet, all_in_one_split, random_permutation
 from anomjax.scoring import to_scores, upsample
 from anomjax.types import Scores
@@ -60,7 +61,7 @@ def layer_norm(x: jax.Array, params: dict[str, jax.Array], eps: float = 1e-5) ->
 
 @register
 @dataclasses.dataclass(frozen=True)
-class FastFlow:
+class FastFlow(TrainedMethod):
     """FastFlow: one 2-D flow per feature level (see the module docstring).
 
     Attributes:
@@ -75,7 +76,6 @@ class FastFlow:
     """
 
     name: ClassVar[str] = "fastflow"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 500  # the paper's
 
     backbone: str = "efficientnet_lite0"

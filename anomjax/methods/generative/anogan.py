@@ -38,16 +38,17 @@ from anomjax.methods.base import State, register
 from anomjax.methods.generative.ganomaly import bce_with_logits, discriminate
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images, check_trained_size, to_signed
+from anomjax.methods.optimization import GroupedOptimizer, Phase, Update
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder, dcgan_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.scoring import to_scores
-from anomjax.train.groups import GroupedOptimizer, Phase, Update
 from anomjax.types import Scores
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class AnoGAN:
+class AnoGAN(TrainedMethod):
     """AnoGAN (see the module docstring).
 
     Attributes:
@@ -61,7 +62,6 @@ class AnoGAN:
     """
 
     name: ClassVar[str] = "anogan"
-    kind: ClassVar[str] = "train"
 
     width: int = hyper(64, low=1, high=1024)
     latent: int = hyper(100, low=1, high=4096)

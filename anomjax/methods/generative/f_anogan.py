@@ -39,11 +39,12 @@ import optax
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images, check_trained_size, to_signed
+from anomjax.methods.optimization import GroupedOptimizer, Phase, Update
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder, DCGANEncoder, dcgan_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import gradient_penalty
 from anomjax.scoring import to_scores
-from anomjax.train.groups import GroupedOptimizer, Phase, Update
 from anomjax.types import Scores
 
 
@@ -62,7 +63,7 @@ class TanhEncoder(nn.Module):
 
 @register
 @dataclasses.dataclass(frozen=True)
-class FAnoGAN:
+class FAnoGAN(TrainedMethod):
     """f-AnoGAN (see the module docstring).
 
     Attributes:
@@ -77,7 +78,6 @@ class FAnoGAN:
     """
 
     name: ClassVar[str] = "f_anogan"
-    kind: ClassVar[str] = "train"
 
     width: int = hyper(64, low=1, high=1024)
     latent: int = hyper(128, low=1, high=4096)

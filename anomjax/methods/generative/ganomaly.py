@@ -38,11 +38,12 @@ import optax
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images, check_trained_size, to_signed
+from anomjax.methods.optimization import GroupedOptimizer, Phase, Update
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder, DCGANEncoder, dcgan_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import l1_loss, l2_loss
 from anomjax.scoring import to_scores
-from anomjax.train.groups import GroupedOptimizer, Phase, Update
 from anomjax.types import Scores
 
 
@@ -78,7 +79,7 @@ def discriminate(disc: DCGANCritic, params: Any, stats: Any,
 
 @register
 @dataclasses.dataclass(frozen=True)
-class GANomaly:
+class GANomaly(TrainedMethod):
     """GANomaly (see the module docstring).
 
     Attributes:
@@ -90,7 +91,6 @@ class GANomaly:
     """
 
     name: ClassVar[str] = "ganomaly"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 15  # authors' niter
 
     width: int = hyper(64, low=1, high=1024)

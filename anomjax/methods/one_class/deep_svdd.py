@@ -45,9 +45,10 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.self_supervised.common import check_images
+from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.scoring import gaussian_blur
-from anomjax.train.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.types import Scores
 
 
@@ -98,7 +99,7 @@ def fix_centre(c: jax.Array, eps: float = 0.1) -> jax.Array:
 
 @register
 @dataclasses.dataclass(frozen=True)
-class DeepSVDD:
+class DeepSVDD(TrainedMethod):
     """Deep SVDD, one-class or soft-boundary (see the module docstring).
 
     Attributes:
@@ -112,7 +113,6 @@ class DeepSVDD:
     """
 
     name: ClassVar[str] = "deep_svdd"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 150
     init_on_all_images: ClassVar[bool] = True
 

@@ -42,6 +42,7 @@ import optax
 from anomjax.data.anomalies import confetti_noise, cutpaste, draem_augment
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.self_supervised.common import (
     check_images,
     select_like,
@@ -93,7 +94,7 @@ def hsc_pixel_loss(heat: jax.Array, masks: jax.Array) -> jax.Array:
 
 @register
 @dataclasses.dataclass(frozen=True)
-class FCDD:
+class FCDD(TrainedMethod):
     """FCDD with synthetic outlier exposure (see the module docstring).
 
     Attributes:
@@ -107,7 +108,6 @@ class FCDD:
     """
 
     name: ClassVar[str] = "fcdd"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 200
 
     backbone: str = "efficientnet_lite0"

@@ -42,6 +42,7 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.self_supervised.common import check_images
 from anomjax.nn.knn import nearest_neighbours
 from anomjax.nn.receptive_upsample import receptive_upsample
@@ -139,7 +140,7 @@ def crop(image: jax.Array, corner: jax.Array, k: int) -> jax.Array:
 
 @register
 @dataclasses.dataclass(frozen=True)
-class PatchSVDD:
+class PatchSVDD(TrainedMethod):
     """Patch SVDD (see the module docstring).
 
     Attributes:
@@ -152,7 +153,6 @@ class PatchSVDD:
     """
 
     name: ClassVar[str] = "patch_svdd"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 300
 
     dim: int = hyper(64, low=1)

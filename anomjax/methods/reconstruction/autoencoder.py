@@ -34,6 +34,7 @@ import optax
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images, check_trained_size
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.conv_ae import (
     BERGMANN_LAYERS,
     ConvDecoder,
@@ -86,7 +87,7 @@ class Autoencoder(nn.Module):
 
 @register
 @dataclasses.dataclass(frozen=True)
-class AE:
+class AE(TrainedMethod):
     """Bergmann et al.'s convolutional autoencoder (see the module docstring).
 
     Attributes:
@@ -98,7 +99,6 @@ class AE:
     """
 
     name: ClassVar[str] = "ae"
-    kind: ClassVar[str] = "train"
 
     loss_type: str = hyper("ssim", choices=RESIDUALS)
     latent: int = hyper(100, low=1, high=4096)

@@ -37,6 +37,7 @@ import optax
 from anomjax.backbones import backbone_names
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.pointwise import PointwiseConv
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import to_scores
@@ -118,7 +119,7 @@ class FeatureAutoencoder(nn.Module):
 
 @register
 @dataclasses.dataclass(frozen=True)
-class DFR:
+class DFR(TrainedMethod):
     """Deep feature reconstruction with a 1x1-conv autoencoder on regional features.
 
     Attributes:
@@ -135,7 +136,6 @@ class DFR:
     """
 
     name: ClassVar[str] = "dfr"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 150  # the authors' script
     default_batch_size: ClassVar[int] = 4  # the authors' main.py
     default_image_size: ClassVar[int] = 256  # the authors' main.py

@@ -36,6 +36,7 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.reconstruction.vae import GaussianVAE, elbo, vae_network
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
@@ -45,7 +46,7 @@ from anomjax.types import Batch, Scores
 
 @register
 @dataclasses.dataclass(frozen=True)
-class FAVAE:
+class FAVAE(TrainedMethod):
     """Feature-augmented VAE (see the module docstring).
 
     Attributes:
@@ -57,7 +58,6 @@ class FAVAE:
     """
 
     name: ClassVar[str] = "favae"
-    kind: ClassVar[str] = "train"
 
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None

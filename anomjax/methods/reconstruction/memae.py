@@ -32,6 +32,7 @@ import optax
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.reconstruction.autoencoder import bergmann_layers
 from anomjax.nn.conv_ae import ConvDecoder, ConvEncoder, Layer
 from anomjax.nn.fast_init import init_variables
@@ -60,7 +61,7 @@ class MemoryAutoencoder(nn.Module):
 
 @register
 @dataclasses.dataclass(frozen=True)
-class MemAE:
+class MemAE(TrainedMethod):
     """Memory-augmented autoencoder (see the module docstring).
 
     Attributes:
@@ -74,7 +75,6 @@ class MemAE:
     """
 
     name: ClassVar[str] = "memae"
-    kind: ClassVar[str] = "train"
 
     slots: int = hyper(100, low=1, high=100_000)
     shrink: float = hyper(0.0025, low=0.0, high=1.0)

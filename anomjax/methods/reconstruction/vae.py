@@ -36,6 +36,7 @@ from anomjax._distrax import distrax
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images, check_trained_size
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.reconstruction.autoencoder import bergmann_layers
 from anomjax.nn.conv_ae import ConvDecoder, ConvEncoder, Layer, conv_trained_size
 from anomjax.nn.fast_init import init_variables
@@ -102,7 +103,7 @@ def vae_network(method: str, width: int, latent: int, images: jax.Array,
 
 @register
 @dataclasses.dataclass(frozen=True)
-class VAE:
+class VAE(TrainedMethod):
     """Gaussian VAE with distrax distributions (see the module docstring).
 
     Attributes:
@@ -114,7 +115,6 @@ class VAE:
     """
 
     name: ClassVar[str] = "vae"
-    kind: ClassVar[str] = "train"
 
     latent: int = hyper(100, low=1, high=4096)
     width: int = hyper(32, low=1, high=1024)

@@ -43,11 +43,12 @@ import optax
 from anomjax.data.anomalies import color_jitter, cutpaste, cutpaste_scar
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.self_supervised.common import check_images, used_backbone_variables
 from anomjax.methods.self_supervised.gaussian_density import fit_gaussian, mahalanobis
+from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.nn.receptive_upsample import receptive_upsample
 from anomjax.nn.teacher import teacher
-from anomjax.train.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.types import Batch, Scores
 
 
@@ -101,7 +102,7 @@ def dense_patches(image: jax.Array, size: int, stride: int) -> jax.Array:
 
 @register
 @dataclasses.dataclass(frozen=True)
-class CutPaste:
+class CutPaste(TrainedMethod):
     """CutPaste 3-way with image- and patch-level density estimation (module docstring).
 
     Attributes:
@@ -114,7 +115,6 @@ class CutPaste:
     """
 
     name: ClassVar[str] = "cutpaste"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 256
 
     backbone: str = "efficientnet_lite0"

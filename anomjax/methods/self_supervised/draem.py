@@ -45,12 +45,13 @@ import optax
 from anomjax.data.anomalies import draem_sample, load_textures, synthetic_textures
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.self_supervised.common import check_images, mean_filter
 from anomjax.methods.self_supervised.unet import ReconstructiveNet, UNet
+from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.nn.losses import l2_loss, ssim_loss
 from anomjax.nn.sspcab import sspcab_loss
 from anomjax.scoring import gaussian_blur
-from anomjax.train.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.types import Scores
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -70,7 +71,7 @@ def focal_loss(probs: jax.Array, target: jax.Array, gamma: float = 2.0,
 
 @register
 @dataclasses.dataclass(frozen=True)
-class DRAEM:
+class DRAEM(TrainedMethod):
     """DRAEM (and DRAEM + SSPCAB), see the module docstring.
 
     Attributes:
@@ -88,7 +89,6 @@ class DRAEM:
     """
 
     name: ClassVar[str] = "draem"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 700
 
     rec_width: int = hyper(128, low=1)

@@ -32,17 +32,18 @@ import optax
 from anomjax.data.anomalies import riad_masks
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.self_supervised.common import check_images
 from anomjax.methods.self_supervised.unet import UNet
+from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.nn.losses import l2_loss, msgms_loss, msgms_map, ssim_loss
 from anomjax.scoring import gaussian_blur
-from anomjax.train.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.types import Scores
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class RIAD:
+class RIAD(TrainedMethod):
     """RIAD (see the module docstring).
 
     Attributes:
@@ -56,7 +57,6 @@ class RIAD:
     """
 
     name: ClassVar[str] = "riad"
-    kind: ClassVar[str] = "train"
     default_epochs: ClassVar[int] = 300
 
     width: int = hyper(64, low=1)

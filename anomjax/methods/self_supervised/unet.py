@@ -9,7 +9,7 @@ biases and BatchNorm offsets zero (PyTorch's default conv-bias init differs, it 
 there; here biases start at zero).
 
 BatchNorm layers are built in inference mode (running statistics); training runs them with
-batch statistics through :func:`anomjax.train.interceptors.batch_norm_in_train_mode`, as
+batch statistics through :func:`anomjax.nn.interceptors.batch_norm_in_train_mode`, as
 PyTorch's ``train()`` mode does.
 
 * :class:`ReconstructiveNet` ``[B, H, W, 3] -> [B, H, W, 3]``: encoder widths ``w, 2w, 4w,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anomjax.train.batch_stats import pooled_batch_stats
+from anomjax.nn.batch_stats import pooled_batch_stats
 
 
 def _stats_of(x: np.ndarray) -> dict:

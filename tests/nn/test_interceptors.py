@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anomjax.train.interceptors import apply_with, batch_norm_in_train_mode
+from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
 
 
 class _Net(nn.Module):

@@ -1,0 +1,106 @@
+"""The training step of a :class:`~anomjax.methods.optimization.GroupedOptimizer`: several
+parameter groups, each with its own optimiser and loss, in phases, in one jitted step (the
+contract is in :mod:`anomjax.methods.optimization`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from anomjax.methods.optimization import GroupedOptimizer, Phase, Update
+from anomjax.train.state import TrainState, method_state
+
+Cast = Callable[[Any], Any]
+
+
+def _run_update(u: Update, optimizer: optax.GradientTransformation, carry: tuple,
+                ts: TrainState, images: jax.Array, key: jax.Array, cast: Cast) -> tuple:
+    """Apply one update to ``carry = (params, opt_state, batch_stats, handed)``; returns the
+    new carry, its loss, gradient norm and float32 aux."""
+    params, opt_state, batch_stats, handed = carry
+
+    def loss_fn(group_params: Any) -> tuple[jax.Array, dict[str, Any]]:
+        full = {**params, u.group: group_params}
+        state = method_state(ts.replace(params=full, batch_stats=batch_stats))
+        full, state, x = cast((full, state, images))
+        state["carry"] = jax.lax.stop_gradient(handed)
+        state["params"] = full
+        loss, aux = u.loss(full, state, x, key)
+        return loss.astype(jnp.float32), dict(aux)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params[u.group])
+    updates, group_state = optimizer.update(grads, opt_state[u.group], params[u.group])
+    params = {**params, u.group: optax.apply_updates(params[u.group], updates)}
+    opt_state = {**opt_state, u.group: group_state}
+    new_stats = aux.pop("batch_stats", batch_stats)
+    if batch_stats is not None:
+        new_stats = jax.tree.map(lambda n, o: n.astype(o.dtype), new_stats, batch_stats)
+    handed = {**handed, **aux.pop("carry", {})}
+    aux = {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}
+    return (params, opt_state, new_stats, handed), loss, optax.tree.norm(grads), aux
+
+
+def _phase_step(grouped: GroupedOptimizer, phase: Phase, ts: TrainState, images: jax.Array,
+                key: jax.Array, cast: Cast) -> tuple:
+    """Run ``phase``'s updates in order; ``(params, opt_state, batch_stats), metrics``."""
+    carry = (ts.params, ts.opt_state, ts.batch_stats, {})
+    metrics: dict[str, jax.Array] = {}
+    total, squares = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+    for i, u in enumerate(phase.updates):
+        def run(c: tuple, u: Update = u, i: int = i) -> tuple:
+            return _run_update(u, grouped.optimizers[u.group], c, ts, images,
+                               jax.random.fold_in(key, i), cast)
+
+        if u.every == 1:
+            carry, loss, norm, aux = run(carry)
+        else:
+            shapes = jax.eval_shape(run, carry)
+
+            def skip(c: tuple, shapes: Any = shapes) -> tuple:
+                zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+                handed = {**zeros[0][3], **c[3]}  # what a skipped update would hand on: 0
+                return ((*c[:3], handed), *zeros[1:])
+
+            carry, loss, norm, aux = jax.lax.cond(ts.step % u.every == u.every - 1, run, skip,
+                                                  carry)
+        metrics[f"loss_{u.name}"], metrics[f"grad_norm_{u.name}"] = loss, norm
+        metrics.update(aux)
+        total, squares = total + loss, squares + norm * norm
+    metrics["loss"], metrics["grad_norm"] = total, jnp.sqrt(squares)
+    return carry[:3], metrics
+
+
+def make_grouped_step(grouped: GroupedOptimizer, cast: Cast) -> Callable:
+    """``train_step(ts, images, key) -> (ts, metrics)`` (not yet jitted; see module doc).
+
+    ``cast(tree)`` converts the params, state and images a loss sees (e.g. to bfloat16).
+    """
+
+    def train_step(ts: TrainState, images: jax.Array,
+                   key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        branches = [lambda ts, p=p: _phase_step(grouped, p, ts, images, key, cast)
+                    for p in grouped.phases]
+        if len(branches) == 1:
+            carry, metrics = branches[0](ts)
+        else:
+            outs = [jax.eval_shape(b, ts)[1] for b in branches]
+            names = sorted({k for m in outs for k in m})
+
+            def padded(branch: Callable, ts: TrainState) -> tuple:
+                carry, m = branch(ts)
+                return carry, {k: m.get(k, jnp.zeros((), jnp.float32)) for k in names}
+
+            carry, metrics = jax.lax.switch(
+                grouped.phase_index(ts.step),
+                [lambda ts, b=b: padded(b, ts) for b in branches], ts)
+        params, opt_state, batch_stats = carry
+        metrics = {**metrics, "phase": grouped.phase_index(ts.step).astype(jnp.float32)}
+        return ts.replace(params=params, opt_state=opt_state, batch_stats=batch_stats,
+                          step=ts.step + 1), metrics
+
+    return train_step
+
