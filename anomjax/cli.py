@@ -1,5 +1,8 @@
-"""The ``anomjax`` command: ``fit``, ``test``, ``predict``, ``list``, ``demo``, and the
-experiment commands ``run``, ``sweep``, ``benchmark`` (:mod:`anomjax.experiment.cli`).
+"""The ``anomjax`` command: argument parsing and printing over the run API.
+
+``fit``, ``test``, ``predict``, ``list``, ``demo`` call :mod:`anomjax.runs`; ``run``,
+``sweep``, ``benchmark`` call :mod:`anomjax.experiment`. Nothing else lives here, and no
+library module imports this one.
 
 Every error a user can cause (bad paths, bad data, unknown names, missing weights, corrupt
 run files, out-of-range settings) prints one clear line on stderr and exits with status 2;
@@ -15,55 +18,40 @@ with ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0), ``JAX_NUM_PROCESSES``
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import dataclasses
 import math
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
-from tqdm.auto import tqdm
+import ml_collections
 
+from anomjax import runs
+from anomjax.compile_cache import enable_compile_cache
 from anomjax.data.transforms import RESIZE_DTYPES
-from anomjax.evaluate import evaluate, peak_rss_mb
-from anomjax.methods.base import make_method, method_class, method_names
-from anomjax.run_folder import (
-    THRESHOLD_FILE,
-    RunError,
-    atomic_writer,
-    check_writable_dir,
-    check_writable_file,
-    load_method,
-    load_run,
-    load_threshold,
-    prepare_run_dir,
-    run_lock,
-    save_run,
-    write_json,
+from anomjax.experiment import (
+    apply_overrides,
+    load_config,
+    parse_sweep_args,
+    run_benchmark,
+    run_experiment,
+    run_sweep,
+    write_report,
 )
+from anomjax.methods.base import make_method, method_class, method_names
+from anomjax.methods.protocol import overridden_hooks
+from anomjax.run_folder import THRESHOLD_FILE, RunError
+from anomjax.runs import DEFAULT_BATCH_SIZE, MAX_IMAGE_SIDE, METRIC_KEYS, UsageError
+from anomjax.train import initialize_from_env
 
-METRIC_KEYS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap",
-               "pixel_aupro")
-#: Largest ``--image-size`` / ``--crop`` side: 4096 px already needs ~200 MB per RGB image.
-MAX_IMAGE_SIDE = 4096
 MAX_BATCH_SIZE = 4096
-DEFAULT_BATCH_SIZE = 16
-
-
-class UsageError(Exception):
-    """A command-line mistake, reported as one line."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``anomjax`` console script."""
-    from anomjax.experiment.cli import split_config_overrides
-
     try:
         argv, config_overrides = split_config_overrides(sys.argv[1:] if argv is None else argv)
     except ValueError as err:
@@ -74,13 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # a bad argument (one line, status 2) or --help (0)
         return int(exit_.code or 0)
     args.config_overrides = config_overrides
-    from anomjax.compile_cache import enable_compile_cache
-
     enable_compile_cache()
     try:
         if getattr(args, "distributed", False):
-            from anomjax.train import initialize_from_env
-
             initialize_from_env()
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
@@ -164,9 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=cmd_demo)
 
-    from anomjax.experiment.cli import add_commands
-
-    add_commands(sub)
+    _add_experiment_commands(sub)
     return parser
 
 
@@ -230,229 +212,47 @@ def _quantile(text: str) -> float:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from anomjax.data.multiclass import open_multiclass
-
     fields = _method_fields(args.method, args.backbone, args.backbone_weights)
     method = make_method(args.method, _parse_sets(args.set), **fields)
-    if args.allow_config_change and not args.resume:
-        raise UsageError("--allow-config-change applies only with --resume")
-    if args.overwrite and args.resume:
-        raise UsageError("--overwrite and --resume contradict each other: pick one")
-    batch_size = args.batch_size or int(getattr(method, "default_batch_size",
-                                                DEFAULT_BATCH_SIZE))
-    dataset, _ = open_multiclass(args.data, layout=args.layout, image_size=args.image_size,
-                                 crop=args.crop, resize_dtype=args.resize_dtype)
-    primary = jax.process_index() == 0
-    out = Path(args.out)
-    with _run_folder_lock(out, primary):
-        if primary:
-            prepare_run_dir(out, resume=args.resume, overwrite=args.overwrite)
-        if jax.process_count() > 1:  # nobody writes before process 0 has prepared --out
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("anomjax fit: run folder ready")
-        state, seconds = fit_method(method, dataset.train, seed=args.seed,
-                                    batch_size=batch_size, run_dir=out, epochs=args.epochs,
-                                    resume=args.resume,
-                                    allow_config_change=args.allow_config_change)
-        data = [str(Path(d).resolve()) for d in args.data]
-        extra = {"data": data[0] if len(data) == 1 else data, "layout": dataset.layout,
-                 "image_size": args.image_size, "crop": args.crop,
-                 "resize_dtype": args.resize_dtype, "seed": args.seed, "batch_size": batch_size,
-                 "n_train": len(dataset.train),
-                 "fit_seconds": round(seconds, 3), "fit_peak_rss_mb": peak_rss_mb()}
-        run_dir = save_run(out, method, state, extra)
-    if primary:
-        print(f"fitted {method.name} on {len(dataset.train)} images in {seconds:.1f} s -> "
-              f"{run_dir}")
+    fitted = runs.fit(method, args.data, args.out, layout=args.layout,
+                      image_size=args.image_size, crop=args.crop,
+                      resize_dtype=args.resize_dtype, seed=args.seed,
+                      batch_size=args.batch_size, epochs=args.epochs, resume=args.resume,
+                      overwrite=args.overwrite, allow_config_change=args.allow_config_change)
+    if jax.process_index() == 0:
+        print(f"fitted {method.name} on {fitted.config['n_train']} images in "
+              f"{fitted.seconds:.1f} s -> {fitted.run_dir}")
     return 0
-
-
-def _run_folder_lock(run_dir: Path, primary: bool) -> Any:
-    """The run folder's lock (taken by process 0 only: the others share its run)."""
-    if not primary:
-        return contextlib.nullcontext()
-    check_writable_dir(run_dir, "--out")
-    return run_lock(run_dir)
-
-
-def fit_method(method: Any, train_split: Any, *, seed: int, batch_size: int, run_dir: Path,
-               epochs: int | None = None, resume: bool = False,
-               allow_config_change: bool = False) -> tuple[Any, float]:
-    """Fit (one pass) or train (``kind == "train"``) ``method``; returns ``(state, seconds)``."""
-    key = jax.random.key(seed)
-    start = time.perf_counter()
-    if method.kind == "train":
-        from anomjax.train import train_method
-
-        state = train_method(method, key, train_split, epochs=epochs, batch_size=batch_size,
-                             run_dir=run_dir, resume=resume,
-                             allow_config_change=allow_config_change)
-    else:
-        if epochs is not None or resume:
-            raise UsageError(f"{method.name} is fitted in one pass: --epochs/--resume do not "
-                             "apply")
-        with tqdm(train_split.batches(batch_size), desc=f"fitting {method.name}",
-                  unit="batch", total=-(-len(train_split) // batch_size),
-                  disable=jax.process_index() != 0) as batches:
-            state = method.fit(key, batches)
-            jax.block_until_ready(state)
-    return state, time.perf_counter() - start
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from anomjax.data import open_dataset
-
-    if args.json:
-        check_writable_file(args.json, "--json")
-    for flag, folder in (("--maps", args.maps), ("--overlays", args.overlays)):
-        if folder:
-            check_writable_dir(folder, flag)
-    _check_image_settings(args.run_dir, load_method(args.run_dir)[1])
-    with run_lock(args.run_dir):
-        method, state, config = load_run(args.run_dir)
-        dataset = open_dataset(args.data, layout=args.layout, image_size=config["image_size"],
-                               crop=config.get("crop"), resize_dtype=_resize_dtype(config))
-        result = evaluate(method, state, dataset.test, batch_size=args.batch_size,
-                          maps_dir=args.maps, overlays_dir=args.overlays,
-                          threshold_quantile=args.threshold_quantile)
-        if result["threshold"] is not None:
-            write_json(Path(args.run_dir) / THRESHOLD_FILE, result["threshold"])
-    record = metrics_record(method, config, result)
-    print(format_table([record]))
-    for defect, values in result["per_defect"].items():
+    tested = runs.test(args.run_dir, args.data, layout=args.layout,
+                       batch_size=args.batch_size, json_path=args.json, maps_dir=args.maps,
+                       overlays_dir=args.overlays, threshold_quantile=args.threshold_quantile)
+    print(format_table([tested.record]))
+    for defect, values in tested.per_defect.items():
         print(f"  {defect:<16}" + "  ".join(f"{k}={values[k]:.4f}" for k in
                                              ("image_auroc", "pixel_auroc", "pixel_aupro")))
-    if result["threshold"] is None:
-        kept = ("the existing one is kept" if (Path(args.run_dir) / THRESHOLD_FILE).exists()
+    threshold_file = Path(args.run_dir) / THRESHOLD_FILE
+    if tested.threshold is None:
+        kept = ("the existing one is kept" if threshold_file.exists()
                 else "predict needs --threshold until one is written")
         print(f"anomjax test: warning: no threshold written ({kept}): "
-              f"{result['threshold_note']}", file=sys.stderr)
+              f"{tested.threshold_note}", file=sys.stderr)
     else:
-        print(f"image threshold {result['threshold']['image_threshold']:.4g} "
-              f"({result['threshold_note']}) -> {Path(args.run_dir) / THRESHOLD_FILE}")
-    if args.json:
-        write_json(Path(args.json), {**record, "per_defect": result["per_defect"]})
+        print(f"image threshold {tested.threshold['image_threshold']:.4g} "
+              f"({tested.threshold_note}) -> {threshold_file}")
     return 0
-
-
-def _resize_dtype(config: dict[str, Any]) -> str:
-    """The run's ``resize_dtype`` (runs saved before it was recorded resized in uint8)."""
-    return config.get("resize_dtype", "uint8")
-
-
-def _check_image_settings(run_dir: str, config: dict[str, Any]) -> None:
-    """A run's ``image_size``/``crop`` must be sizes the CLI accepts (a crafted config.json
-    could ask for 100000 px), and its ``resize_dtype`` one of :data:`RESIZE_DTYPES`."""
-    from anomjax.data.transforms import as_hw
-
-    if _resize_dtype(config) not in RESIZE_DTYPES:
-        raise RunError(f"{Path(run_dir) / 'config.json'}: invalid resize_dtype "
-                       f"{_resize_dtype(config)!r}, expected one of {RESIZE_DTYPES}")
-
-    for key in ("image_size", "crop"):
-        value = config.get(key)
-        if value is None and key == "crop":
-            continue
-        try:
-            sides = as_hw(tuple(value) if isinstance(value, list) else value)
-        except (TypeError, ValueError) as err:
-            raise RunError(f"{Path(run_dir) / 'config.json'}: invalid {key} ({err})") from None
-        if max(sides) > MAX_IMAGE_SIDE:
-            raise RunError(f"{Path(run_dir) / 'config.json'}: {key}={value!r} exceeds "
-                           f"{MAX_IMAGE_SIDE} px")
-
-
-def metrics_record(method: Any, config: dict[str, Any], result: dict[str, Any]) -> dict:
-    """The flat metrics JSON of one test run (keys fixed by the CLI's contract)."""
-    record = {k: result[k] for k in METRIC_KEYS}
-    record.update(method=method.name, backbone=getattr(method, "backbone", None),
-                  image_size=config["image_size"], n_train=config["n_train"],
-                  n_test=result["n_test"], fit_seconds=config["fit_seconds"],
-                  test_seconds=result["test_seconds"],
-                  images_per_second=result["images_per_second"],
-                  peak_rss_mb=max(result["peak_rss_mb"], config.get("fit_peak_rss_mb", 0.0)))
-    return record
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from anomjax.data import expand_image_paths, iter_image_batches
-    from anomjax.visualize import save_heatmap
-
-    _check_image_settings(args.run_dir, load_method(args.run_dir)[1])
-    threshold = _predict_threshold(args)
-    paths = expand_image_paths(args.paths)
-    _check_utf8_names(paths)
-    out = Path(args.out)
-    check_writable_dir(out, "--out")
-    method, state, config = load_run(args.run_dir)
-    score_fn = jax.jit(method.score)
-    rows = []
-    batches = iter_image_batches(paths, args.batch_size, config["image_size"], config.get("crop"),
-                                 resize_dtype=_resize_dtype(config))
-    with tqdm(total=len(paths), desc=f"predicting with {method.name}", unit="img") as bar:
-        for images, names in batches:
-            n = len(names)
-            if n < args.batch_size:
-                pad = np.zeros((args.batch_size - n, *images.shape[1:]), images.dtype)
-                images = np.concatenate([images, pad])
-            scores = score_fn(state, images)
-            for path, image_score, heat in zip(names, np.asarray(scores.image)[:n],
-                                               np.asarray(scores.maps)[:n], strict=True):
-                stem = f"{len(rows):04d}_{Path(path).stem}"
-                save_heatmap(out / f"{stem}_heatmap.png", heat, threshold["pixel_min"],
-                             threshold["pixel_max"])
-                np.save(out / f"{stem}_map.npy", heat.astype(np.float32))
-                rows.append({"path": path, "score": float(image_score),
-                             "normalized_score": normalized(float(image_score), threshold),
-                             "anomalous": int(image_score >= threshold["image_threshold"]),
-                             "heatmap": f"{stem}_heatmap.png"})
-            bar.update(n)
-    with atomic_writer(out / "scores.csv", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    rows = runs.predict(args.run_dir, args.paths, args.out, threshold=args.threshold,
+                        batch_size=args.batch_size)
+    limit = runs.predict_threshold(args.run_dir, args.threshold)["image_threshold"]
     flagged = sum(r["anomalous"] for r in rows)
-    print(f"scored {len(rows)} images, {flagged} above the threshold "
-          f"{threshold['image_threshold']:.4g} -> {out / 'scores.csv'}")
+    print(f"scored {len(rows)} images, {flagged} above the threshold {limit:.4g} -> "
+          f"{Path(args.out) / 'scores.csv'}")
     return 0
-
-
-def _check_utf8_names(paths: Sequence[str]) -> None:
-    """``scores.csv`` is UTF-8: refuse, before any work, a file name that cannot be written."""
-    for path in paths:
-        try:
-            path.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UsageError(f"{os.fsencode(path)!r}: the file name is not valid UTF-8, so it "
-                             "cannot be written to scores.csv; rename the file") from None
-
-
-def normalized(score: float, threshold: dict[str, float]) -> float:
-    """Min-max normalisation around the threshold: threshold -> 0.5, clipped to [0, 1]."""
-    from anomjax.metrics import NormalizationStats, normalize
-
-    stats = NormalizationStats(threshold=np.float32(threshold["image_threshold"]),
-                               min=np.float32(threshold["image_min"]),
-                               max=np.float32(threshold["image_max"]))
-    return float(normalize(np.float32(score), stats))
-
-
-def _predict_threshold(args: argparse.Namespace) -> dict[str, float]:
-    threshold = load_threshold(args.run_dir)
-    if threshold is None and args.threshold is None:
-        raise RunError(f"{args.run_dir} has no {THRESHOLD_FILE}: run `anomjax test "
-                       f"{args.run_dir} --data DIR` first (it picks the F1-optimal threshold, "
-                       "or with --threshold-quantile Q one from good images only) or pass "
-                       "--threshold")
-    if threshold is None:
-        t = float(args.threshold)
-        spread = max(abs(t), 1e-6)
-        threshold = {"image_threshold": t, "image_min": t - spread, "image_max": t + spread,
-                     "pixel_min": 0.0, "pixel_max": t + spread}
-    if args.threshold is not None:
-        threshold["image_threshold"] = float(args.threshold)
-    return threshold
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -465,7 +265,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         cls = method_class(name)
         module_doc = sys.modules[cls.__module__].__doc__ or ""
         summary = module_doc.strip().splitlines()[0] if module_doc.strip() else ""
-        print(f"  {name:<22} {cls.kind:<6} {summary}")
+        hooks = ", ".join(overridden_hooks(cls))
+        print(f"  {name:<22} {cls.kind:<6} {summary}" + (f"  [hooks: {hooks}]" if hooks else ""))
     print("backbones:")
     for name in backbone_names():
         weights = find_weights(name)
@@ -478,7 +279,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from anomjax.data import open_dataset
     from anomjax.data.synthetic import CATEGORIES, write_mvtec
 
     categories = args.categories.split(",") if args.categories else list(CATEGORIES)
@@ -492,21 +292,150 @@ def cmd_demo(args: argparse.Namespace) -> int:
     method = make_method("patchcore")
     records = []
     for category in categories:
-        dataset = open_dataset(data_root / category, image_size=args.image_size)
-        state, seconds = fit_method(method, dataset.train, seed=args.seed,
-                                    batch_size=DEFAULT_BATCH_SIZE,
-                                    run_dir=out / "runs" / category)
-        extra = {"data": str((data_root / category).resolve()), "layout": dataset.layout,
-                 "image_size": args.image_size, "crop": None, "resize_dtype": "uint8",
-                 "seed": args.seed, "n_train": len(dataset.train), "fit_seconds": round(seconds, 3),
-                 "fit_peak_rss_mb": peak_rss_mb()}
-        save_run(out / "runs" / category, method, state, extra)
-        result = evaluate(method, state, dataset.test,
-                          overlays_dir=out / "overlays" / category)
-        record = metrics_record(method, extra, result)
-        records.append({"category": category, **record})
+        run_dir = out / "runs" / category
+        runs.fit(method, data_root / category, run_dir, image_size=args.image_size,
+                 seed=args.seed, batch_size=DEFAULT_BATCH_SIZE, overwrite=run_dir.exists())
+        tested = runs.test(run_dir, data_root / category,
+                           overlays_dir=out / "overlays" / category)
+        records.append({"category": category, **tested.record})
     print(format_table(records))
     print(f"overlays: {out / 'overlays'}   runs: {out / 'runs'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- experiments
+
+
+def _add_experiment_commands(sub: Any) -> None:
+    """Register the ``run``, ``sweep`` and ``benchmark`` sub-commands on ``sub``."""
+    run = sub.add_parser("run", help="one experiment from a config file (fit, save, test)")
+    _add_config_args(run)
+    run.add_argument("--out", required=True,
+                     help="run directory to write (new or empty; see --overwrite, --resume)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --out, whole")
+    run.add_argument("--resume", action="store_true",
+                     help="continue a killed run in --out (the same config)")
+    run.set_defaults(handler=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="many runs of a config over swept fields")
+    _add_config_args(sweep)
+    sweep.add_argument("--sweep", action="append", default=[], metavar="FIELD=V1,V2",
+                       help="sweep a field over values (several --sweep: their product)")
+    sweep.add_argument("--zip", action="append", default=[], metavar="FIELD=V1,V2",
+                       help="sweep fields together (equal numbers of values)")
+    sweep.add_argument("--out", required=True, help="sweep directory")
+    _add_process_args(sweep)
+    sweep.set_defaults(handler=cmd_sweep)
+
+    bench = sub.add_parser("benchmark", help="every category of a dataset root, and the mean")
+    bench.add_argument("--data", required=True, help="dataset root holding category folders")
+    bench.add_argument("--method", nargs="+", required=True, help="method names")
+    bench.add_argument("--protocol", help="protocol config file (e.g. "
+                       "experiments/configs/mvtec_ad_256.py): image size, crop, categories")
+    bench.add_argument("--image-size", type=int, help="override the protocol's image size")
+    bench.add_argument("--epochs", type=int, help="training epochs of methods that train")
+    bench.add_argument("--out", required=True, help="benchmark directory")
+    _add_process_args(bench)
+    bench.set_defaults(handler=cmd_benchmark)
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE.py[:ARG]",
+                        help="config file defining get_config(arg=None)")
+    parser.add_argument("--seeds", type=int, metavar="K",
+                        help="train K independent models in one vmapped step (config.seeds)")
+
+
+def _add_process_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--process-index", type=int, default=None,
+                        help="this process's share (default: $ANOMJAX_PROCESS_INDEX, or "
+                             "jax.process_index() under jax.distributed, else 0)")
+    parser.add_argument("--process-count", type=int, default=None,
+                        help="number of processes sharing the work (default: "
+                             "$ANOMJAX_PROCESS_COUNT, or jax.process_count(), else 1)")
+
+
+def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate ``--config.FIELD=VALUE`` (and ``--config.FIELD VALUE``) from other args."""
+    rest, overrides = [], []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item.startswith("--config."):
+            body = item[len("--config."):]
+            if "=" not in body:
+                if i + 1 >= len(items):
+                    raise ValueError(f"{item}: expected --config.FIELD=VALUE")
+                body = f"{body}={items[i + 1]}"
+                i += 1
+            overrides.append(body)
+        else:
+            rest.append(item)
+        i += 1
+    return rest, overrides
+
+
+def _config(args: argparse.Namespace) -> ml_collections.ConfigDict:
+    config = load_config(args.config)
+    apply_overrides(config, getattr(args, "config_overrides", []))
+    if args.seeds is not None:
+        apply_overrides(config, [f"seeds={args.seeds}"])
+    return config
+
+
+def _processes(args: argparse.Namespace) -> tuple[int, int]:
+    index, count = args.process_index, args.process_count
+    if index is None and "ANOMJAX_PROCESS_INDEX" in os.environ:
+        index = int(os.environ["ANOMJAX_PROCESS_INDEX"])
+    if count is None and "ANOMJAX_PROCESS_COUNT" in os.environ:
+        count = int(os.environ["ANOMJAX_PROCESS_COUNT"])
+    if index is None or count is None:
+        index = jax.process_index() if index is None else index
+        count = jax.process_count() if count is None else count
+    return index, count
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    records = run_experiment(_config(args), args.out, overwrite=args.overwrite,
+                             resume=args.resume)
+    for r in records:
+        print(f"{r['method']} on {r['category']}: image AUROC {r['image_auroc']:.4f}, "
+              f"pixel AUROC {r['pixel_auroc']:.4f}, AUPRO {r['pixel_aupro']:.4f} -> {args.out}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    config = _config(args)
+    with config.unlocked():
+        config.sweep.update(parse_sweep_args(args.sweep, config))
+        config.sweep_zip.update(parse_sweep_args(args.zip, config))
+    index, count = _processes(args)
+    statuses = list(run_sweep(config, args.out, process_index=index, process_count=count))
+    done = sum(s == "done" for _, s in statuses)
+    print(f"sweep {args.out}: {done} runs trained, {len(statuses) - done} already finished "
+          f"(process {index} of {count})")
+    if index == 0:
+        paths = write_report(args.out)
+        print(f"results: {paths['csv']}  summary: {paths['summary']}")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    protocol = load_config(args.protocol) if args.protocol else None
+    overrides: dict[str, Any] = {}
+    if args.image_size is not None:
+        overrides["image_size"] = args.image_size
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    index, count = _processes(args)
+    statuses = list(run_benchmark(args.data, args.method, args.out, protocol=protocol,
+                                  overrides=overrides, process_index=index,
+                                  process_count=count))
+    done = sum(s == "done" for _, s in statuses)
+    print(f"benchmark {args.out}: {done} runs trained, {len(statuses) - done} already "
+          f"finished -> {args.out}/benchmark.md")
     return 0
 
 

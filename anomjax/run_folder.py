@@ -6,6 +6,7 @@ Layout of ``RUN_DIR``::
     state/           Orbax checkpoint of the state pytree (nested dict of arrays)
     threshold.json   written by ``anomjax test``: the image threshold and score ranges
     checkpoints/     training checkpoints (methods that train), metrics.jsonl, tensorboard/
+    experiment.json, metrics.json, maps/, plots/, members/   written by ``anomjax run``
     .lock            held (``flock``) by the one ``anomjax`` process using the folder
 
 A run folder's files belong to one run: ``fit`` refuses a folder that holds another run
@@ -42,7 +43,7 @@ THRESHOLD_FILE = "threshold.json"
 LOCK_FILE = ".lock"
 #: Entries whose presence marks a folder as an anomjax run (safe to replace with --overwrite).
 RUN_ENTRIES = (CONFIG_FILE, STATE_DIR, THRESHOLD_FILE, "checkpoints", "metrics.jsonl",
-               "tensorboard")
+               "tensorboard", "experiment.json", "metrics.json", "maps", "plots", "members")
 THRESHOLD_KEYS = ("image_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
 
 
@@ -237,7 +238,7 @@ def save_run(run_dir: str | Path, method: Any, state: State, extra: dict[str, An
     return run_dir
 
 
-def load_config(run_dir: str | Path) -> dict[str, Any]:
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a run; a clear error when ``run_dir`` is not a run or the
     file is corrupt or lacks a required field."""
     path = Path(run_dir) / CONFIG_FILE
@@ -256,7 +257,7 @@ def load_config(run_dir: str | Path) -> dict[str, Any]:
 def load_method(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """``(method, config)`` of a run, checked (hyper-parameter bounds included) before any
     state is read."""
-    config = load_config(run_dir)
+    config = read_run_config(run_dir)
     try:
         if not isinstance(config["params"], dict):
             raise TypeError("'params' is not an object")

@@ -11,7 +11,7 @@ from anomjax.experiment.benchmark import run_benchmark
 from anomjax.experiment.config import apply_overrides, base_config, build_method, load_config
 from anomjax.experiment.report import write_report
 from anomjax.experiment.run import run_experiment
-from anomjax.experiment.sweep import expand, run_sweep
+from anomjax.experiment.sweep import expand, parse_sweep_args, run_sweep
 
 __all__ = ["apply_overrides", "base_config", "build_method", "expand", "load_config",
-           "run_benchmark", "run_experiment", "run_sweep", "write_report"]
+           "parse_sweep_args", "run_benchmark", "run_experiment", "run_sweep", "write_report"]

@@ -60,10 +60,10 @@ def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collec
     config = ml_collections.ConfigDict({
         "method": {"name": method, **params},
         "data": (), "test_data": (), "layout": None,
-        "image_size": getattr(cls, "default_image_size", 256), "crop": None,
+        "image_size": cls.default_image_size, "crop": None,
         "resize_dtype": "uint8",
-        "epochs": getattr(cls, "default_epochs", None),
-        "batch_size": getattr(cls, "default_batch_size", None), "seed": 0, "seeds": 1,
+        "epochs": getattr(cls, "default_epochs", None),  # fitted methods have none
+        "batch_size": cls.default_batch_size, "seed": 0, "seeds": 1,
         "learning_rates": (), "shard_members": False, "save_maps": True,
         "sweep": {}, "sweep_zip": {},
     })

@@ -13,20 +13,31 @@ together (one vmapped step, see :mod:`anomjax.methods.population`) and each memb
 files above in ``members/<i>/``; the records carry ``member: i`` (and its
 ``learning_rate``), and each member's ``config.json`` holds its own learning rate.
 
-It calls the same functions as the command line (``anomjax.cli.fit_method`` and
-``metrics_record``), so a config run and ``anomjax fit`` + ``anomjax test`` agree.
+A run folder follows ``fit``'s rules (:mod:`anomjax.runs`): the config is checked, and the
+data opened, before anything is written; a non-empty folder is refused unless asked to
+replace it whole (``overwrite``) or to continue its training (``resume``, which also
+refuses a config that differs from the folder's ``experiment.json``, naming the fields).
+It calls the run API's functions (``train_or_fit``, ``metrics_record``), so a config run
+and ``anomjax fit`` + ``anomjax test`` agree.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from anomjax import runs
+from anomjax.data.multiclass import open_multiclass
+from anomjax.evaluate import evaluate, peak_rss_mb
 from anomjax.experiment.config import build_method, data_folders
+from anomjax.methods.population import Population, member_state
+from anomjax.run_folder import THRESHOLD_FILE, RunError, read_json, save_run, write_json
+from anomjax.runs import UsageError
 
 EXPERIMENT_FILE = "experiment.json"
 METRICS_FILE = "metrics.json"
@@ -35,7 +46,7 @@ METRICS_FILE = "metrics.json"
 def _batch_size(config: ml_collections.ConfigDict, method: Any) -> int:
     if config.batch_size is not None:
         return int(config.batch_size)
-    return int(getattr(method, "default_batch_size", 16))
+    return int(method.default_batch_size or runs.DEFAULT_BATCH_SIZE)
 
 
 def _population(method: Any, config: ml_collections.ConfigDict
@@ -43,8 +54,6 @@ def _population(method: Any, config: ml_collections.ConfigDict
     """``(what to fit, [(member i's own method, its record tag)])``: ``method`` itself
     when one model is trained, else a :class:`Population` of ``config.seeds`` members or
     one member per ``config.learning_rates`` entry."""
-    from anomjax.methods.population import Population
-
     seeds, rates = config.seeds, tuple(config.learning_rates or ())
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"config.seeds must be an integer >= 1, got {seeds!r}")
@@ -64,65 +73,100 @@ def _population(method: Any, config: ml_collections.ConfigDict
 
 
 def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
+                   overwrite: bool = False, resume: bool = False,
                    progress: bool = True) -> list[dict[str, Any]]:
     """Fit/train, save, test; returns one metrics record per test category.
 
-    A run folder that already holds training checkpoints (a killed run) resumes from them;
-    a finished run folder is fitted again from scratch only by the caller's choice (the
-    sweep skips runs it has results for).
+    ``resume`` continues a killed run in ``run_dir`` (its training checkpoints, if any) and
+    requires the same config; ``overwrite`` replaces the run in ``run_dir`` whole.
     """
-    from anomjax.cli import fit_method, metrics_record
-    from anomjax.data.multiclass import open_multiclass
-    from anomjax.evaluate import evaluate, peak_rss_mb
-    from anomjax.methods.population import member_state
-    from anomjax.run_folder import THRESHOLD_FILE, save_run, write_json
-
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume contradict each other: pick one")
     method = build_method(config)
     fitted, member_methods = _population(method, config)
     train_folders = data_folders(config.data)
     if not train_folders:
         raise ValueError("config.data is empty: set it to a category folder "
                          "(--config.data=DIR) or a tuple of folders")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / EXPERIMENT_FILE, config.to_dict())
+    trains = method.kind == "train"
+    epochs = config.epochs if trains else None
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                               or epochs < 1):
+        raise ValueError(f"config.epochs must be an integer >= 1 or None, got {epochs!r}")
     images = {"image_size": config.image_size, "crop": config.crop,
               "resize_dtype": config.get("resize_dtype", "uint8")}
     union, categories = open_multiclass(train_folders, layout=config.layout, **images)
-    batch_size = _batch_size(config, method)
-    trains = method.kind == "train"
-    resume = trains and (run_dir / "checkpoints").is_dir() and any(
-        (run_dir / "checkpoints").iterdir())
-    state, seconds = fit_method(fitted, union.train, seed=int(config.seed),
-                                batch_size=batch_size, run_dir=run_dir,
-                                epochs=config.epochs if trains else None, resume=resume)
-    extra = {"data": [str(Path(f).resolve()) for f in train_folders], "layout": union.layout,
-             **images, "seed": int(config.seed),
-             "n_train": len(union.train), "fit_seconds": round(seconds, 3),
-             "fit_peak_rss_mb": peak_rss_mb()}
     test_folders = data_folders(config.test_data) or train_folders
     tests = categories if test_folders == train_folders else open_multiclass(
         test_folders, layout=config.layout, **images)[1]
-    members = ([(run_dir, method, state, {})] if fitted is method else
-               [(run_dir / "members" / str(i), member_method, member_state(state, i), tag)
-                for i, (member_method, tag) in enumerate(member_methods)])
-    records = []
-    for member_dir, method, member, tag in members:
-        save_run(member_dir, method, member, {**extra, **tag})
-        for dataset in tests:
-            maps_dir = member_dir / "maps" / dataset.name if config.save_maps else None
-            result = evaluate(method, member, dataset.test, batch_size=batch_size,
-                              maps_dir=maps_dir, progress=progress)
-            records.append({"category": dataset.name, **tag,
-                            **metrics_record(method, extra, result)})
-            if len(tests) == 1 and result["threshold"] is not None:
-                write_json(member_dir / THRESHOLD_FILE, result["threshold"])
-            if maps_dir is not None:
-                plot_curves(maps_dir / "maps.npz",
-                            member_dir / "plots" / f"{dataset.name}_curves.png",
-                            title=f"{method.name} on {dataset.name}")
-    write_json(run_dir / METRICS_FILE, records)
+    batch_size = _batch_size(config, method)
+    with runs.open_run_folder(run_dir, resume=resume, overwrite=overwrite) as run_dir:
+        _check_same_experiment(run_dir, config)
+        write_json(run_dir / EXPERIMENT_FILE, config.to_dict())
+        checkpoints = run_dir / "checkpoints"
+        resume_training = trains and checkpoints.is_dir() and any(checkpoints.iterdir())
+        state, seconds = runs.train_or_fit(fitted, union.train, seed=int(config.seed),
+                                           batch_size=batch_size, run_dir=run_dir,
+                                           epochs=epochs, resume=resume_training,
+                                           progress=progress)
+        extra = {"data": [str(Path(f).resolve()) for f in train_folders],
+                 "layout": union.layout, **images, "seed": int(config.seed),
+                 "n_train": len(union.train), "fit_seconds": round(seconds, 3),
+                 "fit_peak_rss_mb": peak_rss_mb()}
+        members = ([(run_dir, method, state, {})] if fitted is method else
+                   [(run_dir / "members" / str(i), member_method, member_state(state, i), tag)
+                    for i, (member_method, tag) in enumerate(member_methods)])
+        records = []
+        for member_dir, member_method, member, tag in members:
+            save_run(member_dir, member_method, member, {**extra, **tag})
+            for dataset in tests:
+                records.append(_test_member(member_dir, member_method, member, dataset, tag,
+                                            extra, batch_size, config, len(tests) == 1,
+                                            progress))
+        write_json(run_dir / METRICS_FILE, records)
     return records
+
+
+def _test_member(member_dir: Path, method: Any, state: Any, dataset: Any,
+                 tag: dict[str, Any], extra: dict[str, Any], batch_size: int,
+                 config: ml_collections.ConfigDict, write_threshold: bool,
+                 progress: bool) -> dict[str, Any]:
+    """Test one (member) model on one category; its metrics record."""
+    maps_dir = member_dir / "maps" / dataset.name if config.save_maps else None
+    with runs.caller_mesh(method):
+        result = evaluate(method, state, dataset.test, batch_size=batch_size,
+                          maps_dir=maps_dir, progress=progress)
+    if write_threshold and result["threshold"] is not None:
+        write_json(member_dir / THRESHOLD_FILE, result["threshold"])
+    if maps_dir is not None:
+        plot_curves(maps_dir / "maps.npz", member_dir / "plots" / f"{dataset.name}_curves.png",
+                    title=f"{method.name} on {dataset.name}")
+    return {"category": dataset.name, **tag, **runs.metrics_record(method, extra, result)}
+
+
+def _check_same_experiment(run_dir: Path, config: ml_collections.ConfigDict) -> None:
+    """Refuse to continue a run folder whose ``experiment.json`` holds another config."""
+    path = run_dir / EXPERIMENT_FILE
+    if not path.is_file():
+        return
+    old = _flat(read_json(path, "experiment config"))
+    new = _flat(json.loads(json.dumps(config.to_dict(), default=str)))
+    changed = [f"{k}={old.get(k)!r} (folder) vs {new.get(k)!r} (now)"
+               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if changed:
+        raise RunError(f"{path}: the run folder holds another experiment ({'; '.join(changed)});"
+                       " use the same config, or pass --overwrite to replace the run")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` of a nested dict (lists compared as lists)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

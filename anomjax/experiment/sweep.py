@@ -167,7 +167,9 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path, *,
             yield ids[i], "skipped"
             continue
         cfg = run_config(config, runs[i])
-        records = run_experiment(cfg, sweep_dir / "runs" / ids[i], progress=progress)
+        run_dir = sweep_dir / "runs" / ids[i]
+        started = run_dir.is_dir() and any(run_dir.iterdir())  # a killed run: continue it
+        records = run_experiment(cfg, run_dir, resume=started, progress=progress)
         recorded = {key: get_path(cfg, key) for key in RECORDED_FIELDS}
         _append(sweep_dir, [{"run": ids[i], "swept": _member_swept(runs[i], r), **recorded,
                              **{k: _finite(v) for k, v in r.items()}} for r in records])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from anomjax.experiment.cli import split_config_overrides
+from anomjax.cli import split_config_overrides
 from anomjax.experiment.config import apply_overrides, base_config, build_method, load_config
 from anomjax.experiment.report import mean_std, summary_markdown
 from anomjax.experiment.run import roc_curve

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from anomjax.methods.population import Population
 from anomjax.train import train_method
 from anomjax.train.frozen_cache import build_frozen_cache
 from tests.train.train_toy import ArraySplit, ToyConvAE, toy_split
@@ -113,3 +114,50 @@ def test_the_step_compiled_ahead_is_the_one_training_runs(frozen_cache_mb, caplo
                 if r.getMessage().startswith("Finished XLA compilation of jit(train_step)")]
     assert len(compiled) == 1, [r.getMessage() for r in compiled]
     assert compiled[0].threadName.startswith("compile")  # ahead, not at the first step
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedTeacher(ToyWithFrozenTarget):
+    """The frozen projection does not depend on the key: equal in every population member."""
+
+    name: ClassVar[str] = "toy_shared_teacher"
+
+    def init(self, key: jax.Array, images: jax.Array) -> dict:
+        state = super().init(key, images)
+        return {**state, "frozen": {"proj": jax.random.normal(jax.random.key(7), (3, 3))}}
+
+
+@pytest.mark.parametrize("member, layout", [(SharedTeacher(), "shared"),
+                                            (ToyWithFrozenTarget(), "per_member")])
+def test_a_population_uses_the_frozen_feature_cache_like_a_single_run(tmp_path, member, layout):
+    """The population forwards ``frozen_features``: a teacher shared by the members is cached
+    once ([N, ...]), one that differs per member once per member ([N, K, ...]); either way
+    training through the cache equals computing the features at every step, and every
+    member's loss received the cached features."""
+    split = toy_split(n=8)
+    population = Population(member, size=2)
+    state = population.init(jax.random.key(0), split.images[:4])
+    cache = build_frozen_cache(population, state, split, 4, limit_mb=1.0, num_workers=0)
+    assert set(cache.features) == {layout}
+    shape = (8, 8, 8, 3) if layout == "shared" else (8, 2, 8, 8, 3)
+    assert cache.features[layout]["target"].shape == shape
+    proj = np.asarray(state["shared" if layout == "shared" else "members"]["frozen"]["proj"],
+                      np.float64)
+    images = split.images.astype(np.float64)
+    expected = (images @ proj if layout == "shared" else
+                np.stack([images @ p for p in proj], axis=1))
+    np.testing.assert_allclose(cache.features[layout]["target"], expected, rtol=1e-5, atol=1e-6)
+
+    def run(name: str, limit_mb: float) -> tuple[dict, list[dict]]:
+        out = train_method(population, jax.random.key(1), split, epochs=2, batch_size=4,
+                           run_dir=tmp_path / name, num_workers=0, frozen_cache_mb=limit_mb,
+                           disable=True)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return out, [json.loads(line) for line in lines]
+
+    cached, cached_log = run("cached", 1.0)
+    plain, plain_log = run("plain", 0)
+    assert {row["train/cached"] for row in cached_log} == {1.0}
+    assert {row["train/cached"] for row in plain_log} == {0.0}
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 cached["params"], plain["params"])

@@ -1,0 +1,372 @@
+"""The run API: fit, test and predict with run folders, as plain library functions.
+
+Every face of anomjax goes through these functions: the ``anomjax fit | test | predict |
+demo`` commands (which only parse arguments and print), the experiment layer (``run``,
+``sweep``, ``benchmark``) and a notebook::
+
+    from anomjax import runs
+    from anomjax.methods import make_method
+
+    fitted = runs.fit(make_method("patchcore"), ["data/bottle"], "runs/bottle", image_size=256)
+    tested = runs.test("runs/bottle", "data/bottle", maps_dir="out")   # metrics, threshold
+    rows = runs.predict("runs/bottle", ["new_images/"], "predictions")  # heat maps, scores.csv
+
+A run folder (:mod:`anomjax.run_folder`) holds one run. ``fit`` refuses a non-empty folder
+unless asked to replace it whole (``overwrite``) or to continue its training (``resume``);
+the folder is locked while ``fit`` or ``test`` uses it, and every file is written
+atomically. Errors a user can cause are :class:`UsageError`, :class:`RunError`,
+:class:`~anomjax.data.DataError` or ``ValueError`` with one line that names the input; the
+command line prints exactly these messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from anomjax.data import expand_image_paths, iter_image_batches, open_dataset
+from anomjax.data.multiclass import open_multiclass
+from anomjax.data.transforms import RESIZE_DTYPES, as_hw
+from anomjax.evaluate import evaluate, peak_rss_mb
+from anomjax.run_folder import (
+    CONFIG_FILE,
+    THRESHOLD_FILE,
+    RunError,
+    atomic_writer,
+    check_writable_dir,
+    check_writable_file,
+    load_method,
+    load_run,
+    load_threshold,
+    prepare_run_dir,
+    run_lock,
+    save_run,
+    write_json,
+)
+from anomjax.train import train_method
+from anomjax.types import State
+from anomjax.visualize import save_heatmap
+
+METRIC_KEYS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap",
+               "pixel_aupro")
+#: Largest image side (``image_size`` / ``crop``): 4096 px already needs ~200 MB per RGB image.
+MAX_IMAGE_SIDE = 4096
+#: The batch size of a method whose paper gives none.
+DEFAULT_BATCH_SIZE = 16
+
+
+class UsageError(ValueError):
+    """Arguments that contradict each other or do not apply to the method."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` did.
+
+    Attributes:
+      run_dir: the absolute run folder.
+      method: the fitted method.
+      state: its fitted or trained state (a pytree).
+      seconds: wall time of fitting or training.
+      config: the run settings written to ``config.json`` besides the method's.
+    """
+
+    run_dir: Path
+    method: Any
+    state: State
+    seconds: float
+    config: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TestResult:
+    """What :func:`test` measured.
+
+    Attributes:
+      record: the flat metrics record (:data:`METRIC_KEYS`, method, timings, ...).
+      per_defect: ``{defect type: metrics}`` on good + that type.
+      threshold: the threshold record written to ``threshold.json``, or ``None`` when the
+        split cannot fix one (``threshold_note`` says why).
+      threshold_note: how the threshold was chosen, or why none was.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    record: dict[str, Any]
+    per_defect: dict[str, dict[str, float]]
+    threshold: dict[str, Any] | None
+    threshold_note: str
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+def fit(method: Any, data: Sequence[str | os.PathLike] | str | os.PathLike,
+        out: str | os.PathLike, *, layout: str | None = None, image_size: int = 256,
+        crop: int | None = None, resize_dtype: str = "uint8", seed: int = 0,
+        batch_size: int | None = None, epochs: int | None = None, resume: bool = False,
+        overwrite: bool = False, allow_config_change: bool = False,
+        progress: bool = True) -> FitResult:
+    """Fit (``kind == "fit"``) or train ``method`` on the normal images of ``data`` (one
+    category folder, or several: one model on their union) into the run folder ``out``.
+
+    ``batch_size`` defaults to the method's paper batch size (else 16), ``epochs`` to its
+    paper's; ``resume`` continues the training checkpoints in ``out`` (the same settings
+    are required unless ``allow_config_change``), ``overwrite`` replaces the run in ``out``
+    whole. Under ``jax.distributed`` every process calls it alike; process 0 writes.
+    """
+    if allow_config_change and not resume:
+        raise UsageError("--allow-config-change applies only with --resume")
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume contradict each other: pick one")
+    folders = [data] if isinstance(data, str | os.PathLike) else list(data)
+    batch_size = batch_size or method.default_batch_size or DEFAULT_BATCH_SIZE
+    dataset, _ = open_multiclass(folders, layout=layout, image_size=image_size, crop=crop,
+                                 resize_dtype=resize_dtype)
+    with open_run_folder(out, resume=resume, overwrite=overwrite):
+        state, seconds = train_or_fit(method, dataset.train, seed=seed, batch_size=batch_size,
+                                      run_dir=Path(out), epochs=epochs, resume=resume,
+                                      allow_config_change=allow_config_change,
+                                      progress=progress)
+        resolved = [str(Path(d).resolve()) for d in folders]
+        config = {"data": resolved[0] if len(resolved) == 1 else resolved,
+                  "layout": dataset.layout, "image_size": image_size, "crop": crop,
+                  "resize_dtype": resize_dtype, "seed": seed, "batch_size": batch_size,
+                  "n_train": len(dataset.train), "fit_seconds": round(seconds, 3),
+                  "fit_peak_rss_mb": peak_rss_mb()}
+        run_dir = save_run(out, method, state, config)
+    return FitResult(run_dir=run_dir, method=method, state=state, seconds=seconds,
+                     config=config)
+
+
+@contextlib.contextmanager
+def open_run_folder(out: str | os.PathLike, *, resume: bool = False,
+                    overwrite: bool = False) -> Iterator[Path]:
+    """Lock the run folder ``out`` and prepare it for a new fit (see
+    :func:`~anomjax.run_folder.prepare_run_dir`); yields its absolute path.
+
+    Only process 0 locks and prepares; the others wait for it (``jax.distributed``).
+    """
+    out = Path(out)
+    primary = jax.process_index() == 0
+    if primary:
+        check_writable_dir(out, "--out")
+    with run_lock(out) if primary else contextlib.nullcontext():
+        if primary:
+            prepare_run_dir(out, resume=resume, overwrite=overwrite)
+        if jax.process_count() > 1:  # nobody writes before process 0 has prepared it
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("anomjax: run folder ready")
+        yield out.absolute()
+
+
+def train_or_fit(method: Any, train_split: Any, *, seed: int, batch_size: int,
+                 run_dir: str | os.PathLike | None, epochs: int | None = None,
+                 resume: bool = False, allow_config_change: bool = False,
+                 progress: bool = True) -> tuple[State, float]:
+    """Fit (one pass) or train (``method.kind == "train"``, with checkpoints in ``run_dir``)
+    ``method`` on ``train_split``; returns ``(state, seconds)``."""
+    key = jax.random.key(seed)
+    start = time.perf_counter()
+    if method.kind == "train":
+        state = train_method(method, key, train_split, epochs=epochs, batch_size=batch_size,
+                             run_dir=run_dir, resume=resume,
+                             allow_config_change=allow_config_change, disable=not progress)
+    else:
+        if epochs is not None or resume:
+            raise UsageError(f"{method.name} is fitted in one pass: --epochs/--resume do not "
+                             "apply")
+        with caller_mesh(method), tqdm(
+                train_split.batches(batch_size), desc=f"fitting {method.name}", unit="batch",
+                total=-(-len(train_split) // batch_size),
+                disable=not progress or jax.process_index() != 0) as batches:
+            state = method.fit(key, batches)
+            jax.block_until_ready(state)
+    return state, time.perf_counter() - start
+
+
+def caller_mesh(method: Any) -> contextlib.AbstractContextManager:
+    """The mesh of all devices (``jax.set_mesh``) for a method that declares
+    ``uses_caller_mesh`` and when there are several devices; else no mesh."""
+    if not method.uses_caller_mesh or jax.device_count() == 1:
+        return contextlib.nullcontext()
+    return jax.set_mesh(jax.make_mesh((jax.device_count(),), ("devices",)))
+
+
+# ---------------------------------------------------------------------------- test
+
+
+def test(run_dir: str | os.PathLike, data: str | os.PathLike, *, layout: str | None = None,
+         batch_size: int = DEFAULT_BATCH_SIZE, json_path: str | os.PathLike | None = None,
+         maps_dir: str | os.PathLike | None = None,
+         overlays_dir: str | os.PathLike | None = None,
+         threshold_quantile: float | None = None, progress: bool = True) -> TestResult:
+    """Evaluate the run in ``run_dir`` on the test split of the category folder ``data``.
+
+    Writes the image threshold to ``run_dir/threshold.json`` (F1-optimal, or the
+    ``threshold_quantile`` of the good images' scores), the metrics record to ``json_path``,
+    ``maps.npz`` to ``maps_dir`` and overlay PNGs to ``overlays_dir`` where given. Output
+    paths and the run's files are checked before any work.
+    """
+    if json_path:
+        check_writable_file(json_path, "--json")
+    for flag, folder in (("--maps", maps_dir), ("--overlays", overlays_dir)):
+        if folder:
+            check_writable_dir(folder, flag)
+    check_image_settings(run_dir, load_method(run_dir)[1])
+    with run_lock(run_dir):
+        method, state, config = load_run(run_dir)
+        dataset = open_dataset(data, layout=layout, image_size=config["image_size"],
+                               crop=config.get("crop"), resize_dtype=run_resize_dtype(config))
+        with caller_mesh(method):
+            result = evaluate(method, state, dataset.test, batch_size=batch_size,
+                              maps_dir=maps_dir, overlays_dir=overlays_dir,
+                              threshold_quantile=threshold_quantile, progress=progress)
+        if result["threshold"] is not None:
+            write_json(Path(run_dir) / THRESHOLD_FILE, result["threshold"])
+    record = metrics_record(method, config, result)
+    if json_path:
+        write_json(Path(json_path), {**record, "per_defect": result["per_defect"]})
+    return TestResult(record=record, per_defect=result["per_defect"],
+                      threshold=result["threshold"], threshold_note=result["threshold_note"])
+
+
+def metrics_record(method: Any, config: dict[str, Any], result: dict[str, Any]) -> dict:
+    """The flat metrics record of one test (the keys of ``anomjax test --json``)."""
+    record = {k: result[k] for k in METRIC_KEYS}
+    record.update(method=method.name, backbone=getattr(method, "backbone", None),
+                  image_size=config["image_size"], n_train=config["n_train"],
+                  n_test=result["n_test"], fit_seconds=config["fit_seconds"],
+                  test_seconds=result["test_seconds"],
+                  images_per_second=result["images_per_second"],
+                  peak_rss_mb=max(result["peak_rss_mb"], config.get("fit_peak_rss_mb", 0.0)))
+    return record
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def predict(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
+            out: str | os.PathLike, *, threshold: float | None = None,
+            batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True
+            ) -> list[dict[str, Any]]:
+    """Score image files (or the images of folders) ``paths`` with the run in ``run_dir``.
+
+    Writes ``out/<i>_<stem>_heatmap.png``, ``out/<i>_<stem>_map.npy`` ``[H, W]`` and
+    ``out/scores.csv`` (path, raw score, normalised score, label, heat map), and returns the
+    rows of ``scores.csv``. ``threshold`` overrides the one ``test`` chose; without either
+    the call is refused before any work.
+    """
+    check_image_settings(run_dir, load_method(run_dir)[1])
+    limits = predict_threshold(run_dir, threshold)
+    files = expand_image_paths(paths)
+    _check_utf8_names(files)
+    out = Path(out)
+    check_writable_dir(out, "--out")
+    method, state, config = load_run(run_dir)
+    rows: list[dict[str, Any]] = []
+    batches = iter_image_batches(files, batch_size, config["image_size"], config.get("crop"),
+                                 resize_dtype=run_resize_dtype(config))
+    with caller_mesh(method), tqdm(total=len(files), desc=f"predicting with {method.name}",
+                                   unit="img", disable=not progress) as bar:
+        score_fn = jax.jit(method.score)
+        for images, names in batches:
+            n = len(names)
+            if n < batch_size:  # one compiled shape for every batch
+                pad = np.zeros((batch_size - n, *images.shape[1:]), images.dtype)
+                images = np.concatenate([images, pad])
+            scores = score_fn(state, images)
+            for path, image_score, heat in zip(names, np.asarray(scores.image)[:n],
+                                               np.asarray(scores.maps)[:n], strict=True):
+                stem = f"{len(rows):04d}_{Path(path).stem}"
+                save_heatmap(out / f"{stem}_heatmap.png", heat, limits["pixel_min"],
+                             limits["pixel_max"])
+                np.save(out / f"{stem}_map.npy", heat.astype(np.float32))
+                rows.append({"path": path, "score": float(image_score),
+                             "normalized_score": normalized(float(image_score), limits),
+                             "anomalous": int(image_score >= limits["image_threshold"]),
+                             "heatmap": f"{stem}_heatmap.png"})
+            bar.update(n)
+    with atomic_writer(out / "scores.csv", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def predict_threshold(run_dir: str | os.PathLike, threshold: float | None
+                      ) -> dict[str, float]:
+    """The run's threshold record with ``threshold`` (if given) as the image threshold."""
+    record = load_threshold(run_dir)
+    if record is None and threshold is None:
+        raise RunError(f"{run_dir} has no {THRESHOLD_FILE}: run `anomjax test "
+                       f"{run_dir} --data DIR` first (it picks the F1-optimal threshold, "
+                       "or with --threshold-quantile Q one from good images only) or pass "
+                       "--threshold")
+    if record is None:
+        t = float(threshold)
+        spread = max(abs(t), 1e-6)
+        record = {"image_threshold": t, "image_min": t - spread, "image_max": t + spread,
+                  "pixel_min": 0.0, "pixel_max": t + spread}
+    if threshold is not None:
+        record["image_threshold"] = float(threshold)
+    return record
+
+
+def normalized(score: float, threshold: dict[str, float]) -> float:
+    """Min-max normalisation around the threshold: threshold -> 0.5, clipped to [0, 1]."""
+    from anomjax.metrics import NormalizationStats, normalize
+
+    stats = NormalizationStats(threshold=np.float32(threshold["image_threshold"]),
+                               min=np.float32(threshold["image_min"]),
+                               max=np.float32(threshold["image_max"]))
+    return float(normalize(np.float32(score), stats))
+
+
+def _check_utf8_names(paths: Sequence[str]) -> None:
+    """``scores.csv`` is UTF-8: refuse, before any work, a file name that cannot be written."""
+    for path in paths:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"{os.fsencode(path)!r}: the file name is not valid UTF-8, so it "
+                             "cannot be written to scores.csv; rename the file") from None
+
+
+# ---------------------------------------------------------------------------- run settings
+
+
+def run_resize_dtype(config: dict[str, Any]) -> str:
+    """The run's ``resize_dtype`` (runs saved before it was recorded resized in uint8)."""
+    return config.get("resize_dtype", "uint8")
+
+
+def check_image_settings(run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
+    """A run's ``image_size``/``crop`` must be sizes the library accepts (a crafted
+    config.json could ask for 100000 px), and its ``resize_dtype`` one of
+    :data:`~anomjax.data.transforms.RESIZE_DTYPES`."""
+    where = Path(run_dir) / CONFIG_FILE
+    if run_resize_dtype(config) not in RESIZE_DTYPES:
+        raise RunError(f"{where}: invalid resize_dtype {run_resize_dtype(config)!r}, "
+                       f"expected one of {RESIZE_DTYPES}")
+    for key in ("image_size", "crop"):
+        value = config.get(key)
+        if value is None and key == "crop":
+            continue
+        try:
+            sides = as_hw(tuple(value) if isinstance(value, list) else value)
+        except (TypeError, ValueError) as err:
+            raise RunError(f"{where}: invalid {key} ({err})") from None
+        if max(sides) > MAX_IMAGE_SIDE:
+            raise RunError(f"{where}: {key}={value!r} exceeds {MAX_IMAGE_SIDE} px")
