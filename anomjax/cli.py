@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--batch-size", type=_batch_size, default=None,
                      help="global batch size (default: the method's paper batch size, else "
                           f"{DEFAULT_BATCH_SIZE})")
-    fit.add_argument("--epochs", type=int, help="training epochs (methods that train)")
+    fit.add_argument("--epochs", type=_count, help="training budget in epochs (methods that "
+                     "train; default: the paper's)")
+    fit.add_argument("--steps", type=_count, help="training budget in optimiser steps instead "
+                     "of epochs (the last epoch may stop part-way)")
     fit.add_argument("--resume", action="store_true",
                      help="continue training from the latest checkpoint in --out")
     fit.add_argument("--allow-config-change", action="store_true",
@@ -187,6 +190,10 @@ def _batch_size(text: str) -> int:
     return _bounded_int(text, "the batch size", 1, MAX_BATCH_SIZE)
 
 
+def _count(text: str) -> int:
+    return _bounded_int(text, "a training budget", 1, 10**9)
+
+
 def _seed(text: str) -> int:
     return _bounded_int(text, "the seed", -(2**63), 2**63 - 1)
 
@@ -217,7 +224,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     fitted = runs.fit(method, args.data, args.out, layout=args.layout,
                       image_size=args.image_size, crop=args.crop,
                       resize_dtype=args.resize_dtype, seed=args.seed,
-                      batch_size=args.batch_size, epochs=args.epochs, resume=args.resume,
+                      batch_size=args.batch_size, epochs=args.epochs, steps=args.steps,
+                      resume=args.resume,
                       overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     if jax.process_index() == 0:
         print(f"fitted {method.name} on {fitted.config['n_train']} images in "
@@ -334,7 +342,9 @@ def _add_experiment_commands(sub: Any) -> None:
     bench.add_argument("--protocol", help="protocol config file (e.g. "
                        "experiments/configs/mvtec_ad_256.py): image size, crop, categories")
     bench.add_argument("--image-size", type=int, help="override the protocol's image size")
-    bench.add_argument("--epochs", type=int, help="training epochs of methods that train")
+    bench.add_argument("--epochs", type=_count, help="training epochs of methods that train")
+    bench.add_argument("--steps", type=_count,
+                       help="training budget in optimiser steps instead of epochs")
     bench.add_argument("--out", required=True, help="benchmark directory")
     _add_process_args(bench)
     bench.set_defaults(handler=cmd_benchmark)
@@ -429,6 +439,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         overrides["image_size"] = args.image_size
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
+    if args.steps is not None:
+        overrides["steps"] = args.steps
     index, count = _processes(args)
     statuses = list(run_benchmark(args.data, args.method, args.out, protocol=protocol,
                                   overrides=overrides, process_index=index,

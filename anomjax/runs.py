@@ -53,7 +53,7 @@ from anomjax.run_folder import (
     save_run,
     write_json,
 )
-from anomjax.train import train_method
+from anomjax.train import train_method, train_plan
 from anomjax.types import State
 from anomjax.visualize import save_heatmap
 
@@ -114,16 +114,18 @@ class TestResult:
 def fit(method: Any, data: Sequence[str | os.PathLike] | str | os.PathLike,
         out: str | os.PathLike, *, layout: str | None = None, image_size: int = 256,
         crop: int | None = None, resize_dtype: str = "uint8", seed: int = 0,
-        batch_size: int | None = None, epochs: int | None = None, resume: bool = False,
-        overwrite: bool = False, allow_config_change: bool = False,
+        batch_size: int | None = None, epochs: int | None = None, steps: int | None = None,
+        resume: bool = False, overwrite: bool = False, allow_config_change: bool = False,
         progress: bool = True) -> FitResult:
     """Fit (``kind == "fit"``) or train ``method`` on the normal images of ``data`` (one
     category folder, or several: one model on their union) into the run folder ``out``.
 
-    ``batch_size`` defaults to the method's paper batch size (else 16), ``epochs`` to its
-    paper's; ``resume`` continues the training checkpoints in ``out`` (the same settings
-    are required unless ``allow_config_change``), ``overwrite`` replaces the run in ``out``
-    whole. Under ``jax.distributed`` every process calls it alike; process 0 writes.
+    ``batch_size`` defaults to the method's paper batch size (else 16); the training budget
+    is ``steps`` optimiser steps or ``epochs`` passes (neither: the paper's epochs), and
+    ``config.json`` records the steps taken and the images seen. ``resume`` continues the
+    training checkpoints in ``out`` (the same settings are required unless
+    ``allow_config_change``), ``overwrite`` replaces the run in ``out`` whole. Under
+    ``jax.distributed`` every process calls it alike; process 0 writes.
     """
     if allow_config_change and not resume:
         raise UsageError("--allow-config-change applies only with --resume")
@@ -134,19 +136,18 @@ def fit(method: Any, data: Sequence[str | os.PathLike] | str | os.PathLike,
     dataset, _ = open_multiclass(folders, layout=layout, image_size=image_size, crop=crop,
                                  resize_dtype=resize_dtype)
     with open_run_folder(out, resume=resume, overwrite=overwrite):
-        state, seconds = train_or_fit(method, dataset.train, seed=seed, batch_size=batch_size,
-                                      run_dir=Path(out), epochs=epochs, resume=resume,
-                                      allow_config_change=allow_config_change,
-                                      progress=progress)
+        trained = train_or_fit(method, dataset.train, seed=seed, batch_size=batch_size,
+                               run_dir=Path(out), epochs=epochs, steps=steps, resume=resume,
+                               allow_config_change=allow_config_change, progress=progress)
         resolved = [str(Path(d).resolve()) for d in folders]
         config = {"data": resolved[0] if len(resolved) == 1 else resolved,
                   "layout": dataset.layout, "image_size": image_size, "crop": crop,
                   "resize_dtype": resize_dtype, "seed": seed, "batch_size": batch_size,
-                  "n_train": len(dataset.train), "fit_seconds": round(seconds, 3),
-                  "fit_peak_rss_mb": peak_rss_mb()}
-        run_dir = save_run(out, method, state, config)
-    return FitResult(run_dir=run_dir, method=method, state=state, seconds=seconds,
-                     config=config)
+                  "n_train": len(dataset.train), **trained.budget,
+                  "fit_seconds": round(trained.seconds, 3), "fit_peak_rss_mb": peak_rss_mb()}
+        run_dir = save_run(out, method, trained.state, config)
+    return FitResult(run_dir=run_dir, method=method, state=trained.state,
+                     seconds=trained.seconds, config=config)
 
 
 @contextlib.contextmanager
@@ -171,29 +172,49 @@ def open_run_folder(out: str | os.PathLike, *, resume: bool = False,
         yield out.absolute()
 
 
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """The state :func:`train_or_fit` produced, its wall time and its budget.
+
+    Attributes:
+      state: the fitted or trained state.
+      seconds: wall time.
+      budget: ``optimizer_steps`` (0 for a fitted method), ``epochs`` and ``images_seen``
+        (training images the optimiser saw; one pass for a fitted method).
+    """
+
+    state: State
+    seconds: float
+    budget: dict[str, int]
+
+
 def train_or_fit(method: Any, train_split: Any, *, seed: int, batch_size: int,
                  run_dir: str | os.PathLike | None, epochs: int | None = None,
-                 resume: bool = False, allow_config_change: bool = False,
-                 progress: bool = True) -> tuple[State, float]:
-    """Fit (one pass) or train (``method.kind == "train"``, with checkpoints in ``run_dir``)
-    ``method`` on ``train_split``; returns ``(state, seconds)``."""
+                 steps: int | None = None, resume: bool = False,
+                 allow_config_change: bool = False, progress: bool = True) -> Trained:
+    """Fit (one pass) or train (``method.kind == "train"``, with checkpoints in ``run_dir``,
+    for ``steps`` optimiser steps or ``epochs`` passes) ``method`` on ``train_split``."""
     key = jax.random.key(seed)
     start = time.perf_counter()
     if method.kind == "train":
-        state = train_method(method, key, train_split, epochs=epochs, batch_size=batch_size,
-                             run_dir=run_dir, resume=resume,
+        plan = train_plan(method, len(train_split), batch_size, epochs=epochs, steps=steps)
+        state = train_method(method, key, train_split, epochs=epochs, steps=steps,
+                             batch_size=batch_size, run_dir=run_dir, resume=resume,
                              allow_config_change=allow_config_change, disable=not progress)
+        budget = {"optimizer_steps": plan.total_steps, "epochs": plan.epochs,
+                  "images_seen": plan.images_seen}
     else:
-        if epochs is not None or resume:
-            raise UsageError(f"{method.name} is fitted in one pass: --epochs/--resume do not "
-                             "apply")
+        if epochs is not None or steps is not None or resume:
+            raise UsageError(f"{method.name} is fitted in one pass: --epochs/--steps/--resume "
+                             "do not apply")
         with caller_mesh(method), tqdm(
                 train_split.batches(batch_size), desc=f"fitting {method.name}", unit="batch",
                 total=-(-len(train_split) // batch_size),
                 disable=not progress or jax.process_index() != 0) as batches:
             state = method.fit(key, batches)
             jax.block_until_ready(state)
-    return state, time.perf_counter() - start
+        budget = {"optimizer_steps": 0, "epochs": 1, "images_seen": len(train_split)}
+    return Trained(state=state, seconds=time.perf_counter() - start, budget=budget)
 
 
 def caller_mesh(method: Any) -> contextlib.AbstractContextManager:
@@ -247,6 +268,8 @@ def metrics_record(method: Any, config: dict[str, Any], result: dict[str, Any]) 
     record = {k: result[k] for k in METRIC_KEYS}
     record.update(method=method.name, backbone=getattr(method, "backbone", None),
                   image_size=config["image_size"], n_train=config["n_train"],
+                  optimizer_steps=config.get("optimizer_steps"),
+                  images_seen=config.get("images_seen"),
                   n_test=result["n_test"], fit_seconds=config["fit_seconds"],
                   test_seconds=result["test_seconds"],
                   images_per_second=result["images_per_second"],

@@ -13,6 +13,8 @@ A config is an ``ml_collections.ConfigDict`` with at least these fields::
     resize_dtype  ``"uint8"`` resizes the 8-bit images, ``"float32"`` their [0, 1] floats
                 (see :mod:`anomjax.data.transforms`)
     epochs      training epochs (``None``: the method's default; ignored by fit methods)
+    steps       training budget in optimiser steps (``None``: use ``epochs``; when set,
+                ``epochs`` is ignored)
     batch_size  global batch size (``None``: the method's default, else 16)
     seed        PRNG seed of fitting/training
     seeds       K: train K independent models in one vmapped step
@@ -63,6 +65,7 @@ def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collec
         "image_size": cls.default_image_size, "crop": None,
         "resize_dtype": "uint8",
         "epochs": getattr(cls, "default_epochs", None),  # fitted methods have none
+        "steps": None,
         "batch_size": cls.default_batch_size, "seed": 0, "seeds": 1,
         "learning_rates": (), "shard_members": False, "save_maps": True,
         "sweep": {}, "sweep_zip": {},

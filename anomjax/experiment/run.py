@@ -89,10 +89,12 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
         raise ValueError("config.data is empty: set it to a category folder "
                          "(--config.data=DIR) or a tuple of folders")
     trains = method.kind == "train"
-    epochs = config.epochs if trains else None
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
-                               or epochs < 1):
-        raise ValueError(f"config.epochs must be an integer >= 1 or None, got {epochs!r}")
+    steps = config.get("steps") if trains else None
+    epochs = config.epochs if trains and steps is None else None
+    for name, value in (("epochs", epochs), ("steps", steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"config.{name} must be an integer >= 1 or None, got {value!r}")
     images = {"image_size": config.image_size, "crop": config.crop,
               "resize_dtype": config.get("resize_dtype", "uint8")}
     union, categories = open_multiclass(train_folders, layout=config.layout, **images)
@@ -105,14 +107,14 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
         write_json(run_dir / EXPERIMENT_FILE, config.to_dict())
         checkpoints = run_dir / "checkpoints"
         resume_training = trains and checkpoints.is_dir() and any(checkpoints.iterdir())
-        state, seconds = runs.train_or_fit(fitted, union.train, seed=int(config.seed),
-                                           batch_size=batch_size, run_dir=run_dir,
-                                           epochs=epochs, resume=resume_training,
-                                           progress=progress)
+        trained = runs.train_or_fit(fitted, union.train, seed=int(config.seed),
+                                    batch_size=batch_size, run_dir=run_dir, epochs=epochs,
+                                    steps=steps, resume=resume_training, progress=progress)
+        state = trained.state
         extra = {"data": [str(Path(f).resolve()) for f in train_folders],
                  "layout": union.layout, **images, "seed": int(config.seed),
-                 "n_train": len(union.train), "fit_seconds": round(seconds, 3),
-                 "fit_peak_rss_mb": peak_rss_mb()}
+                 "n_train": len(union.train), **trained.budget,
+                 "fit_seconds": round(trained.seconds, 3), "fit_peak_rss_mb": peak_rss_mb()}
         members = ([(run_dir, method, state, {})] if fitted is method else
                    [(run_dir / "members" / str(i), member_method, member_state(state, i), tag)
                     for i, (member_method, tag) in enumerate(member_methods)])

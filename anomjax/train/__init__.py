@@ -39,7 +39,7 @@ from anomjax.methods.optimization import GroupedOptimizer, Phase, Update
 from anomjax.train.checkpoint_store import CheckpointStore
 from anomjax.train.distributed import initialize_from_env
 from anomjax.train.divergence import TrainingDiverged
-from anomjax.train.loop import epoch_seed, train_method
+from anomjax.train.loop import TrainPlan, epoch_seed, train_method, train_plan
 from anomjax.train.sharding import DataMesh
 from anomjax.train.state import TrainState, init_train_state, method_state
 from anomjax.train.step import make_train_step
@@ -49,6 +49,7 @@ __all__ = [
     "DataMesh",
     "GroupedOptimizer",
     "Phase",
+    "TrainPlan",
     "TrainState",
     "TrainingDiverged",
     "Update",
@@ -58,4 +59,5 @@ __all__ = [
     "make_train_step",
     "method_state",
     "train_method",
+    "train_plan",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -166,8 +167,58 @@ def _validate(method: Any, state: State, split: Any, batch_size: int, mesh: Data
     return {k: float(v) for k, v in metrics.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainPlan:
+    """How long a run trains, in optimiser steps.
+
+    Attributes:
+      global_batch_size: images per step over all devices and processes.
+      steps_per_epoch: full batches of one pass over the training split.
+      total_steps: optimiser steps of the whole run (the budget).
+      epochs: passes started (the last one may stop part-way when the budget is in steps).
+    """
+
+    global_batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+
+    @property
+    def images_seen(self) -> int:
+        """Training images the optimiser saw over the whole run."""
+        return self.total_steps * self.global_batch_size
+
+
+def train_plan(method: Any, n_train: int, batch_size: int, *, epochs: int | None = None,
+               steps: int | None = None, devices: list[Any] | None = None) -> TrainPlan:
+    """The run's budget: ``steps`` optimiser steps, or ``epochs`` passes over ``n_train``
+    images (neither: the method's ``default_epochs``); ``batch_size`` is the global batch
+    (lowered to a multiple of the devices that fits the data, with a warning)."""
+    if epochs is not None and steps is not None:
+        raise ValueError(f"give the budget as epochs ({epochs}) or as steps ({steps}), not both")
+    for name, value in (("epochs", epochs), ("steps", steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if epochs is None and steps is None:
+        epochs = method.default_epochs
+        if epochs is None:
+            raise ValueError(f"{method.name} has no default number of epochs; give a budget "
+                             "(epochs=N or steps=N; --epochs N or --steps N on the command "
+                             "line)")
+    if n_train == 0:
+        raise ValueError("the training split is empty")
+    mesh = DataMesh(devices)
+    global_bs = _global_batch_size(batch_size, n_train, mesh)
+    steps_per_epoch = (n_train // jax.process_count()) // mesh.local_batch_size(global_bs)
+    total = steps if steps is not None else epochs * steps_per_epoch
+    return TrainPlan(global_batch_size=global_bs, steps_per_epoch=steps_per_epoch,
+                     total_steps=total, epochs=-(-total // steps_per_epoch))
+
+
 def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int | None,
-                 batch_size: int, run_dir: str | Path | None = None, resume: bool = False,
+                 batch_size: int, steps: int | None = None,
+                 run_dir: str | Path | None = None, resume: bool = False,
                  allow_config_change: bool = False, keep: int = 3,
                  checkpoint_every: int | None = None, log_every: int = 10,
                  val_split: Any = None, val_every: int | None = None,
@@ -182,7 +233,11 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
         function of ``(seed, epoch)``) and every step's key (``fold_in(seed key, step)``).
       train_split: a data split (``len``, ``batches(...)``) of defect-free images.
       epochs: total epochs of the run (a resumed run continues up to this number); ``None``
-        takes the method's ``default_epochs`` (its paper's), if it declares one.
+        with ``steps`` also ``None`` takes the method's ``default_epochs`` (its paper's).
+      steps: the budget in optimiser steps instead of epochs (the last epoch stops part-way).
+        A resumed run continues up to its budget; a budget that moves the optimiser's
+        schedule or phases (defined on the run's total steps, recorded in every checkpoint)
+        is refused unless ``allow_config_change``.
       batch_size: global batch size over all devices and processes (incomplete last batches
         of an epoch are dropped, so every step has the same shape).
       run_dir: where checkpoints (``checkpoints/``), ``metrics.jsonl`` and ``tensorboard/``
@@ -217,30 +272,21 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
     if not isinstance(method, TrainedMethod):
         raise TypeError(f"train_method needs a TrainedMethod (anomjax.methods.protocol), got "
                         f"{type(method).__name__}")
-    if epochs is None:
-        epochs = method.default_epochs
-        if epochs is None:
-            raise ValueError(f"{method.name} has no default number of epochs; give one "
-                             "(epochs=N, or --epochs N on the command line)")
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
     if log_every < 1:
         raise ValueError(f"log_every must be at least 1, got {log_every}")
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir to read checkpoints from")
     mesh = DataMesh(devices)
     n_train = len(train_split)
-    if n_train == 0:
-        raise ValueError("the training split is empty")
-    global_bs = _global_batch_size(batch_size, n_train, mesh)
+    plan = train_plan(method, n_train, batch_size, epochs=epochs, steps=steps, devices=devices)
+    global_bs = plan.global_batch_size
     local_bs = mesh.local_batch_size(global_bs)
-    steps_per_epoch = (n_train // jax.process_count()) // local_bs
     keys = _run_keys(key)
     store = CheckpointStore(run_dir, keep) if run_dir is not None else None
     try:
         ts = _train_loop(method, train_split, store, run_dir=run_dir, resume=resume,
-                         allow_config_change=allow_config_change, epochs=epochs,
-                         steps_per_epoch=steps_per_epoch, global_bs=global_bs,
+                         allow_config_change=allow_config_change, plan=plan,
+                         global_bs=global_bs,
                          local_bs=local_bs, n_train=n_train, mesh=mesh, keys=keys,
                          checkpoint_every=checkpoint_every, log_every=log_every,
                          val_split=val_split, val_every=val_every,
@@ -312,14 +358,14 @@ class _MetricsWindow:
 
 def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                 run_dir: str | Path | None, resume: bool, allow_config_change: bool,
-                epochs: int, steps_per_epoch: int, global_bs: int, local_bs: int,
+                plan: TrainPlan, global_bs: int, local_bs: int,
                 n_train: int, mesh: DataMesh, keys: tuple[jax.Array, int, jax.Array],
                 checkpoint_every: int | None, log_every: int, val_split: Any,
                 val_every: int | None, compute_dtype: str | None, num_workers: int,
                 frozen_cache_mb: float, disable: bool) -> TrainState:
     """Initialise or restore the train state, run the remaining steps, return the last."""
     init_key, data_seed, step_key = keys
-    total_steps = epochs * steps_per_epoch
+    total_steps, steps_per_epoch = plan.total_steps, plan.steps_per_epoch
     if store is not None and not resume and store.latest_step() is not None:
         raise ValueError(f"{store.directory} already holds checkpoints (latest step "
                          f"{store.latest_step()}); resume them (resume=True, --resume) or "
@@ -332,17 +378,19 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
     ts = mesh.place(ts, train_state_sharding(method, mesh))
     meta = {"global_batch_size": global_bs, "steps_per_epoch": steps_per_epoch,
             "data_seed": data_seed, "process_count": jax.process_count(),
-            "method": method.name, "method_config": method_config(method)["params"]}
+            "method": method.name, "method_config": method_config(method)["params"],
+            "total_steps": total_steps}
 
     start = 0
     if resume and store.latest_step() is not None:
         ts, saved = store.restore(store.latest_step(), ts)
         check_resume(saved, meta, str(store.directory), allow_config_change)
         start = int(jax.device_get(ts.step))
+        check_schedule(method, saved.get("total_steps"), total_steps, ts,
+                       str(store.directory), allow_config_change)
         if start > total_steps:
             warnings.warn(f"the checkpoint in {store.directory} is at step {start}, past the "
-                          f"{total_steps} steps of {epochs} epochs; returning it as it is",
-                          stacklevel=2)
+                          f"run's {total_steps} steps; returning it as it is", stacklevel=2)
     cache: FrozenCache | None = None
     cacheable = not isinstance(optimizer, GroupedOptimizer)
     compiling = None
@@ -381,10 +429,11 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
 
     try:
         step = start
-        for epoch in range(start // steps_per_epoch, epochs):
+        for epoch in range(start // steps_per_epoch, plan.epochs):
             skip = step - epoch * steps_per_epoch
-            batches = _epoch_batches(train_split, local_bs, data_seed, epoch, skip,
-                                     steps_per_epoch, num_workers)
+            stop = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+            batches = _epoch_batches(train_split, local_bs, data_seed, epoch, skip, stop,
+                                     num_workers)
             for images, frozen in prefetch(batches, place):
                 ts, metrics = step_fn(ts, images, jax.random.fold_in(ts.key, step), frozen)
                 step += 1
@@ -455,3 +504,46 @@ def check_resume(saved: dict[str, Any], current: dict[str, Any], where: str,
                          "explicitly (allow_config_change=True, --allow-config-change)")
     warnings.warn(f"resuming {where} with changed hyper-parameters: {'; '.join(changed)}",
                   stacklevel=3)
+
+
+def check_schedule(method: Any, saved_total: int | None, total_steps: int, ts: TrainState,
+                   where: str, allow_config_change: bool = False) -> None:
+    """Refuse to resume with a budget that changes what the optimiser does from here on.
+
+    A method's optimiser is built from the run's ``total_steps`` (a cosine decay, the phase
+    boundaries of a :class:`GroupedOptimizer`). The checkpoint records the budget it was
+    written under; if the new budget moves a phase boundary or changes the next update
+    (probed on the restored state with a gradient of ones), the resume is refused unless
+    ``allow_config_change`` (then a warning says so). A budget that changes neither (a
+    constant schedule, extended) resumes exactly.
+    """
+    if saved_total is None or saved_total == total_steps:
+        return
+    before, after = method.optimizer(saved_total), method.optimizer(total_steps)
+    changes = []
+    if isinstance(after, GroupedOptimizer):
+        old_bounds = [p.until for p in before.phases]
+        new_bounds = [p.until for p in after.phases]
+        if old_bounds != new_bounds:
+            changes.append(f"the phase boundaries move from steps {old_bounds} to {new_bounds}")
+        pairs = [(before.optimizers[g], after.optimizers[g], ts.opt_state[g], ts.params[g])
+                 for g in after.optimizers]
+    else:
+        pairs = [(before, after, ts.opt_state, ts.params)]
+    for old, new, opt_state, params in pairs:
+        grads = jax.tree.map(np.ones_like, jax.device_get(params))
+        host_state, host_params = jax.device_get(opt_state), jax.device_get(params)
+        a = jax.tree.leaves(old.update(grads, host_state, host_params)[0])
+        b = jax.tree.leaves(new.update(grads, host_state, host_params)[0])
+        if not all(np.allclose(x, y, rtol=1e-6, atol=0) for x, y in zip(a, b, strict=True)):
+            changes.append("the learning-rate schedule gives another next update")
+            break
+    if not changes:
+        return
+    message = (f"cannot resume from {where} with a budget of {total_steps} steps: it was "
+               f"written for {saved_total} steps, and the optimiser is defined on the run's "
+               f"length ({'; '.join(changes)})")
+    if not allow_config_change:
+        raise ValueError(f"{message}; train with the same budget, or accept the change "
+                         "explicitly (allow_config_change=True, --allow-config-change)")
+    warnings.warn(message, stacklevel=3)

@@ -9,7 +9,9 @@ from typing import ClassVar
 import chex
 import jax
 import numpy as np
+import optax
 import pytest
+from groups_toy import ToyGroups
 from train_toy import ArraySplit, ToyConvAE, toy_split
 
 from anomjax.train import CheckpointStore, TrainingDiverged, epoch_seed, train_method
@@ -245,3 +247,59 @@ def test_init_on_all_images_streams_a_reiterable_of_batches():
     assert len(passes) == 2
     np.testing.assert_array_equal(passes[0], split.images)
     np.testing.assert_array_equal(passes[1], split.images)
+
+
+def test_a_budget_in_steps_stops_part_way_through_an_epoch(tmp_path, straight):
+    """toy_split(): 16 images, batch 4 -> 4 steps an epoch. steps=8 is epochs=2 exactly;
+    steps=6 stops in the second epoch, and resuming it to 8 gives the straight run."""
+    by_steps = _train(steps=8, epochs=None)
+    chex.assert_trees_all_equal(straight[1], by_steps)
+    _train(tmp_path, steps=6, epochs=None)
+    logged = [json.loads(ln)["step"] for ln in (tmp_path / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert logged == list(range(1, 7)) and CheckpointStore(tmp_path).latest_step() == 6
+    resumed = _train(tmp_path, steps=8, epochs=None, resume=True)  # constant schedule
+    chex.assert_trees_all_equal(straight[1], resumed)
+
+
+def test_budget_arguments_are_checked():
+    with pytest.raises(ValueError, match="epochs .2. or as steps .3., not both"):
+        _train(steps=3)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        _train(steps=0, epochs=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class CosineToy(ToyConvAE):
+    """A learning rate decayed over the run's length: the schedule depends on the budget."""
+
+    name: ClassVar[str] = "toy_cosine"
+
+    def optimizer(self, total_steps: int):
+        return optax.sgd(optax.cosine_decay_schedule(self.lr, total_steps))
+
+
+@dataclasses.dataclass(frozen=True)
+class HalfwayPhases(ToyGroups):
+    """Phases that switch half-way through the run, as f-AnoGAN's GAN/encoder phases do."""
+
+    name: ClassVar[str] = "toy_halfway_phases"
+
+    def optimizer(self, total_steps: int):
+        grouped = super().optimizer(total_steps)
+        first, last = grouped.phases
+        return dataclasses.replace(grouped, phases=(dataclasses.replace(
+            first, until=total_steps // 2), last))
+
+
+@pytest.mark.parametrize("method, match", [
+    (CosineToy(), "the learning-rate schedule gives another next update"),
+    (HalfwayPhases(), r"the phase boundaries move from steps \[4, None\] to \[8, None\]"),
+])
+def test_a_resume_that_moves_the_schedule_or_the_phases_is_refused(tmp_path, method, match):
+    _train(tmp_path, method=method, steps=8, epochs=None)
+    with pytest.raises(ValueError, match=f"written for 8 steps.*{match}"):
+        _train(tmp_path, method=method, steps=16, epochs=None, resume=True)
+    with pytest.warns(UserWarning, match=match):
+        _train(tmp_path, method=method, steps=16, epochs=None, resume=True,
+               allow_config_change=True)
