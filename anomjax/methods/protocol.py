@@ -207,7 +207,7 @@ class MethodWrapper(TrainedMethod, FittedMethod):
     @property
     def calibrates(self) -> bool:
         """Whether the wrapped method overrides :meth:`TrainedMethod.calibrate`."""
-        return _overrides(self.method, "calibrate")
+        return overrides(self.method, "calibrate")
 
     @property
     def uses_frozen_features(self) -> bool:
@@ -221,9 +221,12 @@ class MethodWrapper(TrainedMethod, FittedMethod):
         return None if hook is None else hook(mesh)
 
 
-def _overrides(method: Any, hook: str) -> bool:
-    """Whether ``method``'s class defines ``hook`` other than :class:`TrainedMethod`'s
-    default (a fitted method has no training hooks)."""
+def overrides(method: Any, hook: str) -> bool:
+    """Whether ``method`` does more than :class:`TrainedMethod`'s default ``hook`` (its class
+    defines its own; a wrapper asks the wrapped method; a fitted method has no training
+    hooks)."""
+    if isinstance(method, MethodWrapper):
+        return overrides(method.method, hook)
     own = getattr(type(method), hook, None)
     return own is not None and own is not getattr(TrainedMethod, hook)
 

@@ -8,7 +8,7 @@ import itertools
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from anomjax.methods.base import method_config
 from anomjax.methods.optimization import GroupedOptimizer
-from anomjax.methods.protocol import TrainedMethod
+from anomjax.methods.protocol import TrainedMethod, overrides
 from anomjax.train.checkpoint_store import CheckpointStore
 from anomjax.train.divergence import TrainingDiverged
 from anomjax.train.frozen_cache import FrozenCache, build_frozen_cache, cached_feature_shapes
@@ -222,6 +222,7 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
                  allow_config_change: bool = False, keep: int = 3,
                  checkpoint_every: int | None = None, log_every: int = 10,
                  val_split: Any = None, val_every: int | None = None,
+                 val_steps: Sequence[int] = (),
                  compute_dtype: str | None = None, num_workers: int = 4,
                  frozen_cache_mb: float = 2048.0, devices: list[Any] | None = None,
                  disable: bool = False) -> State:
@@ -254,8 +255,10 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
         for a step to finish before queueing the next. Every step is still logged with its
         own metrics, and a divergence names the exact step; ``images_per_s`` is the mean
         throughput of the fetched window.
-      val_split, val_every: score ``val_split`` with the shared metrics every ``val_every``
-        steps (and log them under ``val/``).
+      val_split, val_every, val_steps: score ``val_split`` with the shared metrics every
+        ``val_every`` steps and at each of ``val_steps`` (``0``: the initial state, before the
+        first step), and log them under ``val/`` with the step. The state scored is the one
+        the run would return at that step (calibrated, for a method with ``calibrate``).
       compute_dtype: ``"bfloat16"`` to run the loss in bfloat16 (float32 master params).
       num_workers: image-loading workers of the data pipeline.
       frozen_cache_mb: for a method that declares ``frozen_features`` (see
@@ -290,6 +293,7 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
                          local_bs=local_bs, n_train=n_train, mesh=mesh, keys=keys,
                          checkpoint_every=checkpoint_every, log_every=log_every,
                          val_split=val_split, val_every=val_every,
+                         val_steps=frozenset(val_steps),
                          compute_dtype=compute_dtype, num_workers=num_workers,
                          frozen_cache_mb=frozen_cache_mb, disable=disable)
     finally:
@@ -361,7 +365,8 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                 plan: TrainPlan, global_bs: int, local_bs: int,
                 n_train: int, mesh: DataMesh, keys: tuple[jax.Array, int, jax.Array],
                 checkpoint_every: int | None, log_every: int, val_split: Any,
-                val_every: int | None, compute_dtype: str | None, num_workers: int,
+                val_every: int | None, val_steps: frozenset[int],
+                compute_dtype: str | None, num_workers: int,
                 frozen_cache_mb: float, disable: bool) -> TrainState:
     """Initialise or restore the train state, run the remaining steps, return the last."""
     init_key, data_seed, step_key = keys
@@ -427,8 +432,23 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
             window.last_saved = store.save(ts, meta)
             window.tick = time.perf_counter()  # the throughput excludes checkpoint writes
 
+    def validate(ts: TrainState, step: int) -> None:
+        if val_split is None or not (step in val_steps or (val_every and step
+                                                            and step % val_every == 0)):
+            return
+        window.flush()
+        state = method_state(ts)
+        if overrides(method, "calibrate"):
+            state = method.calibrate(state, train_split.batches(batch_size=global_bs,
+                                                                num_workers=num_workers))
+        log.write(step, _validate(method, state, val_split, global_bs, mesh, num_workers),
+                  prefix="val")
+        window.tick = time.perf_counter()
+
     try:
         step = start
+        if start == 0:
+            validate(ts, 0)
         for epoch in range(start // steps_per_epoch, plan.epochs):
             skip = step - epoch * steps_per_epoch
             stop = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
@@ -442,11 +462,7 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                     window.flush()
                 if checkpoint_every and step % checkpoint_every == 0:
                     checkpoint(ts)
-                if val_split is not None and val_every and step % val_every == 0:
-                    window.flush()
-                    log.write(step, _validate(method, method_state(ts), val_split, global_bs,
-                                              mesh, num_workers), prefix="val")
-                    window.tick = time.perf_counter()
+                validate(ts, step)
             checkpoint(ts)
         window.flush()
     finally:

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -15,6 +16,7 @@ from groups_toy import ToyGroups
 from train_toy import ArraySplit, ToyConvAE, toy_split
 
 from anomjax.train import CheckpointStore, TrainingDiverged, epoch_seed, train_method
+from anomjax.types import Scores
 
 
 def _train(run_dir=None, **kw):
@@ -303,3 +305,35 @@ def test_a_resume_that_moves_the_schedule_or_the_phases_is_refused(tmp_path, met
     with pytest.warns(UserWarning, match=match):
         _train(tmp_path, method=method, steps=16, epochs=None, resume=True,
                allow_config_change=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibratedSign(ToyConvAE):
+    """Scores with the wrong sign until ``calibrate`` fixes it: a validation that skipped
+    calibration would report image AUROC 0 on the split below, a calibrated one 1."""
+
+    name: ClassVar[str] = "toy_calibrated_sign"
+
+    def init(self, key, images):
+        return {**super().init(key, images), "sign": -jnp.ones(())}
+
+    def calibrate(self, state, batches):
+        assert sum(len(b.images) for b in batches) == 16  # one pass over the training split
+        return {**state, "sign": jnp.ones(())}
+
+    def score(self, state, images):
+        scores = super().score(state, images)
+        return Scores(image=state["sign"] * scores.image, maps=state["sign"] * scores.maps)
+
+
+def test_validation_at_chosen_steps_scores_the_calibrated_state_from_step_0(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0.3, 0.5, (6, 8, 8, 3)).astype(np.float32)
+    masks = np.zeros((6, 8, 8), np.uint8)
+    images[3:, 2:5, 2:5], masks[3:, 2:5, 2:5] = 1.0, 1
+    val = ArraySplit(images, np.array([0, 0, 0, 1, 1, 1], np.int32), masks)
+    _train(tmp_path, epochs=1, method=CalibratedSign(), val_split=val, val_steps=(0, 3))
+    lines = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val_lines = [ln for ln in lines if "val/image_auroc" in ln]
+    assert [ln["step"] for ln in val_lines] == [0, 3]
+    assert [ln["val/image_auroc"] for ln in val_lines] == [1.0, 1.0]
