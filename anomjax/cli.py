@@ -33,7 +33,9 @@ from anomjax import runs
 from anomjax.compile_cache import enable_compile_cache
 from anomjax.data.transforms import RESIZE_DTYPES
 from anomjax.experiment import (
+    add_axes,
     apply_overrides,
+    category_folders,
     load_config,
     parse_sweep_args,
     run_benchmark,
@@ -242,6 +244,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"  {defect:<16}" + "  ".join(f"{k}={values[k]:.4f}" for k in
                                              ("image_auroc", "pixel_auroc", "pixel_aupro")))
     threshold_file = Path(args.run_dir) / THRESHOLD_FILE
+    for warning in tested.warnings:
+        print(f"anomjax test: warning: {warning}", file=sys.stderr)
     if tested.threshold is None:
         kept = ("the existing one is kept" if threshold_file.exists()
                 else "predict needs --threshold until one is written")
@@ -249,7 +253,8 @@ def cmd_test(args: argparse.Namespace) -> int:
               f"{tested.threshold_note}", file=sys.stderr)
     else:
         print(f"image threshold {tested.threshold['image_threshold']:.4g} "
-              f"({tested.threshold_note}) -> {threshold_file}")
+              f"({tested.threshold_note}, category {tested.threshold['category']}) -> "
+              f"{threshold_file}")
     return 0
 
 
@@ -333,6 +338,10 @@ def _add_experiment_commands(sub: Any) -> None:
     sweep.add_argument("--zip", action="append", default=[], metavar="FIELD=V1,V2",
                        help="sweep fields together (equal numbers of values)")
     sweep.add_argument("--out", required=True, help="sweep directory")
+    sweep.add_argument("--overwrite", action="store_true",
+                       help="start the sweep in --out over (its runs and results are deleted)")
+    sweep.add_argument("--retry-failed", action="store_true",
+                       help="train again the runs recorded as failed (diverged)")
     _add_process_args(sweep)
     sweep.set_defaults(handler=cmd_sweep)
 
@@ -408,24 +417,37 @@ def _processes(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    records = run_experiment(_config(args), args.out, overwrite=args.overwrite,
-                             resume=args.resume)
+    config = _config(args)
+    if config.seeds > 1 or config.learning_rates:
+        size = max(config.seeds, len(config.learning_rates or ()))
+        print(f"anomjax run: training a population of {size} members in one vmapped step "
+              f"(initialising each member first)", file=sys.stderr, flush=True)
+    records = run_experiment(config, args.out, overwrite=args.overwrite, resume=args.resume)
     for r in records:
-        print(f"{r['method']} on {r['category']}: image AUROC {r['image_auroc']:.4f}, "
+        who = "" if "member" not in r else f" member {r['member']}" + (
+            f" (learning rate {r['learning_rate']:g})" if "learning_rate" in r else "")
+        if r.get("status") == "failed":
+            print(f"anomjax run: warning: {r['method']}{who}: {r['error']}", file=sys.stderr)
+            continue
+        print(f"{r['method']}{who} on {r['category']}: image AUROC {r['image_auroc']:.4f}, "
               f"pixel AUROC {r['pixel_auroc']:.4f}, AUPRO {r['pixel_aupro']:.4f} -> {args.out}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     config = _config(args)
-    with config.unlocked():
-        config.sweep.update(parse_sweep_args(args.sweep, config))
-        config.sweep_zip.update(parse_sweep_args(args.zip, config))
+    add_axes(config.sweep, parse_sweep_args(args.sweep, config))
+    add_axes(config.sweep_zip, parse_sweep_args(args.zip, config))
     index, count = _processes(args)
-    statuses = list(run_sweep(config, args.out, process_index=index, process_count=count))
-    done = sum(s == "done" for _, s in statuses)
-    print(f"sweep {args.out}: {done} runs trained, {len(statuses) - done} already finished "
-          f"(process {index} of {count})")
+    statuses = list(run_sweep(config, args.out, process_index=index, process_count=count,
+                              restart=args.overwrite, retry_failed=args.retry_failed))
+    print(f"sweep {args.out} (process {index} of {count}): {_status_counts(statuses)}")
+    for run, status in statuses:
+        if status in ("failed", "busy"):
+            print(f"anomjax sweep: warning: run {run} {status}"
+                  + (" (another process is training it)" if status == "busy" else
+                     " (diverged; recorded in results.jsonl, --retry-failed trains it again)"),
+                  file=sys.stderr)
     if index == 0:
         paths = write_report(args.out)
         print(f"results: {paths['csv']}  summary: {paths['summary']}")
@@ -442,13 +464,25 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides["steps"] = args.steps
     index, count = _processes(args)
+    _, skipped = category_folders(args.data, None, tuple(protocol.get("categories", ()))
+                                  if protocol else ())
+    for name, reason in skipped.items():
+        print(f"anomjax benchmark: warning: skipping {Path(args.data) / name}: {reason}",
+              file=sys.stderr)
     statuses = list(run_benchmark(args.data, args.method, args.out, protocol=protocol,
                                   overrides=overrides, process_index=index,
                                   process_count=count))
-    done = sum(s == "done" for _, s in statuses)
-    print(f"benchmark {args.out}: {done} runs trained, {len(statuses) - done} already "
-          f"finished -> {args.out}/benchmark.md")
+    print(f"benchmark {args.out}: {_status_counts(statuses)} -> {args.out}/benchmark.md")
     return 0
+
+
+def _status_counts(statuses: list[tuple[str, str]]) -> str:
+    """``"2 runs trained, 1 already finished, 1 failed"`` of ``(run, status)`` pairs."""
+    words = {"done": "trained", "skipped": "already finished", "failed": "failed",
+             "busy": "busy in another process"}
+    counts = {w: sum(s == k for _, s in statuses) for k, w in words.items()}
+    return ", ".join(f"{n} run{'s' * (n != 1)} {w}" for w, n in counts.items()
+                     if n or w == "trained")
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -11,21 +11,27 @@ Layout of ``RUN_DIR``::
 
 A run folder's files belong to one run: ``fit`` refuses a folder that holds another run
 (unless asked to replace it whole, or to resume its training), and a new ``state/`` removes
-the old ``threshold.json``. Every file is written atomically (a temporary file in the same
-folder, then ``os.replace``), which replaces a planted symbolic link instead of writing
-through it.
+the old ``threshold.json``. ``config.json`` records a ``run_id``, a hash of the settings that
+decide the scores (``config_sha256``: method, hyper-parameters, image settings) and a
+signature of the state's arrays (``state_signature``): a hand-edited config, a config copied
+from another run, and a ``threshold.json`` copied from another run are refused, naming the
+file (run folders written before these records are read as before). Every file is written
+atomically (a temporary file in the same folder, then ``os.replace``), which replaces a
+planted symbolic link instead of writing through it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +55,10 @@ THRESHOLD_KEYS = ("image_threshold", "image_min", "image_max", "pixel_min", "pix
 
 class RunError(Exception):
     """A run directory is missing, incomplete, corrupt, in use or not writable."""
+
+
+class RunInUse(RunError):
+    """Another process holds the run folder's lock."""
 
 
 # ---------------------------------------------------------------------------- the folder
@@ -137,7 +147,7 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunError(f"{run_dir} is in use by another anomjax process (fit or test "
+            raise RunInUse(f"{run_dir} is in use by another anomjax process (fit or test "
                            "holds its lock); wait for it to finish or use another folder"
                            ) from None
         yield
@@ -233,15 +243,42 @@ def save_run(run_dir: str | Path, method: Any, state: State, extra: dict[str, An
     os.replace(tmp, state_dir)
     if old.exists():
         shutil.rmtree(old)
-    config = {**method_config(method), **extra, "anomjax_version": _version()}
+    config = {**method_config(method), **extra, "anomjax_version": _version(),
+              "run_id": uuid.uuid4().hex, "state_signature": state_signature(host_state)}
+    config["config_sha256"] = config_hash(config)
     write_json(run_dir / CONFIG_FILE, config)
     return run_dir
+
+
+#: The fields of ``config.json`` that decide a run's scores.
+SCORING_FIELDS = ("method", "params", "image_size", "crop", "resize_dtype")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """SHA-256 of the :data:`SCORING_FIELDS` of a run config (JSON, sorted keys)."""
+    fields = {k: config.get(k) for k in SCORING_FIELDS}
+    text = json.dumps(json_safe(fields), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def state_signature(state: State) -> str:
+    """SHA-256 of every array's path, shape and dtype in ``state`` (not of the values)."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    items = sorted((jax.tree_util.keystr(path), list(np.shape(leaf)),
+                    str(getattr(leaf, "dtype", None) or np.asarray(leaf).dtype))
+                   for path, leaf in leaves)
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a run; a clear error when ``run_dir`` is not a run or the
     file is corrupt or lacks a required field."""
     path = Path(run_dir) / CONFIG_FILE
+    members = Path(run_dir) / "members"
+    if not path.is_file() and members.is_dir():
+        count = sum(1 for p in members.iterdir() if (p / CONFIG_FILE).is_file())
+        raise RunError(f"{run_dir}: holds a population of {count} members, each its own run: "
+                       f"use {members / '0'} ... {members / str(max(count - 1, 0))}")
     if not path.is_file():
         raise RunError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); "
                        "create one with `anomjax fit ... --out RUN_DIR`")
@@ -268,8 +305,13 @@ def load_method(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, State, dict[str, Any]]:
-    """Restore ``(method, state, config)`` saved by :func:`save_run`."""
+    """Restore ``(method, state, config)`` saved by :func:`save_run`, refusing a config
+    that was edited after the fit or belongs to another run's state."""
     method, config = load_method(run_dir)
+    if "config_sha256" in config and config["config_sha256"] != config_hash(config):
+        raise RunError(f"{Path(run_dir) / CONFIG_FILE}: the method, its hyper-parameters or "
+                       "the image settings were edited after the fit, so they no longer "
+                       "describe the fitted state; restore the file or fit again")
     state_dir = Path(run_dir).absolute() / STATE_DIR
     if not state_dir.is_dir():
         raise RunError(f"{run_dir}: the fitted state ({STATE_DIR}/) is missing; "
@@ -279,6 +321,10 @@ def load_run(run_dir: str | Path) -> tuple[Any, State, dict[str, Any]]:
             state = checkpointer.restore(state_dir)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise RunError(f"{state_dir}: cannot read the fitted state ({err})") from None
+    if "state_signature" in config and config["state_signature"] != state_signature(state):
+        raise RunError(f"{Path(run_dir) / CONFIG_FILE}: does not describe the fitted state in "
+                       f"{state_dir} (its arrays differ from the ones saved with this config: "
+                       "a config.json copied from another run?); fit again")
     state = jax.tree_util.tree_map(jax.numpy.asarray, state)
     return method, state, config
 
@@ -299,6 +345,11 @@ def load_threshold(run_dir: str | Path) -> dict[str, Any] | None:
             raise RunError(f"{path}: {key!r} must be a finite number, got {value!r}; run "
                            "`anomjax test` again to rewrite it")
         out[key] = float(value)
+    owner = read_run_config(run_dir).get("run_id")
+    if owner is not None and record.get("run_id") != owner:
+        raise RunError(f"{path}: the threshold was chosen for another run (run_id "
+                       f"{record.get('run_id')!r}, this run is {owner!r}: copied?); run "
+                       "`anomjax test` on this run to choose its own")
     return {**record, **out}
 
 

@@ -98,6 +98,8 @@ class TestResult:
       threshold: the threshold record written to ``threshold.json``, or ``None`` when the
         split cannot fix one (``threshold_note`` says why).
       threshold_note: how the threshold was chosen, or why none was.
+      warnings: what the caller should tell the user (e.g. a category the run was not
+        fitted on).
     """
 
     __test__ = False  # not a pytest test class
@@ -106,6 +108,7 @@ class TestResult:
     per_defect: dict[str, dict[str, float]]
     threshold: dict[str, Any] | None
     threshold_note: str
+    warnings: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------- fit
@@ -152,17 +155,18 @@ def fit(method: Any, data: Sequence[str | os.PathLike] | str | os.PathLike,
 
 @contextlib.contextmanager
 def open_run_folder(out: str | os.PathLike, *, resume: bool = False,
-                    overwrite: bool = False) -> Iterator[Path]:
+                    overwrite: bool = False, lock: bool = True) -> Iterator[Path]:
     """Lock the run folder ``out`` and prepare it for a new fit (see
     :func:`~anomjax.run_folder.prepare_run_dir`); yields its absolute path.
 
     Only process 0 locks and prepares; the others wait for it (``jax.distributed``).
+    ``lock=False``: the caller holds the lock already.
     """
     out = Path(out)
     primary = jax.process_index() == 0
     if primary:
         check_writable_dir(out, "--out")
-    with run_lock(out) if primary else contextlib.nullcontext():
+    with run_lock(out) if primary and lock else contextlib.nullcontext():
         if primary:
             prepare_run_dir(out, resume=resume, overwrite=overwrite)
         if jax.process_count() > 1:  # nobody writes before process 0 has prepared it
@@ -236,7 +240,8 @@ def test(run_dir: str | os.PathLike, data: str | os.PathLike, *, layout: str | N
     """Evaluate the run in ``run_dir`` on the test split of the category folder ``data``.
 
     Writes the image threshold to ``run_dir/threshold.json`` (F1-optimal, or the
-    ``threshold_quantile`` of the good images' scores), the metrics record to ``json_path``,
+    ``threshold_quantile`` of the good images' scores; it records the run's ``run_id`` and
+    the category it was chosen on), the metrics record to ``json_path``,
     ``maps.npz`` to ``maps_dir`` and overlay PNGs to ``overlays_dir`` where given. Output
     paths and the run's files are checked before any work.
     """
@@ -254,13 +259,31 @@ def test(run_dir: str | os.PathLike, data: str | os.PathLike, *, layout: str | N
             result = evaluate(method, state, dataset.test, batch_size=batch_size,
                               maps_dir=maps_dir, overlays_dir=overlays_dir,
                               threshold_quantile=threshold_quantile, progress=progress)
+        notes = stamp_threshold(result["threshold"], config, data)
         if result["threshold"] is not None:
             write_json(Path(run_dir) / THRESHOLD_FILE, result["threshold"])
     record = metrics_record(method, config, result)
     if json_path:
         write_json(Path(json_path), {**record, "per_defect": result["per_defect"]})
     return TestResult(record=record, per_defect=result["per_defect"],
-                      threshold=result["threshold"], threshold_note=result["threshold_note"])
+                      threshold=result["threshold"], threshold_note=result["threshold_note"],
+                      warnings=tuple(notes))
+
+
+def stamp_threshold(threshold: dict[str, Any] | None, config: dict[str, Any],
+                    data: str | os.PathLike) -> list[str]:
+    """Tie a threshold record (in place) to its run (``run_id``) and to the category folder
+    ``data`` it was chosen on; returns a warning when the run was not fitted on ``data``."""
+    fitted_on = config.get("data")
+    fitted_on = [fitted_on] if isinstance(fitted_on, str) else list(fitted_on or [])
+    tested_on = str(Path(data).resolve())
+    if threshold is not None:
+        threshold.update(run_id=config.get("run_id"), data=tested_on,
+                         category=Path(tested_on).name, fitted_category=tested_on in fitted_on)
+    if fitted_on and tested_on not in fitted_on:
+        return [f"{tested_on} is not a category the run was fitted on ({', '.join(fitted_on)})"
+                + (": its threshold was chosen on unseen data" if threshold else "")]
+    return []
 
 
 def metrics_record(method: Any, config: dict[str, Any], result: dict[str, Any]) -> dict:

@@ -7,11 +7,12 @@
 See :mod:`anomjax.experiment.config` for the config fields.
 """
 
-from anomjax.experiment.benchmark import run_benchmark
+from anomjax.experiment.benchmark import category_folders, run_benchmark
 from anomjax.experiment.config import apply_overrides, base_config, build_method, load_config
 from anomjax.experiment.report import write_report
 from anomjax.experiment.run import run_experiment
-from anomjax.experiment.sweep import expand, parse_sweep_args, run_sweep
+from anomjax.experiment.sweep import add_axes, expand, parse_sweep_args, run_sweep
 
-__all__ = ["apply_overrides", "base_config", "build_method", "expand", "load_config",
-           "parse_sweep_args", "run_benchmark", "run_experiment", "run_sweep", "write_report"]
+__all__ = ["add_axes", "apply_overrides", "base_config", "build_method", "category_folders",
+           "expand", "load_config", "parse_sweep_args", "run_benchmark", "run_experiment",
+           "run_sweep", "write_report"]

@@ -78,7 +78,12 @@ def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collec
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Run ``get_config(arg)`` of the config file named by ``spec`` (``path.py[:arg]``)."""
+    """Run ``get_config(arg)`` of the config file named by ``spec`` (``path.py[:arg]``).
+
+    The file is Python and runs when loaded: load only config files you trust. Any error
+    while it runs (a failing import, an exception in ``get_config``) is a ``ValueError``
+    naming the file and the error.
+    """
     path_text, _, arg = spec.partition(":")
     path = Path(path_text)
     if not path.is_file():
@@ -89,9 +94,16 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         module_spec.loader.exec_module(module)
     except SyntaxError as err:
         raise ValueError(f"{path}: not a valid Python config file ({err})") from None
+    except Exception as err:  # noqa: BLE001  (whatever the file raises: one line)
+        raise ValueError(f"{path}: loading the config file failed: "
+                         f"{type(err).__name__}: {err}") from None
     if not hasattr(module, "get_config"):
         raise ValueError(f"{path}: a config file must define get_config(arg=None)")
-    config = module.get_config(arg or None)
+    try:
+        config = module.get_config(arg or None)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{path}: get_config({arg or None!r}) failed: "
+                         f"{type(err).__name__}: {err}") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ValueError(f"{path}: get_config returned {type(config).__name__}, "
                          "not an ml_collections.ConfigDict")

@@ -10,24 +10,28 @@ standard deviation as error bars).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from anomjax.experiment.sweep import RESULTS_FILE
+from anomjax.experiment.sweep import RESULTS_FILE, read_lines
 
 #: Metrics summarised and plotted, as ``anomjax test --json`` names them.
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1max")
 
 
 def read_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """The lines of ``results.jsonl``, in file order."""
+    """The lines of ``results.jsonl``, in file order (failed runs too: ``status``)."""
     path = Path(sweep_dir) / RESULTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no results yet (run the sweep first)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_lines(Path(sweep_dir))
+
+
+def failed(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lines of runs that failed (diverged), which no metric averages."""
+    return [r for r in results if r.get("status") == "failed"]
 
 
 def tidy_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -74,8 +78,10 @@ def group_by_setting(results: list[dict[str, Any]]) -> dict[tuple, list[dict[str
 
 
 def summary_markdown(results: list[dict[str, Any]]) -> str:
-    """A Markdown table: one row per setting, each metric as mean ± std over seeds."""
-    groups = group_by_setting(results)
+    """A Markdown table: one row per setting, each metric as mean ± std over the seeds that
+    finished (``seeds``), and under it every failed run with its error."""
+    lost = failed(results)
+    groups = group_by_setting([r for r in results if r not in lost])
     setting_keys = list(dict.fromkeys(k for (setting, _), _rows in groups.items()
                                       for k, _v in setting))
     header = ["method", "category", *setting_keys, "seeds", *SUMMARY_METRICS]
@@ -88,6 +94,9 @@ def summary_markdown(results: list[dict[str, Any]]) -> str:
             mean, std = mean_std([r.get(metric) for r in rows])
             cells.append("n/a" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
+    if lost:
+        lines += ["", f"**{len(lost)} failed run(s), in no mean above:**", ""]
+        lines += [f"- `{r['run']}`: {r.get('error', 'no error recorded')}" for r in lost]
     return "\n".join(lines) + "\n"
 
 
@@ -99,6 +108,7 @@ def plot_metric_vs_swept(results: list[dict[str, Any]], out_dir: Path) -> list[P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = [r for r in results if r.get("status") != "failed"]
     fields = list(dict.fromkeys(k for r in results for k in r["swept"] if k != "seed"))
     written = []
     for field in fields:

@@ -35,8 +35,15 @@ from anomjax import runs
 from anomjax.data.multiclass import open_multiclass
 from anomjax.evaluate import evaluate, peak_rss_mb
 from anomjax.experiment.config import build_method, data_folders
-from anomjax.methods.population import Population, member_state
-from anomjax.run_folder import THRESHOLD_FILE, RunError, read_json, save_run, write_json
+from anomjax.methods.population import MAX_SIZE, Population, member_state
+from anomjax.run_folder import (
+    THRESHOLD_FILE,
+    RunError,
+    read_json,
+    read_run_config,
+    save_run,
+    write_json,
+)
 from anomjax.runs import UsageError
 
 EXPERIMENT_FILE = "experiment.json"
@@ -55,8 +62,9 @@ def _population(method: Any, config: ml_collections.ConfigDict
     when one model is trained, else a :class:`Population` of ``config.seeds`` members or
     one member per ``config.learning_rates`` entry."""
     seeds, rates = config.seeds, tuple(config.learning_rates or ())
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"config.seeds must be an integer >= 1, got {seeds!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SIZE:
+        raise ValueError(f"config.seeds must be an integer in [1, {MAX_SIZE}] (K models are "
+                         f"trained together in memory), got {seeds!r}")
     if rates and seeds not in (1, len(rates)):
         raise ValueError(f"config.seeds ({seeds}) and config.learning_rates ({len(rates)} "
                          "rates) disagree: set seeds to 1 or to the number of rates")
@@ -73,12 +81,13 @@ def _population(method: Any, config: ml_collections.ConfigDict
 
 
 def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
-                   overwrite: bool = False, resume: bool = False,
+                   overwrite: bool = False, resume: bool = False, lock: bool = True,
                    progress: bool = True) -> list[dict[str, Any]]:
     """Fit/train, save, test; returns one metrics record per test category.
 
     ``resume`` continues a killed run in ``run_dir`` (its training checkpoints, if any) and
-    requires the same config; ``overwrite`` replaces the run in ``run_dir`` whole.
+    requires the same config; ``overwrite`` replaces the run in ``run_dir`` whole;
+    ``lock=False`` when the caller already holds the folder's lock (a sweep).
     """
     if overwrite and resume:
         raise UsageError("--overwrite and --resume contradict each other: pick one")
@@ -102,7 +111,8 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
     tests = categories if test_folders == train_folders else open_multiclass(
         test_folders, layout=config.layout, **images)[1]
     batch_size = _batch_size(config, method)
-    with runs.open_run_folder(run_dir, resume=resume, overwrite=overwrite) as run_dir:
+    with runs.open_run_folder(run_dir, resume=resume, overwrite=overwrite,
+                              lock=lock) as run_dir:
         _check_same_experiment(run_dir, config)
         write_json(run_dir / EXPERIMENT_FILE, config.to_dict())
         checkpoints = run_dir / "checkpoints"
@@ -118,8 +128,13 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
         members = ([(run_dir, method, state, {})] if fitted is method else
                    [(run_dir / "members" / str(i), member_method, member_state(state, i), tag)
                     for i, (member_method, tag) in enumerate(member_methods)])
+        diverged_at = np.asarray(state.get("diverged_at", np.full(len(members), -1)))
         records = []
-        for member_dir, member_method, member, tag in members:
+        for (member_dir, member_method, member, tag), step in zip(members, diverged_at,
+                                                                  strict=True):
+            if step >= 0:  # the engine kept the other members training
+                records.append(_diverged_record(member_method, tag, int(step), tests, extra))
+                continue
             save_run(member_dir, member_method, member, {**extra, **tag})
             for dataset in tests:
                 records.append(_test_member(member_dir, member_method, member, dataset, tag,
@@ -127,6 +142,19 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
                                             progress))
         write_json(run_dir / METRICS_FILE, records)
     return records
+
+
+def _diverged_record(method: Any, tag: dict[str, Any], step: int, tests: list[Any],
+                     extra: dict[str, Any]) -> dict[str, Any]:
+    """The record of a population member that diverged: no metrics, its index, rate and
+    step (one record for all the test categories, which it was not tested on)."""
+    rate = f" at learning rate {tag['learning_rate']:g}" if "learning_rate" in tag else ""
+    error = (f"member {tag['member']}{rate} diverged at step {step} (non-finite update); "
+             "the other members trained on")
+    return {"category": ",".join(d.name for d in tests), **tag, "method": method.name,
+            "status": "failed", "error": error, "diverged_at_step": step,
+            "image_size": extra["image_size"], "n_train": extra["n_train"],
+            **{k: None for k in runs.METRIC_KEYS}}
 
 
 def _test_member(member_dir: Path, method: Any, state: Any, dataset: Any,
@@ -139,6 +167,7 @@ def _test_member(member_dir: Path, method: Any, state: Any, dataset: Any,
         result = evaluate(method, state, dataset.test, batch_size=batch_size,
                           maps_dir=maps_dir, progress=progress)
     if write_threshold and result["threshold"] is not None:
+        runs.stamp_threshold(result["threshold"], read_run_config(member_dir), dataset.root)
         write_json(member_dir / THRESHOLD_FILE, result["threshold"])
     if maps_dir is not None:
         plot_curves(maps_dir / "maps.npz", member_dir / "plots" / f"{dataset.name}_curves.png",

@@ -10,15 +10,30 @@ Run again, a sweep skips the runs that ``results.jsonl`` already holds (it train
 when all are done), and a run killed half-way resumes from its checkpoints. With several
 processes (``jax.distributed`` or ``--process-index/--process-count``) process ``p`` of
 ``P`` takes the runs ``i`` with ``i % P == p``, so a pod of hosts shares a sweep without a
-scheduler; appends to ``results.jsonl`` are serialised with a file lock.
+scheduler.
+
+The tables built from ``results.jsonl`` cannot be wrong by construction:
+
+* A sweep folder belongs to one config: ``sweep.json`` records it, and a sweep whose
+  fields other than the swept values differ (other epochs, another learning rate, other
+  swept fields) is refused, naming the fields, unless asked to start over
+  (``restart=True``, ``--overwrite``); the swept values may change (more seeds).
+* Each run is locked while it trains (a second sweep in the same folder skips it as
+  ``busy``) and ``results.jsonl`` holds each run once: lines are keyed by run and a run is
+  checked against the file again, under the lock, just before it starts.
+* A run that diverges (``TrainingDiverged``, non-finite scores) is recorded as ``failed``
+  with its error and the sweep goes on; a rerun retries it only with ``retry_failed``
+  (``--retry-failed``). Any other error stops the sweep.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import itertools
 import json
 import re
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +42,11 @@ import ml_collections
 
 from anomjax.experiment.config import get_path, parse_value, set_path
 from anomjax.experiment.run import run_experiment
+from anomjax.run_folder import RunError, RunInUse, run_lock, write_json
+from anomjax.train import TrainingDiverged
 
 RESULTS_FILE = "results.jsonl"
+SWEEP_FILE = "sweep.json"
 #: Config values recorded in every results line, next to the swept ones.
 RECORDED_FIELDS = ("method.name", "image_size", "epochs", "batch_size", "seed")
 
@@ -43,9 +61,26 @@ def parse_sweep_args(items: Sequence[str], config: ml_collections.ConfigDict
         if not sep or not key or not text:
             raise ValueError(f"--sweep {item!r}: expected FIELD=V1,V2,...")
         like = get_path(config, key)
-        values = tuple(parse_value(t, like) for t in text.split(","))
+        try:
+            values = tuple(parse_value(t, like) for t in text.split(","))
+        except ValueError as err:
+            raise ValueError(f"--sweep {item!r}: field {key}: {err}") from None
         out[key] = values
     return out
+
+
+def add_axes(axes: ml_collections.ConfigDict, values: dict[str, tuple[Any, ...]]) -> None:
+    """Store ``{"a.b": values}`` in ``config.sweep`` / ``config.sweep_zip`` as nested fields
+    (a ConfigDict takes no dots in a key)."""
+    with axes.unlocked():
+        for dotted, vals in values.items():
+            *parents, leaf = dotted.split(".")
+            node = axes
+            for part in parents:
+                if part not in node:
+                    node[part] = ml_collections.ConfigDict()
+                node = node[part]
+            node[leaf] = vals
 
 
 def _axes(config: ml_collections.ConfigDict) -> tuple[dict[str, tuple], dict[str, tuple]]:
@@ -117,20 +152,59 @@ def run_id(values: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", "_".join(parts))[:200]
 
 
-def finished_runs(sweep_dir: Path) -> set[str]:
-    """Ids of the runs ``results.jsonl`` holds."""
+def run_ids(runs: list[dict[str, Any]]) -> list[str]:
+    """:func:`run_id` of every run; runs whose readable ids collide although their values
+    differ (two folders of the same name) get a short hash of their values appended."""
+    readable = [run_id(v) for v in runs]
+    ids = list(readable)
+    for i, name in enumerate(readable):
+        if readable.count(name) > 1:
+            digest = hashlib.sha256(json.dumps(runs[i], sort_keys=True, default=str)
+                                    .encode()).hexdigest()[:8]
+            ids[i] = f"{name[:190]}~{digest}"
+    if len(set(ids)) != len(ids):
+        raise ValueError("the sweep lists the same run twice; sweep distinct values")
+    return ids
+
+
+def read_lines(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The lines of ``results.jsonl``; a corrupt line is an error naming the file and line."""
     path = sweep_dir / RESULTS_FILE
     if not path.is_file():
-        return set()
-    return {json.loads(line)["run"] for line in path.read_text().splitlines() if line.strip()}
+        return []
+    lines = []
+    for number, text in enumerate(path.read_text().splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RunError(f"{path}, line {number}: not valid JSON ({err.msg}); remove or "
+                           "repair the line (its run is then trained again)") from None
+        if not isinstance(line, dict) or not isinstance(line.get("run"), str):
+            raise RunError(f"{path}, line {number}: not a result line (no 'run' id); remove "
+                           "or repair the line")
+        lines.append(line)
+    return lines
 
 
-def _append(sweep_dir: Path, lines: list[dict[str, Any]]) -> None:
+def finished_runs(sweep_dir: Path, *, retry_failed: bool = False) -> set[str]:
+    """Ids of the runs ``results.jsonl`` holds (failed ones too unless ``retry_failed``)."""
+    return {line["run"] for line in read_lines(sweep_dir)
+            if not (retry_failed and line.get("status") == "failed")}
+
+
+def _record(sweep_dir: Path, run: str, lines: list[dict[str, Any]]) -> None:
+    """Replace run ``run``'s lines in ``results.jsonl`` by ``lines``, atomically and under
+    the file's lock, so a run never appears twice."""
     with open(sweep_dir / f"{RESULTS_FILE}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with open(sweep_dir / RESULTS_FILE, "a") as f:
-            for line in lines:
-                f.write(json.dumps(line, allow_nan=False, default=_jsonable) + "\n")
+        kept = [line for line in read_lines(sweep_dir) if line["run"] != run]
+        text = "".join(json.dumps(line, allow_nan=False, default=_jsonable) + "\n"
+                       for line in [*kept, *lines])
+        tmp = sweep_dir / f".{RESULTS_FILE}.tmp"
+        tmp.write_text(text)
+        tmp.replace(sweep_dir / RESULTS_FILE)
 
 
 def _jsonable(value: Any) -> Any:
@@ -152,25 +226,88 @@ def process_share(n_runs: int, process_index: int, process_count: int) -> list[i
 
 
 def run_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path, *,
-              process_index: int = 0, process_count: int = 1,
-              progress: bool = True) -> Iterator[tuple[str, str]]:
-    """Run this process's share of the sweep; yields ``(run id, "done" | "skipped")``."""
+              process_index: int = 0, process_count: int = 1, restart: bool = False,
+              retry_failed: bool = False, progress: bool = True) -> Iterator[tuple[str, str]]:
+    """Run this process's share of the sweep; yields ``(run id, status)`` with status
+    ``"done"``, ``"skipped"`` (already in ``results.jsonl``), ``"busy"`` (another process
+    is training it) or ``"failed"`` (diverged; recorded with its error)."""
     sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     runs = expand(config)
-    ids = [run_id(v) for v in runs]
-    if len(set(ids)) != len(ids):
-        raise ValueError("two runs of the sweep have the same id; sweep distinct values")
-    done = finished_runs(sweep_dir)
-    for i in process_share(len(runs), process_index, process_count):
-        if ids[i] in done:
-            yield ids[i], "skipped"
-            continue
+    ids = run_ids(runs)
+    shares = process_share(len(runs), process_index, process_count)
+    claim_sweep_folder(sweep_dir, config, restart=restart and process_index == 0)
+    for i in shares:
         cfg = run_config(config, runs[i])
         run_dir = sweep_dir / "runs" / ids[i]
-        started = run_dir.is_dir() and any(run_dir.iterdir())  # a killed run: continue it
-        records = run_experiment(cfg, run_dir, resume=started, progress=progress)
-        recorded = {key: get_path(cfg, key) for key in RECORDED_FIELDS}
-        _append(sweep_dir, [{"run": ids[i], "swept": _member_swept(runs[i], r), **recorded,
-                             **{k: _finite(v) for k, v in r.items()}} for r in records])
-        yield ids[i], "done"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with run_lock(run_dir):
+                if ids[i] in finished_runs(sweep_dir, retry_failed=retry_failed):
+                    yield ids[i], "skipped"
+                    continue
+                started = any(p.name != ".lock" for p in run_dir.iterdir())
+                try:
+                    records = run_experiment(cfg, run_dir, resume=started, lock=False,
+                                             progress=progress)
+                except (TrainingDiverged, FloatingPointError) as err:
+                    _record(sweep_dir, ids[i], [{"run": ids[i], "swept": runs[i],
+                                                 "status": "failed", "error": str(err)}])
+                    yield ids[i], "failed"
+                    continue
+                recorded = {key: get_path(cfg, key) for key in RECORDED_FIELDS}
+                _record(sweep_dir, ids[i], [
+                    {"run": ids[i], "swept": _member_swept(runs[i], r), **recorded,
+                     "status": r.get("status", "done"),
+                     **{k: _finite(v) for k, v in r.items() if k != "status"}}
+                    for r in records])
+                yield ids[i], "done"
+        except RunInUse:
+            yield ids[i], "busy"
+
+
+def claim_sweep_folder(sweep_dir: Path, config: ml_collections.ConfigDict, *,
+                       restart: bool = False) -> None:
+    """Make ``sweep_dir`` this config's sweep folder, or check that it already is.
+
+    ``sweep.json`` holds the config without the swept values; a folder made for another
+    config is refused naming the differing fields, unless ``restart`` (its runs and results
+    are deleted first).
+    """
+    path = sweep_dir / SWEEP_FILE
+    mine = _sweep_identity(config)
+    if restart and sweep_dir.is_dir():
+        for name in ("runs", RESULTS_FILE, SWEEP_FILE, "results.csv", "summary.md", "plots"):
+            target = sweep_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        try:
+            theirs = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise RunError(f"{path}: cannot read the sweep's config ({err})") from None
+        changed = [f"{k}={theirs.get(k)!r} (folder) vs {mine.get(k)!r} (now)"
+                   for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+        if changed:
+            raise RunError(f"{sweep_dir}: the sweep folder was made for another config "
+                           f"({'; '.join(changed)}); use the same config, another folder, "
+                           "or --overwrite to start the sweep over")
+    elif (sweep_dir / RESULTS_FILE).exists() or (sweep_dir / "runs").exists():
+        raise RunError(f"{sweep_dir}: holds sweep results without {SWEEP_FILE} (written by "
+                       "an older anomjax, or not a sweep); use another folder or --overwrite "
+                       "to start over")
+    else:
+        write_json(path, mine)
+
+
+def _sweep_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config's flat fields other than the swept values, plus the swept field names."""
+    product, zipped = _axes(config)
+    swept = set(product) | set(zipped)
+    flat = _flatten(json.loads(json.dumps(config.to_dict(), default=_jsonable)))
+    out = {k: v for k, v in flat.items()
+           if k not in swept and not k.startswith(("sweep.", "sweep_zip."))}
+    out["swept fields"] = sorted(swept)
+    return out

@@ -58,6 +58,10 @@ from anomjax.methods.protocol import MethodWrapper
 from anomjax.types import Batch, Scores, State
 
 PER_MEMBER = ("params", "batch_stats")
+#: The most members a population may have: K models are initialised one after another and
+#: held in memory together, so a mistyped K (100000) is refused rather than left to run out
+#: of memory.
+MAX_SIZE = 1024
 
 
 def _stack(trees: list[Any]) -> Any:
@@ -152,8 +156,10 @@ class Population(MethodWrapper):
     shard_members: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"Population: size must be an integer >= 1, got {self.size!r}")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not (
+                1 <= self.size <= MAX_SIZE):
+            raise ValueError(f"Population: size must be an integer in [1, {MAX_SIZE}], got "
+                             f"{self.size!r}")
         if isinstance(self.method, Population):
             raise ValueError("Population: the wrapped method is already a population")
         if self.learning_rates is not None:
@@ -183,9 +189,15 @@ class Population(MethodWrapper):
 
     # ------------------------------------------------------------------ training methods
 
+    @property
+    def member_count(self) -> int:  # type: ignore[override]
+        return self.size
+
     def init(self, key: jax.Array, images: Any) -> State:
-        """Each member's ``method.init`` with its own key, stacked."""
-        return stack_members([self.method.init(k, images) for k in self.member_keys(key)])
+        """Each member's ``method.init`` with its own key, stacked; ``diverged_at`` ``[K]``
+        (-1: training; the engine sets the step at which a member diverged)."""
+        state = stack_members([self.method.init(k, images) for k in self.member_keys(key)])
+        return {**state, "diverged_at": jnp.full((self.size,), -1, jnp.int32)}
 
     def optimizer(self, total_steps: int) -> optax.GradientTransformation:
         """The wrapped method's optimiser, vmapped over members (each member's updates
@@ -214,7 +226,8 @@ class Population(MethodWrapper):
         replicated = NamedSharding(mesh, PartitionSpec())
         return {"params": member, "opt_state": member, "batch_stats": member,
                 "step": replicated, "key": replicated,
-                "extra": {"members": member, "shared": replicated}}
+                "extra": {"members": member, "shared": replicated,
+                          "diverged_at": replicated}}
 
     def frozen_features(self, state: State, images: jax.Array) -> dict[str, Any]:
         """The wrapped method's frozen features, once for all members where they do not
@@ -264,6 +277,7 @@ class Population(MethodWrapper):
         out: dict[str, Any] = {k: jnp.mean(v) for k, v in aux.items() if k not in per_member}
         out.update({k: aux[k] for k in per_member if k in aux})
         out.update({f"loss_member{i}": losses[i] for i in range(self.size)})
+        out["member_losses"] = losses
         return jnp.sum(losses), out
 
     def calibrate(self, state: State, batches: Iterable[Batch]) -> State:
@@ -272,8 +286,9 @@ class Population(MethodWrapper):
         if not self.calibrates:
             return state
         cached = list(batches)
-        return stack_members([self.method.calibrate(member_state(state, i), iter(cached))
-                              for i in range(self.size)])
+        calibrated = stack_members([self.method.calibrate(member_state(state, i), iter(cached))
+                                    for i in range(self.size)])
+        return {**calibrated, **{k: state[k] for k in ("diverged_at",) if k in state}}
 
     # ------------------------------------------------------------------ fit methods
 

@@ -92,6 +92,12 @@ class TrainedMethod(_MethodBase):
     #: ``True``: :meth:`init` gets every training image (a re-iterable of numpy batches
     #: ``[b, H, W, 3]``, streamed from disk) instead of one sample batch.
     init_on_all_images: ClassVar[bool] = False
+    #: K for a method that trains K independent members stacked on the leading axis of its
+    #: params, optimiser state and batch statistics (a population). The engine then keeps
+    #: training when a member's update is not finite: that member keeps its last finite
+    #: parameters and ``state["diverged_at"]`` ``[K]`` int32 records the step (-1: alive);
+    #: the loss's aux must give ``member_losses`` ``[K]``. ``None``: one model.
+    member_count: ClassVar[int | None] = None
 
     @abc.abstractmethod
     def init(self, key: jax.Array, images: Any) -> State:
@@ -184,6 +190,10 @@ class MethodWrapper(TrainedMethod, FittedMethod):
     @property
     def uses_caller_mesh(self) -> bool:  # type: ignore[override]
         return self.method.uses_caller_mesh
+
+    @property
+    def member_count(self) -> int | None:  # type: ignore[override]
+        return getattr(self.method, "member_count", None)
 
     def init(self, key: jax.Array, images: Any) -> State:
         return self.method.init(key, images)

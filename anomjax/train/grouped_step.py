@@ -68,6 +68,9 @@ def _phase_step(grouped: GroupedOptimizer, phase: Phase, ts: TrainState, images:
             carry, loss, norm, aux = jax.lax.cond(ts.step % u.every == u.every - 1, run, skip,
                                                   carry)
         metrics[f"loss_{u.name}"], metrics[f"grad_norm_{u.name}"] = loss, norm
+        if "member_losses" in aux:  # a population: each member's losses, summed like `loss`
+            member = aux.pop("member_losses")
+            metrics["member_losses"] = metrics.get("member_losses", 0.0) + member
         metrics.update(aux)
         total, squares = total + loss, squares + norm * norm
     metrics["loss"], metrics["grad_norm"] = total, jnp.sqrt(squares)

@@ -31,6 +31,79 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
+def member_finite(tree: Any, count: int) -> jax.Array:
+    """``[K]`` bool: member ``k``'s slice of every floating-point leaf (leading axis ``K``)
+    of ``tree`` is free of NaN and infinity."""
+    flags = [jnp.all(jnp.isfinite(x.reshape(count, -1)), axis=1) for x in jax.tree.leaves(tree)
+             if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags), axis=0) if flags else jnp.ones((count,), bool)
+
+
+def _members_step(step: Callable, count: int) -> Callable:
+    """The step of a population of ``count`` members (``method.member_count``), checked
+    member by member.
+
+    ``step(ts, images, key, frozen) -> (ts, metrics)`` is the plain step; its metrics carry
+    ``member_losses`` ``[K]`` (and ``member_grad_squares`` ``[K]`` where it has the
+    gradients). Members that diverged before enter with zeroed parameters (so no inf or NaN
+    is computed from them) and keep their state. A member whose update is not finite is
+    masked: it keeps its last finite params, optimiser state and batch statistics, and
+    ``extra["diverged_at"]`` records the step. Because XLA can spread a NaN of one member
+    into the others' gradients (a vmapped convolution's backward pass is one grouped
+    convolution), a step in which a member's loss is not finite is computed again with that
+    member zeroed, so the others get exactly their own update. ``loss`` and ``grad_norm`` are over
+    the members trained, ``members_alive`` counts them, and ``finite`` is 0 only when none
+    is left.
+    """
+
+    def expand(mask: jax.Array, x: jax.Array) -> jax.Array:
+        return mask.reshape((-1,) + (1,) * (x.ndim - 1))
+
+    def attempt(ts: TrainState, active: jax.Array, images: jax.Array, key: jax.Array,
+                frozen: Any) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
+        zeroed = ts.replace(params=jax.tree.map(
+            lambda p: jnp.where(expand(active, p), p, jnp.zeros_like(p)), ts.params))
+        new, metrics = step(zeroed, images, key, frozen)
+        ok = active & jnp.isfinite(metrics["member_losses"]) & member_finite(
+            (new.params, new.opt_state, new.batch_stats), count)
+        if "member_grad_squares" in metrics:
+            ok = ok & jnp.isfinite(metrics["member_grad_squares"])
+        return new, metrics, ok
+
+    def members_step(ts: TrainState, images: jax.Array, key: jax.Array,
+                     frozen: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+        alive = ts.extra["diverged_at"] < 0
+        first = attempt(ts, alive, images, key, frozen)
+        # Again without the members whose loss is not finite: their NaN may have reached
+        # the others' gradients.
+        suspects = alive & ~jnp.isfinite(first[1]["member_losses"])
+        new, metrics, keep = jax.lax.cond(
+            jnp.all(first[2] == alive), lambda: first,
+            lambda: attempt(ts, alive & ~suspects, images, key, frozen))
+
+        def pick(n: jax.Array, o: jax.Array) -> jax.Array:
+            return jnp.where(expand(keep, n), n, o)
+
+        diverged_at = jnp.where(alive & ~keep, ts.step + 1, ts.extra["diverged_at"])
+        new = new.replace(params=jax.tree.map(pick, new.params, ts.params),
+                          opt_state=jax.tree.map(pick, new.opt_state, ts.opt_state),
+                          batch_stats=jax.tree.map(pick, new.batch_stats, ts.batch_stats),
+                          extra={**new.extra, "diverged_at": diverged_at})
+        losses = metrics.pop("member_losses")
+        squares = metrics.pop("member_grad_squares", None)
+        metrics["loss"] = jnp.sum(jnp.where(keep, losses, 0.0))
+        if squares is not None:
+            metrics["grad_norm"] = jnp.sqrt(jnp.sum(jnp.where(keep, squares, 0.0)))
+        else:  # a grouped step's norm spans every member: a dead member's NaN is dropped
+            metrics["grad_norm"] = jnp.where(jnp.isfinite(metrics["grad_norm"]),
+                                             metrics["grad_norm"], 0.0)
+        metrics["members_alive"] = jnp.sum(keep).astype(jnp.float32)
+        finite = jnp.any(keep) & jnp.isfinite(metrics["loss"])
+        return new, {**metrics, "finite": finite.astype(jnp.float32)}
+
+    return members_step
+
+
 def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
                     compute_dtype: str | None = None,
                     replicated: jax.sharding.Sharding | None = None,
@@ -48,7 +121,10 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
     state is known good before it is checkpointed. With ``compute_dtype="bfloat16"`` the loss
     runs on bfloat16 copies of the params, carried state and images while the master params,
     the optimiser and the running ``batch_stats`` stay float32 (the statistics are not
-    re-quantised to bfloat16 at every update). Under a mesh, sharding follows the inputs
+    re-quantised to bfloat16 at every update). A method with ``member_count`` K (a
+    population) is checked per member instead: a member whose update is not finite keeps
+    its last finite state and the others train on (:func:`_members_step`); the step is
+    non-finite only when no member is left. Under a mesh, sharding follows the inputs
     (batch sharded, state replicated); ``replicated`` (the mesh's replicated sharding) pins
     the outputs to it, so a propagation change can never silently undo the buffer donation;
     ``state_sharding`` (a prefix of the train state, default ``replicated``) pins the
@@ -69,10 +145,14 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
                 raise ValueError("cached frozen features are not supported with parameter "
                                  "groups (GroupedOptimizer)")
             new, metrics = grouped_step(ts, images, key)
+            if method.member_count:
+                return new, metrics  # checked per member by _members_step
             finite = all_finite((metrics["loss"], new.params, new.opt_state, new.batch_stats))
             return new, {**metrics, "finite": finite.astype(jnp.float32)}
     else:
         train_step = _single_step(method, optimizer, dtype)
+    if method.member_count:
+        train_step = _members_step(train_step, method.member_count)
     if replicated is None:
         return jax.jit(train_step, donate_argnums=0)
     state_sharding = replicated if state_sharding is None else state_sharding
@@ -99,6 +179,7 @@ def _single_step(method: Any, optimizer: optax.GradientTransformation,
             return loss.astype(jnp.float32), dict(aux)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts.params)
+        member_losses = aux.pop("member_losses", None)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)
         batch_stats = aux.pop("batch_stats", ts.batch_stats)
@@ -110,6 +191,13 @@ def _single_step(method: Any, optimizer: optax.GradientTransformation,
         metrics.update({k: jnp.asarray(v, jnp.float32) for k, v in aux.items()})
         new = ts.replace(params=params, opt_state=opt_state, batch_stats=batch_stats,
                          step=ts.step + 1)
+        if method.member_count:  # checked per member by _members_step
+            count = method.member_count
+            metrics["member_losses"] = member_losses
+            metrics["member_grad_squares"] = sum(
+                jnp.sum(jnp.square(g).reshape(count, -1), axis=1)
+                for g in jax.tree.leaves(grads))
+            return new, metrics
         finite = all_finite((loss, grad_norm, params, opt_state, batch_stats))
         metrics["finite"] = finite.astype(jnp.float32)
         return new, metrics

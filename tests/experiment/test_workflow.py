@@ -134,7 +134,7 @@ def test_benchmark_reports_every_category_and_the_mean(root, tmp_path):
     for x in lines:
         assert f"| padim | {root.name}/{x['category']} |" in table
     mean = np.mean([x["image_auroc"] for x in lines])
-    assert f"mean of 2** |  |  |  | {mean:.3f} |" in table
+    assert f"mean of 2: metal, wood** |  |  |  | {mean:.3f} |" in table
     assert main(args) == 0 and len(_lines(out / "padim")) == 2  # resumed: nothing redone
 
 

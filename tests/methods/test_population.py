@@ -86,9 +86,10 @@ def test_population_of_a_fit_method_equals_separate_fits():
                                rtol=1e-6)
 
 
-def test_population_validates_its_size():
-    with pytest.raises(ValueError, match="size must be an integer >= 1"):
-        Population(make_method("padim"), size=0)
+@pytest.mark.parametrize("size", [0, 1025, True])
+def test_population_validates_its_size(size):
+    with pytest.raises(ValueError, match=r"size must be an integer in \[1, 1024\]"):
+        Population(make_method("padim"), size=size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,3 +227,41 @@ def test_population_of_a_gan_equals_separate_gans_at_their_rates():
         got = jax.tree.map(lambda x, i=i: x[i], (pop_ts.params, pop_ts.batch_stats))
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                      got, (single_ts[i].params, single_ts[i].batch_stats))
+
+
+def test_a_diverging_member_is_masked_and_the_others_train_on(tmp_path):
+    """Member 1's learning rate blows up: the engine keeps member 0 training exactly as a
+    separate run at its rate, freezes member 1 at its last finite state and records the
+    step at which it diverged, instead of stopping the whole population."""
+    rates = (0.05, 1e9)
+    state, pop_ts, single_ts, losses = _train_rate_population(ToySGD(), rates, image_size=8,
+                                                              steps=4)
+    diverged_at = np.asarray(pop_ts.extra["diverged_at"])
+    assert diverged_at[0] == -1 and 1 <= diverged_at[1] <= 4
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-7),
+                 pop_ts.params, single_ts[0].params)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(pop_ts.params))
+    assert not np.isfinite(losses[-1][1][1])  # the member alone did diverge
+    # The population's loss is member 0's once member 1 is frozen.
+    assert losses[-1][0] == pytest.approx(losses[-1][1][0], rel=1e-5)
+
+
+def test_a_population_run_keeps_the_finite_members_and_records_the_diverged_one(tmp_path):
+    """Through the experiment runner: member 0 is saved and tested, member 1 is a failed
+    record naming its index, rate and step, with no metrics."""
+    from anomjax.data.synthetic import write_mvtec
+    from anomjax.experiment import base_config, run_experiment
+
+    write_mvtec(tmp_path / "data", categories=("nut",), n_train=8, n_test_good=2,
+                n_test_defect=2, image_size=64, seed=0, disable=True)
+    config = base_config("riad", data=str(tmp_path / "data" / "nut"), image_size=64, epochs=2,
+                         batch_size=4, save_maps=False)
+    config.method.width, config.method.depth, config.method.cell_sizes = 4, 2, (4, 8)
+    config.learning_rates = (1e-4, 1e12)
+    records = run_experiment(config, tmp_path / "run", progress=False)
+    good, bad = records
+    assert good["member"] == 0 and 0.0 <= good["pixel_auroc"] <= 1.0
+    assert bad["member"] == 1 and bad["status"] == "failed" and bad["pixel_auroc"] is None
+    assert "member 1 at learning rate 1e+12 diverged at step" in bad["error"]
+    assert (tmp_path / "run" / "members" / "0" / "state").is_dir()
+    assert not (tmp_path / "run" / "members" / "1").exists()
