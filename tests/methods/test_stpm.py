@@ -61,7 +61,7 @@ def test_paper_defaults_and_registry():
         STPM(backbone="vgg16")
     assert make_method("stpm", {"taps": "stage2,stage3"}) == SMALL
     assert method_from_config(method_config(SMALL)) == SMALL
-    with pytest.raises(ValueError, match="has no feature tap"):
+    with pytest.raises(ValueError, match=r"stpm: .*has no tap\(s\) \['layer1'\]"):
         STPM(taps=("layer1",)).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 

@@ -58,6 +58,7 @@ import optax
 from anomjax.backbones import backbone_names
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_images
 from anomjax.nn.resnet_blocks import ResidualStage, batch_norm, conv
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur, upsample
@@ -184,8 +185,8 @@ class ReverseDistillation:
         return self.backbone.startswith(("resnet", "wide_resnet"))
 
     def _teacher(self) -> Any:
+        check_taps(self.name, self.backbone, self.taps)
         backbone = teacher(self.backbone)
-        check_taps(backbone, self.taps)
         if len(self.taps) != 3:
             raise ValueError(f"reverse_distillation needs exactly 3 taps, got {self.taps}")
         strides = [backbone.taps[t].stride for t in self.taps]
@@ -201,12 +202,8 @@ class ReverseDistillation:
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Teacher variables (frozen) and freshly initialised OCBE + decoder."""
         backbone = self._teacher()
-        multiple = 2 * backbone.taps[self.taps[-1]].stride
-        h, w = images.shape[1:3]
-        if h % multiple or w % multiple:
-            raise ValueError(f"reverse_distillation with taps {self.taps} needs image sides that "
-                             f"are multiples of {multiple}; got {h}x{w} (choose image_size "
-                             "accordingly)")
+        check_images(self.name, images, multiple=2 * backbone.taps[self.taps[-1]].stride,
+                     why=f"twice the stride of tap {self.taps[-1]}")
         variables = teacher_variables(self.backbone, self.backbone_weights)
         feats = frozen_features(backbone, variables, jnp.asarray(images[:1]), self.taps)
         net_vars = self._net(backbone).init(key, feats, train=False)

@@ -34,7 +34,6 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.flows.common import (
-    check_divisible,
     downscale,
     encoder_features,
     encoder_state,
@@ -43,7 +42,7 @@ from anomjax.methods.flows.common import (
     pytorch_adam,
 )
 from anomjax.methods.hyper import hyper
-from anomjax.methods.images import check_rgb
+from anomjax.methods.images import check_images
 from anomjax.nn.flows import (
     CrossScaleConv,
     MultiScaleCoupling,
@@ -113,9 +112,8 @@ class CSFlow:
         return 32 if info is None else info.stride
 
     def _check(self, images: Any) -> None:
-        check_rgb(self.name, images)
-        check_divisible(self.name, images, self._stride() * 2 ** (N_SCALES - 1),
-                        f"tap {self.tap} at {N_SCALES} halving scales")
+        check_images(self.name, images, multiple=self._stride() * 2 ** (N_SCALES - 1),
+                     why=f"tap {self.tap} at {N_SCALES} halving scales")
 
     def _subnets(self, channels: int) -> list[tuple[CrossScaleConv, CrossScaleConv]]:
         half = channels // 2
@@ -149,7 +147,7 @@ class CSFlow:
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Frozen extractor and the cross-scale subnets (PyTorch's initialisation, gamma 0)."""
         self._check(images)
-        frozen = encoder_state(self.backbone, self.backbone_weights, (self.tap,))
+        frozen = encoder_state(self.name, self.backbone, self.backbone_weights, (self.tap,))
         shapes = [feature_shapes(self.backbone, frozen, downscale(images, 2 ** s),
                                  (self.tap,))[0].shape[1:] for s in range(N_SCALES)]
         channels = shapes[0][-1]

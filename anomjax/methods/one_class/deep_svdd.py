@@ -45,7 +45,7 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
-from anomjax.methods.self_supervised.common import check_images
+from anomjax.methods.images import check_images
 from anomjax.scoring import gaussian_blur
 from anomjax.train.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.types import Scores
