@@ -52,6 +52,14 @@ def downscale(images: jax.Array, factor: int) -> jax.Array:
     return images[:, ::factor, ::factor]
 
 
+def scale_features(backbone: str, state: dict[str, Any], images: jax.Array,
+                   taps: Sequence[str], scales: int) -> list[list[jax.Array]]:
+    """:func:`encoder_features` of ``images`` at each scale ``s < scales`` (downscaled by
+    ``2^s``, :func:`downscale`): ``[s][tap]`` ``[B, h_t / 2^s, w_t / 2^s, c_t]``."""
+    return [encoder_features(backbone, state, downscale(images, 2 ** s), taps)
+            for s in range(scales)]
+
+
 def rotate(images: jax.Array, degrees: jax.Array, method: str = "nearest") -> jax.Array:
     """Rotate ``images [N, H, W, C]`` counter-clockwise by ``degrees [N]`` about the image
     centre, zeros outside, same size (torchvision's ``rotate(img, angle)`` with nearest

@@ -39,13 +39,12 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.flows.common import (
-    downscale,
-    encoder_features,
     encoder_state,
     feature_shapes,
     nll_per_dim,
     pytorch_adam,
     rotate,
+    scale_features,
 )
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images
@@ -121,11 +120,9 @@ class DifferNet:
 
     def _embed(self, state: State, images: jax.Array) -> jax.Array:
         """``[N, H, W, 3] -> [N, D]``: pooled taps at every scale, concatenated."""
-        pooled = []
-        for s in range(self.n_scales):
-            feats = encoder_features(self.backbone, state, downscale(images, 2 ** s), self.taps)
-            pooled += [jnp.mean(f, axis=(1, 2)) for f in feats]
-        return jnp.concatenate(pooled, axis=-1)
+        scales = scale_features(self.backbone, state, images, self.taps, self.n_scales)
+        return jnp.concatenate([jnp.mean(f, axis=(1, 2)) for feats in scales for f in feats],
+                               axis=-1)
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Frozen extractor and the flow's subnets (PyTorch's default initialisation)."""
