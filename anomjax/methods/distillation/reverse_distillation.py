@@ -16,7 +16,8 @@ Training loss, summed over the scales ``k`` (``loss_cosine``):
   channels at every position.
 
 The default follows the code. On a synthetic toy (``tests/methods``: wood, 64 px, 16 epochs)
-the paper's form localised better (pixel AUROC 0.967 against 0.831); on real data see
+the paper's form localised better (measured:
+``experiments/method_notes.md#reverse_distillation``); on real data see
 ``experiments/RESULTS.md``.
 
 At test time the map is ``sum_k upsample(1 - cos_channel(E_k, D_k))`` (per position, as the

@@ -25,11 +25,8 @@ running statistics.
 recomputes the student's running statistics after the last epoch over the training images
 with the final weights (Wu & Johnson 2021; see ``anomjax.train.batch_stats``), from the full
 batches only. With lr 0.4 the weights still move fast after a few epochs and the
-exponential running averages lag behind them. Measured with the authors' loss on
-mvtec3d_tire (128 px, batch 32, 5 epochs, one training scored both ways): image / pixel
-AUROC / AUPRO 0.625 / 0.843 / 0.442 with the running statistics, 0.590 / 0.966 / 0.871 with
-the recomputed ones. (Before the loss was fixed, with B/2 times the authors' loss, pixel
-AUROC was 0.354 without it.)
+exponential running averages lag behind them; one training scored both ways localised far
+better with the recomputed statistics (measured: ``experiments/method_notes.md#stpm``).
 
 Deviations: the paper's network is ResNet-18 (``layer1..layer3``), whose ImageNet weights
 are not available offline; the default is EfficientNet-Lite0 with taps ``stage2, stage3,
