@@ -54,7 +54,7 @@ def test_paper_defaults_and_registry():
     assert (m.learning_rate, m.momentum, m.weight_decay) == (0.4, 0.9, 1e-4)
     assert m.taps == ("stage2", "stage3", "stage5")
     assert (m.default_epochs, m.default_batch_size, m.default_image_size) == (100, 32, 256)
-    assert m.precise_bn is True  # not in the paper; measured to be needed (module docstring)
+    assert m.precise_bn is True  # not in the paper; measured: experiments/method_notes.md#stpm
     with pytest.raises(ValueError, match="learning_rate"):
         STPM(learning_rate=-0.1)
     with pytest.raises(ValueError, match="backbone"):
