@@ -1,11 +1,11 @@
 """distrax, imported without TensorFlow.
 
-TensorFlow Probability's JAX substrate, which distrax builds on, imports TensorFlow whenever
-it is installed, only to copy docstrings; the ``tfds`` extra installs it, and that import
-costs about 0.8 GB of resident memory and seconds of start-up in every process that uses a
-flow or the VAE. Importing distrax through this module hides TensorFlow for that one import
-(TFP then takes its TensorFlow-free path); TensorFlow stays importable afterwards (the TFDS
-reader imports it when it is used).
+TensorFlow Probability's JAX substrate, which distrax builds on, imports TensorFlow whenever it
+is installed, only to copy docstrings; the ``tfds`` extra installs it, and that import costs
+much resident memory and start-up time in every process that uses a flow or the VAE (measured:
+``experiments/method_notes.md#nn``). Importing distrax through this module hides TensorFlow for
+that one import (TFP then takes its TensorFlow-free path); TensorFlow stays importable
+afterwards (the TFDS reader imports it when it is used).
 """
 
 from __future__ import annotations

@@ -118,8 +118,8 @@ class DepthwiseConv(nn.Module):
 
     Parameters are laid out as ``nn.Conv(feature_group_count=C)``'s. On CPU it runs as shifted
     sums (:func:`depthwise_conv`): XLA's CPU grouped convolution is several times slower
-    (measured: the whole Lite0 forward ran 3.5-4x faster). Other backends use the
-    convolution primitive.
+    (measured on the whole Lite0 forward: ``experiments/method_notes.md#nn``). Other backends
+    use the convolution primitive.
     """
 
     kernel_size: int

@@ -115,27 +115,11 @@ def _require_train(samples: list[Sample], folder: Path) -> list[Sample]:
     return samples
 
 
-def _discover_mvtec(root: Path) -> tuple[list[Sample], list[Sample]]:
-    train = [Sample(str(p), 0, None, GOOD) for p in _images_in(root / "train" / GOOD)]
-    _require_train(train, root / "train" / GOOD)
-    test_dir = root / "test"
-    if not test_dir.is_dir():
-        raise DataError(f"{test_dir}: test folder is missing")
-    test: list[Sample] = []
-    for defect_dir in _subdirs(test_dir):
-        defect = defect_dir.name
-        images = _images_in(defect_dir)
-        if defect == GOOD:
-            test += [Sample(str(p), 0, None, GOOD) for p in images]
-            continue
-        gt = root / "ground_truth" / defect
-        index = _mask_index(gt)
-        test += [Sample(str(p), 1, _find_mask(p, index, gt), defect) for p in images]
-    return train, test
-
-
-def _discover_mvtec3d(root: Path) -> tuple[list[Sample], list[Sample]]:
-    train_dir = root / "train" / GOOD / "rgb"
+def _discover_mvtec(root: Path, rgb: bool = False) -> tuple[list[Sample], list[Sample]]:
+    """The ``mvtec`` layout; with ``rgb`` the ``mvtec3d`` one (images in ``rgb/``, masks in
+    ``gt/`` beside them)."""
+    sub = "rgb" if rgb else ""
+    train_dir = root / "train" / GOOD / sub
     train = _require_train([Sample(str(p), 0, None, GOOD) for p in _images_in(train_dir)],
                            train_dir)
     test_dir = root / "test"
@@ -144,11 +128,11 @@ def _discover_mvtec3d(root: Path) -> tuple[list[Sample], list[Sample]]:
     test: list[Sample] = []
     for defect_dir in _subdirs(test_dir):
         defect = defect_dir.name
-        images = _images_in(defect_dir / "rgb")
+        images = _images_in(defect_dir / sub)
         if defect == GOOD:
             test += [Sample(str(p), 0, None, GOOD) for p in images]
             continue
-        gt = defect_dir / "gt"
+        gt = defect_dir / "gt" if rgb else root / "ground_truth" / defect
         index = _mask_index(gt)
         test += [Sample(str(p), 1, _find_mask(p, index, gt), defect) for p in images]
     return train, test
@@ -285,7 +269,7 @@ def discover(root: str | os.PathLike, layout: str | None = None,
     if layout in ("mvtec", "mpdd"):
         train, test = _discover_mvtec(root)
     elif layout == "mvtec3d":
-        train, test = _discover_mvtec3d(root)
+        train, test = _discover_mvtec(root, rgb=True)
     elif layout == "btad":
         train, test = _discover_btad(root)
     elif layout == "visa":

@@ -32,6 +32,11 @@ MVTEC_AD_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut
                        "zipper")
 BTAD_CATEGORIES = ("01", "02", "03")
 
+_DATASETS = {  # name: (layout, title, an example category, categories)
+    "mvtec_ad": ("mvtec", "MVTec AD", "bottle", MVTEC_AD_CATEGORIES),  # Bergmann et al. 2019
+    "btad": ("btad", "BTAD product", "01", BTAD_CATEGORIES),  # Mishra et al. 2021
+}
+
 _INSTRUCTIONS = """\
 Download and extract the dataset yourself (its licence requires accepting terms), then
 pass the folder that holds one sub-folder per category as manual_dir, e.g.
@@ -91,30 +96,24 @@ def _builder_classes() -> dict[str, type]:
                     "path": key,
                 }
 
-    class MVTecAD(_CategoryBuilder, skip_registration=True):
-        """MVTec AD (Bergmann et al., CVPR 2019), one config per category."""
+    def category_builder(dataset: str, layout: str, title: str, example: str,
+                         categories: tuple[str, ...]) -> type:
+        class Builder(_CategoryBuilder, skip_registration=True):
+            name = dataset
+            LAYOUT = layout
+            MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS.format(example=example)
+            BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=c, description=f"{title} {c}")
+                               for c in categories]
 
-        name = "mvtec_ad"
-        LAYOUT = "mvtec"
-        MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS.format(example="bottle")
-        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=c, description=f"MVTec AD {c}")
-                           for c in MVTEC_AD_CATEGORIES]
+        Builder.__doc__ = f"{title}, one config per category, from ``manual_dir/<category>``."
+        return Builder
 
-    class BTAD(_CategoryBuilder, skip_registration=True):
-        """BTAD (Mishra et al., 2021), one config per product ``01``, ``02``, ``03``."""
-
-        name = "btad"
-        LAYOUT = "btad"
-        MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS.format(example="01")
-        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=c, description=f"BTAD product {c}")
-                           for c in BTAD_CATEGORIES]
-
-    return {"mvtec_ad": MVTecAD, "btad": BTAD}
+    return {name: category_builder(name, *spec) for name, spec in _DATASETS.items()}
 
 
 def builder_names() -> tuple[str, ...]:
     """Names of the datasets that have a builder."""
-    return ("mvtec_ad", "btad")
+    return tuple(_DATASETS)
 
 
 def get_builder(dataset: str, category: str, *, data_dir: str | os.PathLike) -> Any:

@@ -1,5 +1,5 @@
-"""Input checks of the methods: every method's RGB check, and the square-size checks of
-those that reconstruct or generate whole images."""
+"""Input checks of the methods: every method's RGB check, and the size checks of those whose
+networks need sides of some multiple, a least size or square images."""
 
 from __future__ import annotations
 
@@ -18,22 +18,25 @@ def check_rgb(method: str, images: Any) -> None:
                          "(divide uint8 images by 255)")
 
 
-def check_images(method: str, images: Any, *, multiple: int = 1,
-                 power_of_two: bool = False) -> None:
-    """A clear error unless ``images`` is float ``[B, S, S, 3]`` with ``S`` a multiple of
-    ``multiple`` (and a power of two >= 8 with ``power_of_two``)."""
+def check_images(method: str, images: Any, *, multiple: int = 1, min_size: int = 1,
+                 square: bool = False, power_of_two: bool = False, why: str = "") -> None:
+    """A clear error unless ``images`` is float ``[B, H, W, 3]`` with sides that are multiples
+    of ``multiple`` (for the reason ``why``, if given) and at least ``min_size``; with
+    ``square``, ``H == W``; with ``power_of_two``, square with a side that is a power of two
+    >= 8."""
     check_rgb(method, images)
-    shape = images.shape
-    size = shape[1]
-    if shape[2] != size:
+    h, w = images.shape[1:3]
+    if (square or power_of_two) and h != w:
         raise ValueError(f"{method}: images must be square (the network's size is fixed by "
-                         f"the image size), got {shape[1]} x {shape[2]}; use --image-size")
-    if size % multiple:
-        raise ValueError(f"{method}: the image size must be a multiple of {multiple}, got "
-                         f"{size}")
-    if power_of_two and (size < 8 or size & (size - 1)):
+                         f"the image size), got {h} x {w}; use --image-size")
+    if h % multiple or w % multiple or min(h, w) < min_size:
+        least = f" and at least {min_size} pixels" if min_size > 1 else ""
+        reason = f" ({why})" if why else ""
+        raise ValueError(f"{method}: image sides must be multiples of {multiple}{reason}{least}, "
+                         f"got {h} x {w} (choose another --image-size)")
+    if power_of_two and (h < 8 or h & (h - 1)):
         raise ValueError(f"{method}: the image size must be a power of two >= 8 (DCGAN "
-                         f"networks), got {size}")
+                         f"networks), got {h}")
 
 
 def to_signed(images: jnp.ndarray) -> jnp.ndarray:

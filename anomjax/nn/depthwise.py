@@ -2,11 +2,9 @@
 
 XLA's CPU backend runs grouped convolutions (``feature_group_count = C``) several times slower
 than the same arithmetic written as ``k * k`` shifted, per-channel scaled views of the padded
-input, and the automatic gradient of those views (one pad per view) is slow again. Measured in
-STPM's training step (EfficientNet-Lite0 student, 256 px, batch 8, 2 CPU cores): the grouped
-convolution took 4.6 s per step, the shifted sum with the automatic gradient 2.4-2.8 s, and
-this function 1.8-2.0 s. Other backends keep the convolution primitive
-(:func:`anomjax.backbones.efficientnet_lite.depthwise_conv`).
+input, and the automatic gradient of those views (one pad per view) is slow again (measured in
+STPM's training step: ``experiments/method_notes.md#nn``). Other backends keep the convolution
+primitive (:func:`anomjax.backbones.efficientnet_lite.depthwise_conv`).
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ parallel (Chan et al.) form of Welford's update: each batch's mean and centred s
 are merged into the running ones, so float32 stays accurate (no ``sum x x^T - n mu mu^T``
 cancellation) and memory never depends on the number of training images.
 
-The covariance itself is never inverted: :func:`finalize` takes the lower Cholesky factor
-``L`` of ``Sigma + eps I`` and inverts that triangular factor once (``inv_chol = L^-1``, one
-triangular solve per position); :func:`mahalanobis` then computes ``z = L^-1 (x - mu)`` with
-one batched matrix product (``Precision.HIGHEST``) and ``d = ||z||``. Scoring a batch by
-triangular substitution instead cost 25-30x more on the CPU (XLA's batched triangular
-solve: 25 s against 0.9 s for 4096 positions, ``D = 176``, 32 images, measured on a loaded
-2-core machine). States that hold ``chol`` (fitted before) are scored by substitution.
+The covariance itself is never inverted: :func:`finalize` takes the lower Cholesky factor ``L``
+of ``Sigma + eps I`` and inverts that triangular factor once (``inv_chol = L^-1``, one
+triangular solve per position); :func:`mahalanobis` then computes ``z = L^-1 (x - mu)`` with one
+batched matrix product (``Precision.HIGHEST``) and ``d = ||z||``. Scoring a batch by triangular
+substitution instead (XLA's batched triangular solve) was many times slower on the CPU
+(measured: ``experiments/method_notes.md#nn``). States that hold ``chol`` (fitted before) are
+scored by substitution.
 
 Shapes: features are ``[B, *positions, D]``; statistics are ``[*positions, D]`` (means) and
 ``[*positions, D, D]`` (scatter, Cholesky factors). ``positions`` is usually ``(h, w)``.

@@ -4,8 +4,7 @@ For an input with few channels (a network's stem on RGB images) the ``k * k`` sh
 strided views of the padded input are concatenated into ``[B, h, w, k*k*C]`` patch vectors
 and multiplied by the kernel reshaped to ``[k*k*C, F]``. XLA differentiates that into two
 matrix products, where its CPU backend lowers the convolution's kernel gradient as a slow
-convolution. Measured on 2 CPU cores for EfficientNet-Lite's stem (``[32, 256, 256, 3]``,
-3x3, stride 2, 32 filters): forward 88 -> 78 ms, kernel gradient 253 -> 172 ms.
+convolution (measured on EfficientNet-Lite's stem: ``experiments/method_notes.md#nn``).
 """
 
 from __future__ import annotations

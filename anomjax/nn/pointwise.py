@@ -4,9 +4,7 @@ Parameters are laid out as ``nn.Conv(features, (1, 1))``'s (``kernel [1, 1, C, F
 ``bias [F]``), so pretrained weights load unchanged. Computing it as ``[B*H*W, C] @ [C, F]``
 gives the same numbers (up to rounding) and lets XLA differentiate it into two plain matrix
 products. On the CPU backend the convolution's weight gradient is lowered as a convolution
-with a ``H x W`` window, which is slow: measured on 2 cores for ``[8, 128, 128, 16] ->
-96`` channels, 144 ms as a convolution against 6 ms as a matrix product (input gradient 40
-against 6 ms, forward 40 against 22 ms).
+with a ``H x W`` window, which is slow (measured: ``experiments/method_notes.md#nn``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Strided transposed convolutions as one stride-1 convolution and a depth-to-space shuffle.
 
 ``lax.conv_transpose`` with stride ``s`` is a convolution of the input dilated by ``s``. Its
-forward pass is fast on XLA:CPU, but the gradient with respect to its kernel is a
-convolution with a dilated operand that XLA:CPU runs on a slow generic path: for a DCGAN
-layer (4 x 4, stride 2, 64 -> 128 channels, batch 32 at 32 px) forward plus backward took
-3.3 s against 0.14 s for the strided convolution it mirrors (measured on this project's CPU).
+forward pass is fast on XLA:CPU, but the gradient with respect to its kernel is a convolution
+with a dilated operand that XLA:CPU runs on a slow generic path, many times slower than the
+strided convolution it mirrors (measured on a DCGAN layer: ``experiments/method_notes.md#nn``).
 
 The same map, exactly: output pixel ``(s i + a, s j + b)`` only ever sees the kernel taps
 ``k`` with ``(a + k - pad) % s == 0``, at input offset ``(a + k - pad) // s``. Gathering

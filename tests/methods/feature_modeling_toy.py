@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from anomjax.types import Batch
@@ -60,3 +62,13 @@ def toy_test_set(size: int = 64, subtle: bool = False) -> Batch:
                  labels=np.concatenate([good.labels, bad.labels]),
                  masks=np.concatenate([good.masks, bad.masks]),
                  paths=good.paths + bad.paths, defect_types=good.defect_types + bad.defect_types)
+
+
+def score_toy_test_set(method: Any, state: Any, subtle: bool = False
+                       ) -> tuple[Batch, np.ndarray, np.ndarray]:
+    """:func:`toy_test_set`, and ``method``'s maps ``[8, 64, 64]`` (shape checked) and image
+    scores ``[8]`` of it."""
+    test = toy_test_set(subtle=subtle)
+    scores = method.score(state, test.images)
+    assert scores.maps.shape == (len(test), 64, 64)
+    return test, np.asarray(scores.maps), np.asarray(scores.image)

@@ -52,7 +52,7 @@ def test_scores_are_the_half_squared_latents(trained):
                                                    rel=1e-5)
     maps = jax.eval_shape(TINY.frozen_features, state, images)
     assert [m.shape[1:3] for m in maps] == [(16, 16), (8, 8), (4, 4)]
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="multiples of 32"):
         TINY.score(state, jnp.zeros((1, 48, 48, 3)))
 
 

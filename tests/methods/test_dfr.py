@@ -79,7 +79,7 @@ def test_bad_configuration_raises_clear_errors():
     images = np.zeros((1, 32, 32, 3), np.float32)
     with pytest.raises(ValueError, match="pool_size >= pool_stride"):
         DFR(pool_size=2, pool_stride=4).init(jax.random.PRNGKey(0), images)
-    with pytest.raises(ValueError, match="no feature tap"):
+    with pytest.raises(ValueError, match=r"dfr: .*no tap\(s\) \['layer2'\]"):
         DFR(taps=("stage1", "layer2")).init(jax.random.PRNGKey(0), images)
 
 

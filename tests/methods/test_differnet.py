@@ -55,7 +55,7 @@ def test_image_score_is_mean_z2_over_the_rotated_copies(trained):
 
 def test_odd_image_size_is_a_clear_error(trained):
     state, _, _ = trained
-    with pytest.raises(ValueError, match="multiple of 4"):
+    with pytest.raises(ValueError, match="multiples of 4"):
         TINY.score(state, jnp.zeros((1, 30, 30, 3)))
 
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from feature_modeling_toy import batches_of, toy_images, toy_test_set
+from feature_modeling_toy import batches_of, score_toy_test_set, toy_images, toy_test_set
 from numpy_reference import torch_nearest
 from sklearn.metrics import roc_auc_score
 
@@ -149,10 +149,7 @@ def test_state_shapes(fitted):
 @pytest.mark.slow
 def test_defect_pixels_score_above_normal_ones(fitted):
     method, state = fitted
-    test = toy_test_set()
-    scores = method.score(state, test.images)
-    chex.assert_shape(scores.maps, (8, 64, 64))
-    maps, image = np.asarray(scores.maps), np.asarray(scores.image)
+    test, maps, image = score_toy_test_set(method, state)
     assert roc_auc_score(test.masks.ravel(), maps.ravel()) > 0.95
     assert image[4:].min() > image[:4].max()
     np.testing.assert_allclose(image, maps.max(axis=(1, 2)), rtol=1e-6)

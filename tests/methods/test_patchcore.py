@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from feature_modeling_toy import batches_of, toy_images, toy_test_set
+from feature_modeling_toy import batches_of, score_toy_test_set, toy_images, toy_test_set
 from numpy_reference import adaptive_avg_pool1d, euclidean, torch_bilinear, unfold
 from sklearn.metrics import roc_auc_score
 
@@ -186,19 +186,16 @@ def test_state_and_bank_size(fitted):
 @pytest.mark.slow
 def test_defect_pixels_score_above_normal_ones(fitted):
     method, state = fitted
-    test = toy_test_set()
-    scores = method.score(state, test.images)
-    chex.assert_shape(scores.maps, (8, 64, 64))
-    maps = np.asarray(scores.maps)
+    test, maps, image = score_toy_test_set(method, state)
     assert roc_auc_score(test.masks.ravel(), maps.ravel()) > 0.9
-    assert roc_auc_score(test.labels, np.asarray(scores.image)) == 1.0
+    assert roc_auc_score(test.labels, image) == 1.0
     assert np.isfinite(maps).all()
-    texture = toy_test_set(subtle=True)  # no colour cue: stripes of another period and angle
-    texture_maps = np.asarray(method.score(state, texture.images).maps)
+    # no colour cue: stripes of another period and angle
+    texture, texture_maps, _ = score_toy_test_set(method, state, subtle=True)
     assert roc_auc_score(texture.masks.ravel(), texture_maps.ravel()) > 0.97
     jitted = jax.jit(method.score)(state, test.images)
     np.testing.assert_allclose(np.asarray(jitted.maps), maps, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(np.asarray(jitted.image), np.asarray(scores.image), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(jitted.image), image, rtol=1e-4)
 
 
 @pytest.mark.slow

@@ -80,7 +80,7 @@ def test_registry_defaults_and_round_trip():
 
 
 def test_bad_images_give_clear_errors():
-    with pytest.raises(ValueError, match="multiple of 16"):
+    with pytest.raises(ValueError, match="multiples of 16"):
         TINY["ae_l2"].init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
     with pytest.raises(ValueError, match="power of two"):
         TINY["ganomaly"].init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)))

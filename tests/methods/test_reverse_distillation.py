@@ -124,7 +124,7 @@ def test_bad_configuration_raises_clear_errors():
     with pytest.raises(ValueError, match="must double"):
         ReverseDistillation(taps=("stage2", "stage4", "stage5")).init(jax.random.PRNGKey(0),
                                                                      images)
-    with pytest.raises(ValueError, match="no feature tap"):
+    with pytest.raises(ValueError, match=r"reverse_distillation: .*no tap\(s\) \['layer9'\]"):
         ReverseDistillation(taps=("stage2", "stage3", "layer9")).init(jax.random.PRNGKey(0),
                                                                      images)
     with pytest.raises(ValueError, match="multiples of 32"):

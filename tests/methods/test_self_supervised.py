@@ -14,11 +14,7 @@ from anomjax.methods import make_method, method_config, method_from_config
 from anomjax.methods.self_supervised.common import mean_filter
 from anomjax.methods.self_supervised.cutpaste import CutPaste, dense_patches, three_way
 from anomjax.methods.self_supervised.draem import DRAEM, focal_loss
-from anomjax.methods.self_supervised.gaussian_density import (
-    fit_gaussian,
-    ledoit_wolf,
-    mahalanobis,
-)
+from anomjax.methods.self_supervised.gaussian_density import distance, fit_gaussian, ledoit_wolf
 from anomjax.methods.self_supervised.riad import RIAD
 from anomjax.methods.self_supervised.unet import upsample2x
 
@@ -65,7 +61,9 @@ def test_ledoit_wolf_density_matches_scikit_learn():
     q = np.random.default_rng(4).normal(size=(5, 6))
     qn = q / np.linalg.norm(q, axis=1, keepdims=True) - fitted.location_
     want = np.sqrt(np.einsum("ni,ij,nj->n", qn, np.linalg.inv(fitted.covariance_), qn))
-    np.testing.assert_allclose(mahalanobis(g, jnp.asarray(q, jnp.float32)), want, rtol=2e-3)
+    np.testing.assert_allclose(distance(g, jnp.asarray(q, jnp.float32)), want, rtol=2e-3)
+    grid = jnp.asarray(q[:4].reshape(2, 2, 6), jnp.float32)  # [B, h, w, D], as the patch level
+    np.testing.assert_allclose(distance(g, grid), want[:4].reshape(2, 2), rtol=2e-3)
 
 
 def test_dense_patches_are_the_strided_crops():

@@ -48,6 +48,7 @@ import optax
 from anomjax.backbones import backbone_names
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur
@@ -174,8 +175,8 @@ class MKD(TrainedMethod):
     sigma: float = hyper(4.0, low=0.0, high=64.0)
 
     def _teacher(self) -> Any:
+        check_taps(self.name, self.backbone, self.taps)
         backbone = teacher(self.backbone)
-        check_taps(backbone, self.taps)
         strides = [backbone.taps[t].stride for t in self.taps]
         if any(s < 2 or s & (s - 1) for s in strides) or strides != sorted(set(strides)):
             raise ValueError(f"mkd taps {self.taps} have strides {strides}; they must be "
@@ -196,11 +197,8 @@ class MKD(TrainedMethod):
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Source variables (frozen) and a freshly initialised cloner."""
         backbone = self._teacher()
-        multiple = backbone.taps[self.taps[-1]].stride
-        h, w = images.shape[1:3]
-        if h % multiple or w % multiple:
-            raise ValueError(f"mkd with taps {self.taps} needs image sides that are multiples "
-                             f"of {multiple}; got {h}x{w} (choose image_size accordingly)")
+        check_images(self.name, images, multiple=backbone.taps[self.taps[-1]].stride,
+                     why=f"the stride of tap {self.taps[-1]}")
         variables = self._cloner(backbone).init(key, jnp.asarray(images[:1]), train=False)
         return {"params": variables["params"], "batch_stats": variables["batch_stats"],
                 "frozen": {"teacher": teacher_variables(self.backbone,

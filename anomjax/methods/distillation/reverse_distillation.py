@@ -16,7 +16,8 @@ Training loss, summed over the scales ``k`` (``loss_cosine``):
   channels at every position.
 
 The default follows the code. On a synthetic toy (``tests/methods``: wood, 64 px, 16 epochs)
-the paper's form localised better (pixel AUROC 0.967 against 0.831); on real data see
+the paper's form localised better (measured:
+``experiments/method_notes.md#reverse_distillation``); on real data see
 ``experiments/RESULTS.md``.
 
 At test time the map is ``sum_k upsample(1 - cos_channel(E_k, D_k))`` (per position, as the
@@ -58,6 +59,7 @@ import optax
 from anomjax.backbones import backbone_names
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.resnet_blocks import ResidualStage, batch_norm, conv
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
@@ -184,8 +186,8 @@ class ReverseDistillation(TrainedMethod):
         return self.backbone.startswith(("resnet", "wide_resnet"))
 
     def _teacher(self) -> Any:
+        check_taps(self.name, self.backbone, self.taps)
         backbone = teacher(self.backbone)
-        check_taps(backbone, self.taps)
         if len(self.taps) != 3:
             raise ValueError(f"reverse_distillation needs exactly 3 taps, got {self.taps}")
         strides = [backbone.taps[t].stride for t in self.taps]
@@ -201,12 +203,8 @@ class ReverseDistillation(TrainedMethod):
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Teacher variables (frozen) and freshly initialised OCBE + decoder."""
         backbone = self._teacher()
-        multiple = 2 * backbone.taps[self.taps[-1]].stride
-        h, w = images.shape[1:3]
-        if h % multiple or w % multiple:
-            raise ValueError(f"reverse_distillation with taps {self.taps} needs image sides that "
-                             f"are multiples of {multiple}; got {h}x{w} (choose image_size "
-                             "accordingly)")
+        check_images(self.name, images, multiple=2 * backbone.taps[self.taps[-1]].stride,
+                     why=f"twice the stride of tap {self.taps[-1]}")
         variables = teacher_variables(self.backbone, self.backbone_weights)
         feats = frozen_features(backbone, variables, jnp.asarray(images[:1]), self.taps)
         net_vars = self._net(backbone).init(key, feats, train=False)

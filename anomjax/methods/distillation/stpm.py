@@ -25,11 +25,8 @@ running statistics.
 recomputes the student's running statistics after the last epoch over the training images
 with the final weights (Wu & Johnson 2021; see ``anomjax.nn.batch_stats``), from the full
 batches only. With lr 0.4 the weights still move fast after a few epochs and the
-exponential running averages lag behind them. Measured with the authors' loss on
-mvtec3d_tire (128 px, batch 32, 5 epochs, one training scored both ways): image / pixel
-AUROC / AUPRO 0.625 / 0.843 / 0.442 with the running statistics, 0.590 / 0.966 / 0.871 with
-the recomputed ones. (Before the loss was fixed, with B/2 times the authors' loss, pixel
-AUROC was 0.354 without it.)
+exponential running averages lag behind them; one training scored both ways localised far
+better with the recomputed statistics (measured: ``experiments/method_notes.md#stpm``).
 
 Deviations: the paper's network is ResNet-18 (``layer1..layer3``), whose ImageNet weights
 are not available offline; the default is EfficientNet-Lite0 with taps ``stage2, stage3,
@@ -50,7 +47,6 @@ convolutions run as exact shifted sums (see ``anomjax.nn.depthwise``), only for 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
@@ -65,7 +61,7 @@ from anomjax.methods.images import check_rgb
 from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.batch_stats import pooled_batch_stats
 from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
-from anomjax.nn.teacher import check_taps, teacher, teacher_variables
+from anomjax.nn.teacher import check_taps, tap_variables, teacher, teacher_variables
 from anomjax.scoring import gaussian_blur, upsample
 from anomjax.types import Batch, Scores
 
@@ -83,11 +79,6 @@ def level_distance(teacher_feat: jax.Array, student_feat: jax.Array) -> jax.Arra
     ``[B, h, w, C] x 2 -> [B, h, w]``."""
     diff = normalize_channels(teacher_feat) - normalize_channels(student_feat)
     return jnp.sum(jnp.square(diff.astype(jnp.float32)), axis=-1)
-
-
-def _select(tree: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
-    """The entries of nested dict ``tree`` whose keys also appear in ``like``."""
-    return {k: _select(tree[k], v) if isinstance(v, dict) else tree[k] for k, v in like.items()}
 
 
 def _full_batches(batches: Iterable[Batch]) -> Iterator[jax.Array]:
@@ -134,16 +125,12 @@ class STPM(TrainedMethod):
 
         Returns ``{"params", "batch_stats"}`` of the student and ``{"frozen": {"teacher"}}``.
         """
-        check_rgb("stpm", images)
-        net = teacher(self.backbone)
-        check_taps(net, self.taps)
-        sample = jnp.asarray(images[:1], jnp.float32)
-        used = jax.eval_shape(functools.partial(net.module.init, taps=tuple(self.taps),
-                                                logits=False), key, sample)
+        check_rgb(self.name, images)
+        taps = check_taps(self.name, self.backbone, self.taps)
         _, random = load_backbone(self.backbone, pretrained=False, key=key)
-        student = {k: _select(random[k], used[k]) for k in used}
+        student = tap_variables(self.backbone, random, taps)
         full = teacher_variables(self.backbone, self.backbone_weights)
-        frozen = {k: _select(full[k], used[k]) for k in used}
+        frozen = tap_variables(self.backbone, full, taps)
         return {"params": student["params"], "batch_stats": student["batch_stats"],
                 "frozen": {"teacher": frozen}}
 

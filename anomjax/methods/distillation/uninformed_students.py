@@ -367,7 +367,7 @@ class UninformedStudents(TrainedMethod):
         (what the engine passes for ``init_on_all_images``).
         """
         self._check()
-        check_taps(teacher(self.backbone), (self.distill_tap,))
+        check_taps(self.name, self.backbone, (self.distill_tap,), field="distill_tap")
         batches = image_batches(images)
         variables = teacher_variables(self.backbone, self.backbone_weights)
         k_teachers, k_all_students = jax.random.split(key)

@@ -31,19 +31,17 @@ Backbones and their defaults (``taps=()`` and ``n_features=0`` / ``k=0`` pick th
   Lite0 PaDiM take them. ``d`` = all of their channels (176 on Lite0; the earlier default,
   the WRN50 proportion, was 54, and anomalib's Lite0 setting is 100), chosen by measurement
   on mvtec3d_tire at 256 px (``experiments/bench_vs_anomalib.py --padim-dims 54,100,176``,
-  seed 0), image AUROC / pixel AUROC / AUPRO: 0.751 / 0.522 / 0.109 at ``d = 54``, 0.739 /
-  0.526 / 0.117 at ``d = 100``, 0.750 / 0.666 / 0.258 at ``d = 176``. anomalib 2.7 gains as
-  much from all 176 channels on that folder (0.772 / 0.498 / 0.083 at its ``d = 100``,
-  0.770 / 0.625 / 0.192 at ``d = 176``). With so few channels the reduction the paper needs
-  for WRN50's 1792 buys little. ``k`` keeps the semi-orthogonal paper's WRN50 proportion,
+  seed 0): all 176 channels localised best, for anomalib 2.7 on that folder too (measured:
+  ``experiments/method_notes.md#padim``). With so few channels the reduction the paper
+  needs for WRN50's 1792 buys little. ``k`` keeps the semi-orthogonal paper's WRN50 proportion,
   ``round(176 * 300 / 1792) = 29`` on Lite0.
 
 At ``d = 176`` the 210 training images of that folder give near-singular covariances, and
 the scores feel half a grey level of input rounding: resizing the 8-bit image (the default
 reader, as the authors' PIL pipeline) or its floats (``open_dataset(resize_dtype=
-"float32")``, as anomalib) moves the metrics above by 2 / 4 / 6 points. Read as anomalib
-reads, the maps equal anomalib's to 0.34 % (median per pixel; ``experiments/
-vs_anomalib_tire.md``).
+"float32")``, as anomalib) changes the metrics by a few points. Read as anomalib reads,
+the maps match anomalib's (measured: ``experiments/method_notes.md#padim``,
+``experiments/vs_anomalib_tire.md``).
 
 Memory: the fitted state holds ``h * w * d * (d + 1)`` float32 numbers (64 x 64 positions
 and ``d = 176`` at 256 px input: 510 MB) besides the backbone; fitting streams the training
@@ -99,8 +97,9 @@ def default_taps(backbone: str) -> tuple[str, str, str]:
 
 
 def default_feature_dim(backbone: str, total_channels: int) -> int:
-    """The paper's ``d`` for ResNet18/WRN50, all ``total_channels`` on Lite (measured; see the
-    module docstring), else the ResNet18 proportion ``100 / 448`` of ``total_channels``."""
+    """The paper's ``d`` for ResNet18/WRN50, all ``total_channels`` on Lite (chosen by
+    measurement: ``experiments/method_notes.md#padim``), else the ResNet18 proportion
+    ``100 / 448`` of ``total_channels``."""
     if backbone in PAPER_FEATURE_DIMS:
         return PAPER_FEATURE_DIMS[backbone]
     if backbone.startswith("efficientnet_lite"):
@@ -150,9 +149,8 @@ def fit_gaussians(embed, batches: Iterable[Batch], epsilon: float,
     The features of consecutive batches are merged into the statistics ``merge_images`` at a
     time: each update reads and writes the whole ``[h, w, d, d]`` scatter, and its per-position
     products contract over the images, so a few larger updates are faster than many small
-    ones (measured at ``[64, 64]`` positions and ``d = 176`` on 2 CPU cores: 208 images in 4
-    updates of 52 took 4.9 s, in 13 updates of 16 9.1 s). A last batch smaller than the first
-    is padded for ``embed`` (:func:`embed_padded`).
+    ones (measured: ``experiments/method_notes.md#padim``). A last batch smaller than the
+    first is padded for ``embed`` (:func:`embed_padded`).
     """
     stats, pending = None, []
 

@@ -64,8 +64,8 @@ from anomjax.backbones import get_backbone
 from anomjax.methods.base import State, register
 from anomjax.methods.feature_modeling.frozen_backbone import (
     BACKBONES,
-    check_images,
     check_taps,
+    host_images,
     load_variables,
 )
 from anomjax.methods.hyper import hyper
@@ -198,7 +198,7 @@ class PatchCore(FittedMethod):
         projection = random_projection(key_projection, basis.shape[1], self.projection_dim)
         chunks, projected, batch_shape = [], [], None
         for batch in batches:
-            images = check_images(batch.images, batch.paths)
+            images = host_images(batch.images, batch.paths)
             n_valid = len(images)
             batch_shape = batch_shape or images.shape
             if images.shape[1:] == batch_shape[1:] and n_valid < batch_shape[0]:

@@ -121,7 +121,7 @@ class CFlow(TrainedMethod):
         if self.condition_dim % 4:
             raise ValueError(f"cflow: condition_dim must be a multiple of 4, got "
                              f"{self.condition_dim}")
-        frozen = encoder_state(self.backbone, self.backbone_weights, self.taps)
+        frozen = encoder_state(self.name, self.backbone, self.backbone_weights, self.taps)
         shapes = feature_shapes(self.backbone, frozen, images, self.taps)
         keys = jax.random.split(key, len(shapes))
         params = {f"level{lv}": init_all_in_one(

@@ -24,9 +24,10 @@ from anomjax.nn.flows import (
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 
 
-def encoder_state(backbone: str, weights: str | None, taps: Sequence[str]) -> dict[str, Any]:
-    """``{"teacher": variables}`` of the frozen pretrained encoder; checks the taps."""
-    check_taps(teacher(backbone), taps)
+def encoder_state(method: str, backbone: str, weights: str | None,
+                  taps: Sequence[str]) -> dict[str, Any]:
+    """``{"teacher": variables}`` of the frozen pretrained encoder; checks ``method``'s taps."""
+    check_taps(method, backbone, taps)
     return {"teacher": teacher_variables(backbone, weights)}
 
 
@@ -51,12 +52,12 @@ def downscale(images: jax.Array, factor: int) -> jax.Array:
     return images[:, ::factor, ::factor]
 
 
-def check_divisible(name: str, images: Any, multiple: int, why: str) -> None:
-    """A clear error when the image height or width is not a multiple of ``multiple``."""
-    h, w = images.shape[1:3]
-    if h % multiple or w % multiple:
-        raise ValueError(f"{name}: image size {h}x{w} must be a multiple of {multiple} "
-                         f"({why})")
+def scale_features(backbone: str, state: dict[str, Any], images: jax.Array,
+                   taps: Sequence[str], scales: int) -> list[list[jax.Array]]:
+    """:func:`encoder_features` of ``images`` at each scale ``s < scales`` (downscaled by
+    ``2^s``, :func:`downscale`): ``[s][tap]`` ``[B, h_t / 2^s, w_t / 2^s, c_t]``."""
+    return [encoder_features(backbone, state, downscale(images, 2 ** s), taps)
+            for s in range(scales)]
 
 
 def rotate(images: jax.Array, degrees: jax.Array, method: str = "nearest") -> jax.Array:

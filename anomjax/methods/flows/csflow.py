@@ -33,17 +33,9 @@ import numpy as np
 import optax
 
 from anomjax.methods.base import State, register
-from anomjax.methods.flows.common import (
-    check_divisible,
-    downscale,
-    encoder_features,
-    encoder_state,
-    feature_shapes,
-    nll_per_dim,
-    pytorch_adam,
-)
+from anomjax.methods.flows.common import encoder_state, nll_per_dim, pytorch_adam, scale_features
 from anomjax.methods.hyper import hyper
-from anomjax.methods.images import check_rgb
+from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.flows import (
     CrossScaleConv,
@@ -113,9 +105,8 @@ class CSFlow(TrainedMethod):
         return 32 if info is None else info.stride
 
     def _check(self, images: Any) -> None:
-        check_rgb(self.name, images)
-        check_divisible(self.name, images, self._stride() * 2 ** (N_SCALES - 1),
-                        f"tap {self.tap} at {N_SCALES} halving scales")
+        check_images(self.name, images, multiple=self._stride() * 2 ** (N_SCALES - 1),
+                     why=f"tap {self.tap} at {N_SCALES} halving scales")
 
     def _subnets(self, channels: int) -> list[tuple[CrossScaleConv, CrossScaleConv]]:
         half = channels // 2
@@ -130,8 +121,8 @@ class CSFlow(TrainedMethod):
         """The frozen encoder's features of the tap at the three image scales
         ``[B, h / 2^s, w / 2^s, C]`` (a function of the image alone, so the training engine
         computes them once per training image: ``anomjax.train.frozen_cache``)."""
-        return [encoder_features(self.backbone, state, downscale(images, 2 ** s), (self.tap,))[0]
-                for s in range(N_SCALES)]
+        scales = scale_features(self.backbone, state, images, (self.tap,), N_SCALES)
+        return [feats[0] for feats in scales]
 
     def _flow(self, params: dict[str, Any], shapes: list[tuple[int, int, int]]) -> Any:
         channels = shapes[0][-1]
@@ -149,9 +140,10 @@ class CSFlow(TrainedMethod):
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Frozen extractor and the cross-scale subnets (PyTorch's initialisation, gamma 0)."""
         self._check(images)
-        frozen = encoder_state(self.backbone, self.backbone_weights, (self.tap,))
-        shapes = [feature_shapes(self.backbone, frozen, downscale(images, 2 ** s),
-                                 (self.tap,))[0].shape[1:] for s in range(N_SCALES)]
+        frozen = encoder_state(self.name, self.backbone, self.backbone_weights, (self.tap,))
+        sample = jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32)
+        shapes = [m.shape[1:] for m in jax.eval_shape(self.frozen_features, {"frozen": frozen},
+                                                      sample)]
         channels = shapes[0][-1]
         half = channels // 2
         keys = jax.random.split(key, 2 * self.coupling_blocks)

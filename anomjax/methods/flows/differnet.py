@@ -39,17 +39,15 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.flows.common import (
-    check_divisible,
-    downscale,
-    encoder_features,
     encoder_state,
     feature_shapes,
     nll_per_dim,
     pytorch_adam,
     rotate,
+    scale_features,
 )
 from anomjax.methods.hyper import hyper
-from anomjax.methods.images import check_rgb
+from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.flows import (
     FullyConnected,
@@ -117,22 +115,19 @@ class DifferNet(TrainedMethod):
         return sequential(blocks)
 
     def _check(self, images: Any) -> None:
-        check_rgb(self.name, images)
-        check_divisible(self.name, images, 2 ** (self.n_scales - 1),
-                        f"{self.n_scales} scales halve it {self.n_scales - 1} times")
+        check_images(self.name, images, multiple=2 ** (self.n_scales - 1),
+                     why=f"{self.n_scales} scales halve it {self.n_scales - 1} times")
 
     def _embed(self, state: State, images: jax.Array) -> jax.Array:
         """``[N, H, W, 3] -> [N, D]``: pooled taps at every scale, concatenated."""
-        pooled = []
-        for s in range(self.n_scales):
-            feats = encoder_features(self.backbone, state, downscale(images, 2 ** s), self.taps)
-            pooled += [jnp.mean(f, axis=(1, 2)) for f in feats]
-        return jnp.concatenate(pooled, axis=-1)
+        scales = scale_features(self.backbone, state, images, self.taps, self.n_scales)
+        return jnp.concatenate([jnp.mean(f, axis=(1, 2)) for feats in scales for f in feats],
+                               axis=-1)
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Frozen extractor and the flow's subnets (PyTorch's default initialisation)."""
         self._check(images)
-        frozen = encoder_state(self.backbone, self.backbone_weights, self.taps)
+        frozen = encoder_state(self.name, self.backbone, self.backbone_weights, self.taps)
         dims = [s.shape[-1] for s in feature_shapes(self.backbone, frozen, images, self.taps)]
         dim = self.n_scales * sum(dims)
         first, second = self._subnets(dim)

@@ -105,7 +105,7 @@ class FastFlow(TrainedMethod):
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Frozen encoder, LayerNorms ``[h, w, C]`` per level (1 and 0) and flow params."""
         check_rgb(self.name, images)
-        frozen = encoder_state(self.backbone, self.backbone_weights, self.taps)
+        frozen = encoder_state(self.name, self.backbone, self.backbone_weights, self.taps)
         shapes = feature_shapes(self.backbone, frozen, images, self.taps)
         params = {}
         for level, (key_l, f) in enumerate(zip(jax.random.split(key, len(shapes)), shapes,

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from anomjax.methods.base import State, register
-from anomjax.methods.generative.ganomaly import bce_with_logits, discriminate
+from anomjax.methods.generative.ganomaly import bce_with_logits, discriminate, discriminator_bce
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images, check_trained_size, to_signed
 from anomjax.methods.optimization import GroupedOptimizer, Phase, Update
@@ -113,11 +113,8 @@ class AnoGAN(TrainedMethod):
         z = jax.random.uniform(key, (images.shape[0], self.latent), jnp.float32, -1.0, 1.0)
         fake, g_stats = self._generate(gen, jax.lax.stop_gradient(params["generator"]),
                                        stats["generator"], z, train=True)
-        (real_logit, _), d_stats = discriminate(disc, params["discriminator"],
-                                                stats["discriminator"], to_signed(images))
-        (fake_logit, _), d_stats = discriminate(disc, params["discriminator"], d_stats,
-                                                jax.lax.stop_gradient(fake))
-        loss = bce_with_logits(real_logit, 1.0) + bce_with_logits(fake_logit, 0.0)
+        loss, d_stats = discriminator_bce(disc, params["discriminator"], stats["discriminator"],
+                                          to_signed(images), jax.lax.stop_gradient(fake))
         return loss, {"batch_stats": {"generator": g_stats, "discriminator": d_stats},
                       "carry": {"z": z}}
 

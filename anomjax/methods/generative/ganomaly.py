@@ -77,6 +77,15 @@ def discriminate(disc: DCGANCritic, params: Any, stats: Any,
     return out, new["batch_stats"]
 
 
+def discriminator_bce(disc: DCGANCritic, params: Any, stats: Any, real: jax.Array,
+                      fake: jax.Array) -> tuple[jax.Array, Any]:
+    """``BCE(D(real), 1) + BCE(D(fake), 0)`` (each a mean) of a DCGAN discriminator in training
+    mode on ``real`` then ``fake`` ``[B, H, W, C]``, and its updated batch stats."""
+    (real_logit, _), stats = discriminate(disc, params, stats, real)
+    (fake_logit, _), stats = discriminate(disc, params, stats, fake)
+    return bce_with_logits(real_logit, 1.0) + bce_with_logits(fake_logit, 0.0), stats
+
+
 @register
 @dataclasses.dataclass(frozen=True)
 class GANomaly(TrainedMethod):
@@ -156,12 +165,9 @@ class GANomaly(TrainedMethod):
         del key
         _, disc = self._nets(images)
         stats = state["batch_stats"]
-        (real, _), d_stats = discriminate(disc, params["discriminator"],
-                                          stats["discriminator"], to_signed(images))
-        (fake, _), d_stats = discriminate(disc, params["discriminator"], d_stats,
-                                          state["carry"]["fake"])
-        loss = 0.5 * (bce_with_logits(real, 1.0) + bce_with_logits(fake, 0.0))
-        return loss, {"batch_stats": {**stats, "discriminator": d_stats}}
+        loss, d_stats = discriminator_bce(disc, params["discriminator"], stats["discriminator"],
+                                          to_signed(images), state["carry"]["fake"])
+        return 0.5 * loss, {"batch_stats": {**stats, "discriminator": d_stats}}
 
     def score(self, state: State, images: jax.Array) -> Scores:
         """Image score = latent distance; map = smoothed residual (see the module doc)."""

@@ -45,8 +45,8 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
-from anomjax.methods.self_supervised.common import check_images
 from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.scoring import gaussian_blur
 from anomjax.types import Scores

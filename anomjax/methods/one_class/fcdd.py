@@ -42,14 +42,10 @@ import optax
 from anomjax.data.anomalies import confetti_noise, cutpaste, draem_augment
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
-from anomjax.methods.self_supervised.common import (
-    check_images,
-    select_like,
-    used_backbone_variables,
-)
 from anomjax.nn.receptive_upsample import receptive_upsample
-from anomjax.nn.teacher import frozen_features, teacher, teacher_variables
+from anomjax.nn.teacher import frozen_features, tap_variables, teacher, teacher_variables
 from anomjax.types import Scores
 
 
@@ -130,12 +126,9 @@ class FCDD(TrainedMethod):
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Frozen backbone variables up to ``tap``; a random head."""
         check_images(self.name, images, multiple=self.stride)
-        k_b, k_h = jax.random.split(key)
-        frozen = used_backbone_variables(self.backbone, k_b, (self.tap,))
-        if self.backbone_weights is not None:
-            full = teacher_variables(self.backbone, self.backbone_weights)
-            frozen = jax.tree.map(jnp.array, {k: select_like(full[k], frozen[k])
-                                              for k in frozen})
+        k_h = jax.random.split(key)[1]  # the head's key; the backbone is pretrained
+        full = teacher_variables(self.backbone, self.backbone_weights)
+        frozen = tap_variables(self.backbone, full, (self.tap,))
         dim = teacher(self.backbone).taps[self.tap].channels
         head = Head(tuple(self.head_widths)).init(k_h, jnp.zeros((1, 8, 8, dim)))
         return {"params": head["params"], "frozen": {"backbone": frozen}}

@@ -42,8 +42,8 @@ import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
-from anomjax.methods.self_supervised.common import check_images
 from anomjax.nn.knn import nearest_neighbours
 from anomjax.nn.receptive_upsample import receptive_upsample
 from anomjax.types import Batch, Scores

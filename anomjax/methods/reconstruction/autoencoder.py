@@ -108,7 +108,7 @@ class AE(TrainedMethod):
     sigma: float = hyper(4.0, low=0.0, high=64.0)
 
     def _net(self, images: jax.Array) -> Autoencoder:
-        check_images(self.name, images, multiple=16)
+        check_images(self.name, images, multiple=16, square=True)
         return Autoencoder(bergmann_layers(self.width), self.latent)
 
     def init(self, key: jax.Array, images: jax.Array) -> State:

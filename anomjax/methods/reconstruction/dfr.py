@@ -172,7 +172,7 @@ class DFR(TrainedMethod):
         if self.pool_stride < 1 or self.pool_size < self.pool_stride:
             raise ValueError(f"dfr needs pool_size >= pool_stride >= 1, got pool_size="
                              f"{self.pool_size}, pool_stride={self.pool_stride}")
-        check_taps(teacher(self.backbone), self.taps)
+        check_taps(self.name, self.backbone, self.taps)
         frozen = {"teacher": teacher_variables(self.backbone, self.backbone_weights)}
         sample = first_images(images, 1 if self.latent_dim else self.pca_images)
         feats = jax.jit(self.frozen_features)({"frozen": frozen}, jnp.asarray(sample))

@@ -74,7 +74,7 @@ class FAVAE(TrainedMethod):
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Random VAE, the frozen feature network, unit map normalisers."""
-        check_taps(teacher(self.backbone), self.taps)
+        check_taps(self.name, self.backbone, self.taps)
         variables = init_variables(self._net(images), key, jnp.asarray(images[:1]),
                                    special={"log_scale": lambda shape, rng: 0.0})
         return {"params": variables["params"],

@@ -85,7 +85,7 @@ class MemAE(TrainedMethod):
     sigma: float = hyper(4.0, low=0.0, high=64.0)
 
     def _net(self, images: jax.Array) -> MemoryAutoencoder:
-        check_images(self.name, images, multiple=16)
+        check_images(self.name, images, multiple=16, square=True)
         return MemoryAutoencoder(bergmann_layers(self.width), self.slots, self.shrink,
                                  self.addressing)
 

@@ -94,7 +94,7 @@ def vae_network(method: str, width: int, latent: int, images: jax.Array,
                 params: Any = None) -> GaussianVAE:
     """The :class:`GaussianVAE` of width ``width`` and code ``latent`` for ``images``
     ``[B, S, S, 3]`` (S a multiple of 16); given trained ``params``, checked to fit them."""
-    check_images(method, images, multiple=16)
+    check_images(method, images, multiple=16, square=True)
     layers = bergmann_layers(width)
     if params is not None:
         check_trained_size(method, images, conv_trained_size(params["encoder"], layers))

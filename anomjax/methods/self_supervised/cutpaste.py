@@ -43,12 +43,12 @@ import optax
 from anomjax.data.anomalies import color_jitter, cutpaste, cutpaste_scar
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
-from anomjax.methods.self_supervised.common import check_images, used_backbone_variables
-from anomjax.methods.self_supervised.gaussian_density import fit_gaussian, mahalanobis
+from anomjax.methods.self_supervised.gaussian_density import distance, fit_gaussian
 from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.nn.receptive_upsample import receptive_upsample
-from anomjax.nn.teacher import teacher
+from anomjax.nn.teacher import tap_variables, teacher, teacher_variables
 from anomjax.types import Batch, Scores
 
 
@@ -137,9 +137,10 @@ class CutPaste(TrainedMethod):
         head = ProjectionHead(tuple(self.head_widths))
         params, stats = {}, {}
         dim = teacher(self.backbone).taps[self.tap].channels
+        full = teacher_variables(self.backbone, None)
         for i, level in enumerate(self.levels):
-            k_b, k_h = jax.random.split(jax.random.fold_in(key, i))
-            bb = used_backbone_variables(self.backbone, k_b, (self.tap,))
+            k_h = jax.random.split(jax.random.fold_in(key, i))[1]
+            bb = tap_variables(self.backbone, full, (self.tap,))
             hv = head.init(k_h, jnp.zeros((2, dim), jnp.float32))
             params[level] = {"backbone": bb["params"], "head": hv["params"]}
             stats[level] = {"backbone": bb["batch_stats"], "head": hv["batch_stats"]}
@@ -230,12 +231,12 @@ class CutPaste(TrainedMethod):
         distances (the image score everywhere without the patch level)."""
         check_images(self.name, images, min_size=max(self.patch_size, 32))
         density = state["frozen"]["density"]
-        image = mahalanobis(density["image"], self._image_embeddings(state, images))
+        image = distance(density["image"], self._image_embeddings(state, images))
         size = images.shape[1:3]
         if not self.patch_size:
             return Scores(image=image, maps=jnp.broadcast_to(image[:, None, None],
                                                              (images.shape[0], *size)))
-        patch = mahalanobis(density["patch"], self._patch_embeddings(state, images))
+        patch = distance(density["patch"], self._patch_embeddings(state, images))
         maps = receptive_upsample(patch, size, stride=self.patch_stride,
                                   kernel=self.patch_size, sigma=self.upsample_sigma,
                                   normalize=True)

@@ -45,8 +45,9 @@ import optax
 from anomjax.data.anomalies import draem_sample, load_textures, synthetic_textures
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
-from anomjax.methods.self_supervised.common import check_images, mean_filter
+from anomjax.methods.self_supervised.common import mean_filter
 from anomjax.methods.self_supervised.unet import ReconstructiveNet, UNet
 from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.nn.losses import l2_loss, ssim_loss

@@ -3,13 +3,17 @@
 CutPaste scores a test embedding by its Mahalanobis distance to a Gaussian fitted on the
 training embeddings; the reference implementation (``LilitYolyan/CutPaste``) L2-normalises the
 embeddings and shrinks the covariance with scikit-learn's ``LedoitWolf``. :func:`fit_gaussian`
-is that estimator (``assume_centered=False``), written in JAX at full precision.
+is that estimator (``assume_centered=False``), written in JAX at full precision;
+:func:`distance` scores with :func:`anomjax.nn.gaussian.mahalanobis` (triangular substitution
+with the stored Cholesky factor ``chol``).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from anomjax.nn.gaussian import mahalanobis
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -49,9 +53,8 @@ def fit_gaussian(embeddings: jax.Array) -> dict[str, jax.Array]:
     return {"mean": mean, "chol": jnp.linalg.cholesky(cov + 1e-10 * jnp.eye(d))}
 
 
-def mahalanobis(gaussian: dict[str, jax.Array], embeddings: jax.Array) -> jax.Array:
-    """Mahalanobis distance ``[...]`` of L2-normalised ``embeddings [..., D]``."""
-    x = normalize_rows(embeddings) - gaussian["mean"]
-    flat = x.reshape(-1, x.shape[-1])
-    z = jax.scipy.linalg.solve_triangular(gaussian["chol"], flat.T, lower=True)
-    return jnp.sqrt(jnp.sum(z * z, axis=0)).reshape(x.shape[:-1])
+def distance(gaussian: dict[str, jax.Array], embeddings: jax.Array) -> jax.Array:
+    """Mahalanobis distance ``[...]`` of L2-normalised ``embeddings [..., D]`` to the one
+    Gaussian of :func:`fit_gaussian` (:func:`anomjax.nn.gaussian.mahalanobis`)."""
+    flat = normalize_rows(embeddings).reshape(-1, embeddings.shape[-1])
+    return mahalanobis(gaussian, flat).reshape(embeddings.shape[:-1])

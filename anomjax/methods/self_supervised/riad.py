@@ -32,8 +32,8 @@ import optax
 from anomjax.data.anomalies import riad_masks
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
+from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
-from anomjax.methods.self_supervised.common import check_images
 from anomjax.methods.self_supervised.unet import UNet
 from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.nn.losses import l2_loss, msgms_loss, msgms_map, ssim_loss
