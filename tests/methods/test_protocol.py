@@ -129,7 +129,8 @@ def test_every_registered_method_follows_its_protocol():
         cls = method_class(name)
         base = TrainedMethod if cls.kind == "train" else FittedMethod
         assert issubclass(cls, base) and not cls.__abstractmethods__, name
-        kinds[name] = cls.kind
+        if cls.__module__.startswith("anomjax."):  # not the toys other tests register
+            kinds[name] = cls.kind
     assert sum(k == "fit" for k in kinds.values()) == 4
     assert sum(k == "train" for k in kinds.values()) == 22
     assert set(overridden_hooks(method_class("stpm"))) == {"calibrate", "frozen_features"}
