@@ -110,6 +110,24 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     return config
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` of a nested dict (tuples as lists, as JSON holds them)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any], where: str = "folder"
+                   ) -> list[str]:
+    """``"field=old (folder) vs new (now)"`` for every flat field that differs."""
+    return [f"{k}={old.get(k)!r} ({where}) vs {new.get(k)!r} (now)"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def get_path(config: ml_collections.ConfigDict, dotted: str) -> Any:
     """The value at ``a.b.c``; a clear error names a missing field."""
     node: Any = config

@@ -34,7 +34,7 @@ import numpy as np
 from anomjax import runs
 from anomjax.data.multiclass import open_multiclass
 from anomjax.evaluate import evaluate, peak_rss_mb
-from anomjax.experiment.config import build_method, data_folders
+from anomjax.experiment.config import build_method, changed_fields, data_folders, flatten
 from anomjax.methods.population import MAX_SIZE, Population, member_state
 from anomjax.run_folder import (
     THRESHOLD_FILE,
@@ -180,24 +180,11 @@ def _check_same_experiment(run_dir: Path, config: ml_collections.ConfigDict) -> 
     path = run_dir / EXPERIMENT_FILE
     if not path.is_file():
         return
-    old = _flat(read_json(path, "experiment config"))
-    new = _flat(json.loads(json.dumps(config.to_dict(), default=str)))
-    changed = [f"{k}={old.get(k)!r} (folder) vs {new.get(k)!r} (now)"
-               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    changed = changed_fields(flatten(read_json(path, "experiment config")),
+                             flatten(json.loads(json.dumps(config.to_dict(), default=str))))
     if changed:
         raise RunError(f"{path}: the run folder holds another experiment ({'; '.join(changed)});"
                        " use the same config, or pass --overwrite to replace the run")
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a.b": value}`` of a nested dict (lists compared as lists)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return out
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,7 @@ from typing import Any
 
 import ml_collections
 
-from anomjax.experiment.config import get_path, parse_value, set_path
+from anomjax.experiment.config import changed_fields, flatten, get_path, parse_value, set_path
 from anomjax.experiment.run import run_experiment
 from anomjax.run_folder import RunError, RunInUse, run_lock, write_json
 from anomjax.train import TrainingDiverged
@@ -84,8 +84,8 @@ def add_axes(axes: ml_collections.ConfigDict, values: dict[str, tuple[Any, ...]]
 
 
 def _axes(config: ml_collections.ConfigDict) -> tuple[dict[str, tuple], dict[str, tuple]]:
-    product = {k: tuple(v) for k, v in _flatten(config.sweep.to_dict()).items()}
-    zipped = {k: tuple(v) for k, v in _flatten(config.sweep_zip.to_dict()).items()}
+    product = {k: tuple(v) for k, v in flatten(config.sweep.to_dict()).items()}
+    zipped = {k: tuple(v) for k, v in flatten(config.sweep_zip.to_dict()).items()}
     lengths = {len(v) for v in zipped.values()}
     if len(lengths) > 1:
         raise ValueError(f"config.sweep_zip: every field needs the same number of values, "
@@ -96,16 +96,6 @@ def _axes(config: ml_collections.ConfigDict) -> tuple[dict[str, tuple], dict[str
     for key in (*product, *zipped):
         get_path(config, key)  # a clear error for a field the config lacks
     return product, zipped
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def expand(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -288,8 +278,7 @@ def claim_sweep_folder(sweep_dir: Path, config: ml_collections.ConfigDict, *,
             theirs = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise RunError(f"{path}: cannot read the sweep's config ({err})") from None
-        changed = [f"{k}={theirs.get(k)!r} (folder) vs {mine.get(k)!r} (now)"
-                   for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+        changed = changed_fields(theirs, mine)
         if changed:
             raise RunError(f"{sweep_dir}: the sweep folder was made for another config "
                            f"({'; '.join(changed)}); use the same config, another folder, "
@@ -306,7 +295,7 @@ def _sweep_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The config's flat fields other than the swept values, plus the swept field names."""
     product, zipped = _axes(config)
     swept = set(product) | set(zipped)
-    flat = _flatten(json.loads(json.dumps(config.to_dict(), default=_jsonable)))
+    flat = flatten(json.loads(json.dumps(config.to_dict(), default=_jsonable)))
     out = {k: v for k, v in flat.items()
            if k not in swept and not k.startswith(("sweep.", "sweep_zip."))}
     out["swept fields"] = sorted(swept)

@@ -153,6 +153,16 @@ class TrainedMethod(_MethodBase):
         return None
 
 
+def _forwarded(setting: str) -> property:
+    """A read-only property giving the wrapped method's ``setting`` (or, where the wrapped
+    method does not declare it, :class:`TrainedMethod`'s default)."""
+
+    def get(self: MethodWrapper) -> Any:
+        return getattr(self.method, setting, getattr(TrainedMethod, setting, None))
+
+    return property(get, doc=f"The wrapped method's ``{setting}``.")
+
+
 class MethodWrapper(TrainedMethod, FittedMethod):
     """A method that wraps ``self.method`` and forwards every hook and setting to it.
 
@@ -163,37 +173,16 @@ class MethodWrapper(TrainedMethod, FittedMethod):
 
     method: Any
 
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return self.method.name
-
-    @property
-    def kind(self) -> str:  # type: ignore[override]
-        return self.method.kind
-
-    @property
-    def default_epochs(self) -> int | None:  # type: ignore[override]
-        return getattr(self.method, "default_epochs", None)
-
-    @property
-    def default_batch_size(self) -> int | None:  # type: ignore[override]
-        return self.method.default_batch_size
-
-    @property
-    def default_image_size(self) -> int:  # type: ignore[override]
-        return self.method.default_image_size
-
-    @property
-    def init_on_all_images(self) -> bool:  # type: ignore[override]
-        return getattr(self.method, "init_on_all_images", False)
-
-    @property
-    def uses_caller_mesh(self) -> bool:  # type: ignore[override]
-        return self.method.uses_caller_mesh
-
-    @property
-    def member_count(self) -> int | None:  # type: ignore[override]
-        return getattr(self.method, "member_count", None)
+    # The wrapped method's name, kind and settings; a fitted method has no training
+    # settings, so those fall back to the protocol's defaults.
+    name = _forwarded("name")
+    kind = _forwarded("kind")
+    default_epochs = _forwarded("default_epochs")
+    default_batch_size = _forwarded("default_batch_size")
+    default_image_size = _forwarded("default_image_size")
+    init_on_all_images = _forwarded("init_on_all_images")
+    uses_caller_mesh = _forwarded("uses_caller_mesh")
+    member_count = _forwarded("member_count")
 
     def init(self, key: jax.Array, images: Any) -> State:
         return self.method.init(key, images)
