@@ -47,7 +47,8 @@ from anomjax.methods.base import make_method, method_class, method_names
 from anomjax.methods.protocol import overridden_hooks
 from anomjax.run_folder import THRESHOLD_FILE, RunError
 from anomjax.runs import DEFAULT_BATCH_SIZE, MAX_IMAGE_SIDE, METRIC_KEYS, UsageError
-from anomjax.train import initialize_from_env
+from anomjax.train import EngineSettings, initialize_from_env
+from anomjax.train.settings import COMPUTE_DTYPES
 
 MAX_BATCH_SIZE = 4096
 
@@ -115,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--allow-config-change", action="store_true",
                      help="with --resume: accept changed hyper-parameters (e.g. a lower "
                           "learning rate after a divergence)")
+    engine = fit.add_argument_group("training engine (methods that train)")
+    engine.add_argument("--compute-dtype", choices=COMPUTE_DTYPES,
+                        help="bfloat16: the loss in bfloat16, float32 master parameters")
+    engine.add_argument("--log-every", type=_count, default=10, metavar="N",
+                        help="log the step metrics every N steps (default 10)")
+    engine.add_argument("--checkpoint-every", type=_count, metavar="N",
+                        help="also checkpoint every N steps (default: each epoch's end)")
+    engine.add_argument("--keep", type=_count, default=3, metavar="N",
+                        help="checkpoints to keep (default 3)")
+    engine.add_argument("--frozen-cache-mb", type=_finite_float, default=2048.0, metavar="MB",
+                        help="host memory for cached frozen features (0: none; default 2048)")
+    engine.add_argument("--accumulate", type=_count, default=1, metavar="K",
+                        help="average the gradients of K batches per optimiser update")
+    engine.add_argument("--profile-steps", type=_step_window, metavar="A:B",
+                        help="a jax.profiler trace of steps A+1..B into RUN/profile")
     fit.add_argument("--distributed", action="store_true",
                      help="join a multi-host job (jax.distributed.initialize from "
                           "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
@@ -192,8 +208,22 @@ def _batch_size(text: str) -> int:
     return _bounded_int(text, "the batch size", 1, MAX_BATCH_SIZE)
 
 
+def _step_window(text: str) -> tuple[int, int]:
+    first, sep, last = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected A:B (steps A+1 to B), got {text!r}")
+    return (_bounded_int(first, "a step", 0, 10**9), _bounded_int(last, "a step", 1, 10**9))
+
+
+def _engine(args: argparse.Namespace) -> EngineSettings:
+    return EngineSettings(compute_dtype=args.compute_dtype, log_every=args.log_every,
+                          checkpoint_every=args.checkpoint_every, keep=args.keep,
+                          frozen_cache_mb=args.frozen_cache_mb, accumulate=args.accumulate,
+                          profile_steps=args.profile_steps)
+
+
 def _count(text: str) -> int:
-    return _bounded_int(text, "a training budget", 1, 10**9)
+    return _bounded_int(text, "a count", 1, 10**9)
 
 
 def _seed(text: str) -> int:
@@ -227,7 +257,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                       image_size=args.image_size, crop=args.crop,
                       resize_dtype=args.resize_dtype, seed=args.seed,
                       batch_size=args.batch_size, epochs=args.epochs, steps=args.steps,
-                      resume=args.resume,
+                      resume=args.resume, engine=_engine(args),
                       overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     if jax.process_index() == 0:
         print(f"fitted {method.name} on {fitted.config['n_train']} images in "

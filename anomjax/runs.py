@@ -53,7 +53,7 @@ from anomjax.run_folder import (
     save_run,
     write_json,
 )
-from anomjax.train import train_method, train_plan
+from anomjax.train import EngineSettings, train_method, train_plan
 from anomjax.types import State
 from anomjax.visualize import save_heatmap
 
@@ -119,7 +119,7 @@ def fit(method: Any, data: Sequence[str | os.PathLike] | str | os.PathLike,
         crop: int | None = None, resize_dtype: str = "uint8", seed: int = 0,
         batch_size: int | None = None, epochs: int | None = None, steps: int | None = None,
         resume: bool = False, overwrite: bool = False, allow_config_change: bool = False,
-        progress: bool = True) -> FitResult:
+        engine: EngineSettings | None = None, progress: bool = True) -> FitResult:
     """Fit (``kind == "fit"``) or train ``method`` on the normal images of ``data`` (one
     category folder, or several: one model on their union) into the run folder ``out``.
 
@@ -128,12 +128,15 @@ def fit(method: Any, data: Sequence[str | os.PathLike] | str | os.PathLike,
     ``config.json`` records the steps taken and the images seen. ``resume`` continues the
     training checkpoints in ``out`` (the same settings are required unless
     ``allow_config_change``), ``overwrite`` replaces the run in ``out`` whole. Under
-    ``jax.distributed`` every process calls it alike; process 0 writes.
+    ``jax.distributed`` every process calls it alike; process 0 writes. ``engine``: how the
+    engine trains (precision, logging, checkpoints, accumulation, profiler), recorded in
+    ``config.json``.
     """
     if allow_config_change and not resume:
         raise UsageError("--allow-config-change applies only with --resume")
     if overwrite and resume:
         raise UsageError("--overwrite and --resume contradict each other: pick one")
+    check_training_arguments(method, epochs=epochs, steps=steps, resume=resume, engine=engine)
     folders = [data] if isinstance(data, str | os.PathLike) else list(data)
     batch_size = batch_size or method.default_batch_size or DEFAULT_BATCH_SIZE
     dataset, _ = open_multiclass(folders, layout=layout, image_size=image_size, crop=crop,
@@ -141,7 +144,8 @@ def fit(method: Any, data: Sequence[str | os.PathLike] | str | os.PathLike,
     with open_run_folder(out, resume=resume, overwrite=overwrite):
         trained = train_or_fit(method, dataset.train, seed=seed, batch_size=batch_size,
                                run_dir=Path(out), epochs=epochs, steps=steps, resume=resume,
-                               allow_config_change=allow_config_change, progress=progress)
+                               allow_config_change=allow_config_change, engine=engine,
+                               progress=progress)
         resolved = [str(Path(d).resolve()) for d in folders]
         config = {"data": resolved[0] if len(resolved) == 1 else resolved,
                   "layout": dataset.layout, "image_size": image_size, "crop": crop,
@@ -195,22 +199,24 @@ class Trained:
 def train_or_fit(method: Any, train_split: Any, *, seed: int, batch_size: int,
                  run_dir: str | os.PathLike | None, epochs: int | None = None,
                  steps: int | None = None, resume: bool = False,
-                 allow_config_change: bool = False, progress: bool = True) -> Trained:
+                 allow_config_change: bool = False, engine: EngineSettings | None = None,
+                 progress: bool = True) -> Trained:
     """Fit (one pass) or train (``method.kind == "train"``, with checkpoints in ``run_dir``,
     for ``steps`` optimiser steps or ``epochs`` passes) ``method`` on ``train_split``."""
+    check_training_arguments(method, epochs=epochs, steps=steps, resume=resume, engine=engine)
     key = jax.random.key(seed)
     start = time.perf_counter()
+    engine = engine or EngineSettings()
     if method.kind == "train":
-        plan = train_plan(method, len(train_split), batch_size, epochs=epochs, steps=steps)
+        plan = train_plan(method, len(train_split), batch_size, epochs=epochs, steps=steps,
+                          accumulate=engine.accumulate)
         state = train_method(method, key, train_split, epochs=epochs, steps=steps,
                              batch_size=batch_size, run_dir=run_dir, resume=resume,
-                             allow_config_change=allow_config_change, disable=not progress)
-        budget = {"optimizer_steps": plan.total_steps, "epochs": plan.epochs,
-                  "images_seen": plan.images_seen}
+                             allow_config_change=allow_config_change, disable=not progress,
+                             **engine.train_kwargs())
+        budget = {"optimizer_steps": plan.optimizer_steps, "epochs": plan.epochs,
+                  "images_seen": plan.images_seen, "engine": engine.train_kwargs()}
     else:
-        if epochs is not None or steps is not None or resume:
-            raise UsageError(f"{method.name} is fitted in one pass: --epochs/--steps/--resume "
-                             "do not apply")
         with caller_mesh(method), tqdm(
                 train_split.batches(batch_size), desc=f"fitting {method.name}", unit="batch",
                 total=-(-len(train_split) // batch_size),
@@ -219,6 +225,20 @@ def train_or_fit(method: Any, train_split: Any, *, seed: int, batch_size: int,
             jax.block_until_ready(state)
         budget = {"optimizer_steps": 0, "epochs": 1, "images_seen": len(train_split)}
     return Trained(state=state, seconds=time.perf_counter() - start, budget=budget)
+
+
+def check_training_arguments(method: Any, *, epochs: int | None = None,
+                             steps: int | None = None, resume: bool = False,
+                             engine: EngineSettings | None = None) -> None:
+    """Refuse training arguments for a method fitted in one pass (before any work)."""
+    if method.kind == "train":
+        return
+    if epochs is not None or steps is not None or resume:
+        raise UsageError(f"{method.name} is fitted in one pass: --epochs/--steps/--resume do "
+                         "not apply")
+    if engine is not None and engine != EngineSettings():
+        raise UsageError(f"{method.name} is fitted in one pass: the training engine's "
+                         "settings (--accumulate, --compute-dtype, ...) do not apply")
 
 
 def caller_mesh(method: Any) -> contextlib.AbstractContextManager:

@@ -151,6 +151,10 @@ def fake_run(run_dir, tmp_path):
     (["--seed", "99999999999999999999"], "the seed must be in"),
     (["--set", "sigma=-1"], "sigma"),
     (["--set", "sigma=nan"], "sigma"),
+    (["--steps", "0"], "a count must be in [1, 1000000000], got 0"),
+    (["--accumulate", "2"], "padim is fitted in one pass: the training engine's settings"),
+    (["--profile-steps", "5"], "expected A:B"),
+    (["--frozen-cache-mb", "-1"], "frozen_cache_mb must be a finite number >= 0"),
 ])
 def test_out_of_range_settings_are_refused_before_any_work(category, tmp_path, capsys, args,
                                                            message):

@@ -83,3 +83,17 @@ def test_fit_resume_test_predict(config, categories, tmp_path, capsys):
                  "--batch-size", "4"]) == 0
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert len(rows) == 5 and {r["anomalous"] for r in rows} <= {"0", "1"}
+
+
+def test_engine_settings_reach_the_engine_and_the_run_record(categories, tmp_path):
+    run = tmp_path / "run"
+    assert main(["fit", "--method", "ae", "--data", str(categories[32]), "--image-size", "32",
+                 "--batch-size", "4", "--set", "width=4", "--set", "latent=8", "--steps", "2",
+                 "--accumulate", "2", "--compute-dtype", "bfloat16", "--checkpoint-every", "1",
+                 "--keep", "1", "--log-every", "1", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["optimizer_steps"] == 2 and config["images_seen"] == 16  # 4 batches of 4
+    assert config["engine"]["compute_dtype"] == "bfloat16" and config["engine"]["accumulate"] == 2
+    assert [p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()] == ["4"]
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]

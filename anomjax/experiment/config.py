@@ -15,6 +15,10 @@ A config is an ``ml_collections.ConfigDict`` with at least these fields::
     epochs      training epochs (``None``: the method's default; ignored by fit methods)
     steps       training budget in optimiser steps (``None``: use ``epochs``; when set,
                 ``epochs`` is ignored)
+    engine      ConfigDict of the training engine's settings
+                (:class:`anomjax.train.EngineSettings`: ``compute_dtype``, ``log_every``,
+                ``checkpoint_every``, ``keep``, ``frozen_cache_mb``, ``accumulate``,
+                ``profile_steps``)
     batch_size  global batch size (``None``: the method's default, else 16)
     seed        PRNG seed of fitting/training
     seeds       K: train K independent models in one vmapped step
@@ -45,6 +49,7 @@ import ml_collections
 
 from anomjax.methods.base import method_class
 from anomjax.methods.hyper import parse_value
+from anomjax.train.settings import EngineSettings
 
 
 def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collections.ConfigDict:
@@ -66,6 +71,7 @@ def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collec
         "resize_dtype": "uint8",
         "epochs": getattr(cls, "default_epochs", None),  # fitted methods have none
         "steps": None,
+        "engine": _engine_defaults(),
         "batch_size": cls.default_batch_size, "seed": 0, "seeds": 1,
         "learning_rates": (), "shard_members": False, "save_maps": True,
         "sweep": {}, "sweep_zip": {},
@@ -75,6 +81,27 @@ def base_config(method: str, arg: str | None = None, **fields: Any) -> ml_collec
     if arg:
         apply_overrides(config, arg.split(","))
     return config
+
+
+def _engine_defaults() -> dict[str, Any]:
+    """The engine's default settings as config fields (placeholders keep ``None`` fields
+    typed, so ``--config.engine.compute_dtype=bfloat16`` parses)."""
+    defaults = dataclasses.asdict(EngineSettings())
+    defaults["compute_dtype"] = ml_collections.config_dict.placeholder(str)
+    defaults["checkpoint_every"] = ml_collections.config_dict.placeholder(int)
+    defaults["profile_steps"] = ml_collections.config_dict.placeholder(tuple)
+    return defaults
+
+
+def engine_settings(config: ml_collections.ConfigDict) -> EngineSettings:
+    """The config's ``engine`` fields as :class:`EngineSettings` (checked)."""
+    fields = config.get("engine", ml_collections.ConfigDict()).to_dict()
+    if fields.get("profile_steps") is not None:
+        fields["profile_steps"] = tuple(fields["profile_steps"])
+    try:
+        return EngineSettings(**fields)
+    except TypeError as err:
+        raise ValueError(f"config.engine: {err}") from None
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

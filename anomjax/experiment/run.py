@@ -34,7 +34,13 @@ import numpy as np
 from anomjax import runs
 from anomjax.data.multiclass import open_multiclass
 from anomjax.evaluate import evaluate, peak_rss_mb
-from anomjax.experiment.config import build_method, changed_fields, data_folders, flatten
+from anomjax.experiment.config import (
+    build_method,
+    changed_fields,
+    data_folders,
+    engine_settings,
+    flatten,
+)
 from anomjax.methods.population import MAX_SIZE, Population, member_state
 from anomjax.run_folder import (
     THRESHOLD_FILE,
@@ -111,6 +117,7 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
     tests = categories if test_folders == train_folders else open_multiclass(
         test_folders, layout=config.layout, **images)[1]
     batch_size = _batch_size(config, method)
+    engine = engine_settings(config) if trains else None
     with runs.open_run_folder(run_dir, resume=resume, overwrite=overwrite,
                               lock=lock) as run_dir:
         _check_same_experiment(run_dir, config)
@@ -119,7 +126,9 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
         resume_training = trains and checkpoints.is_dir() and any(checkpoints.iterdir())
         trained = runs.train_or_fit(fitted, union.train, seed=int(config.seed),
                                     batch_size=batch_size, run_dir=run_dir, epochs=epochs,
-                                    steps=steps, resume=resume_training, progress=progress)
+                                    steps=steps, resume=resume_training,
+                                    engine=engine,
+                                    progress=progress)
         state = trained.state
         extra = {"data": [str(Path(f).resolve()) for f in train_folders],
                  "layout": union.layout, **images, "seed": int(config.seed),

@@ -40,6 +40,7 @@ from anomjax.train.checkpoint_store import CheckpointStore
 from anomjax.train.distributed import initialize_from_env
 from anomjax.train.divergence import TrainingDiverged
 from anomjax.train.loop import TrainPlan, epoch_seed, train_method, train_plan
+from anomjax.train.settings import EngineSettings
 from anomjax.train.sharding import DataMesh
 from anomjax.train.state import TrainState, init_train_state, method_state
 from anomjax.train.step import make_train_step
@@ -47,6 +48,7 @@ from anomjax.train.step import make_train_step
 __all__ = [
     "CheckpointStore",
     "DataMesh",
+    "EngineSettings",
     "GroupedOptimizer",
     "Phase",
     "TrainPlan",

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
@@ -53,13 +54,27 @@ def train_state_sharding(method: Any, mesh: DataMesh) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_step(method: Any, total_steps: int, compute_dtype: str | None,
-                   mesh: DataMesh) -> tuple[Any, TrainStep]:
-    """The method's optimiser and jitted step, reused across runs of the same configuration."""
-    optimizer = method.optimizer(total_steps)
+def _compiled_step(method: Any, updates: int, compute_dtype: str | None, mesh: DataMesh,
+                   accumulate: int = 1) -> tuple[Any, TrainStep]:
+    """The method's optimiser (built for ``updates`` optimiser updates; with ``accumulate``
+    > 1 wrapped in ``optax.MultiSteps``, which updates every ``accumulate`` batches with
+    their mean gradient) and the jitted step, reused across runs of the same configuration."""
+    optimizer = run_optimizer(method, updates, accumulate)
     return optimizer, make_train_step(method, optimizer, compute_dtype=compute_dtype,
                                       replicated=mesh.replicated,
                                       state_sharding=train_state_sharding(method, mesh))
+
+
+def run_optimizer(method: Any, updates: int, accumulate: int = 1) -> Any:
+    """``method.optimizer(updates)``, wrapped in ``optax.MultiSteps`` when ``accumulate`` > 1
+    (one update every ``accumulate`` batches, with their mean gradient)."""
+    optimizer = method.optimizer(updates)
+    if accumulate == 1:
+        return optimizer
+    if isinstance(optimizer, GroupedOptimizer):
+        raise ValueError(f"{method.name}: gradient accumulation does not apply to parameter "
+                         "groups (GroupedOptimizer); use a larger batch")
+    return optax.MultiSteps(optimizer, every_k_schedule=accumulate).gradient_transformation()
 
 
 @functools.lru_cache(maxsize=8)
@@ -169,19 +184,26 @@ def _validate(method: Any, state: State, split: Any, batch_size: int, mesh: Data
 
 @dataclasses.dataclass(frozen=True)
 class TrainPlan:
-    """How long a run trains, in optimiser steps.
+    """How long a run trains, in engine steps (batches) and optimiser updates.
 
     Attributes:
       global_batch_size: images per step over all devices and processes.
       steps_per_epoch: full batches of one pass over the training split.
-      total_steps: optimiser steps of the whole run (the budget).
+      total_steps: engine steps (batches) of the whole run.
       epochs: passes started (the last one may stop part-way when the budget is in steps).
+      accumulate: batches per optimiser update (gradient accumulation; 1: none).
     """
 
     global_batch_size: int
     steps_per_epoch: int
     total_steps: int
     epochs: int
+    accumulate: int = 1
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimiser updates of the whole run (the budget ``steps`` counts these)."""
+        return self.total_steps // self.accumulate
 
     @property
     def images_seen(self) -> int:
@@ -190,10 +212,12 @@ class TrainPlan:
 
 
 def train_plan(method: Any, n_train: int, batch_size: int, *, epochs: int | None = None,
-               steps: int | None = None, devices: list[Any] | None = None) -> TrainPlan:
-    """The run's budget: ``steps`` optimiser steps, or ``epochs`` passes over ``n_train``
-    images (neither: the method's ``default_epochs``); ``batch_size`` is the global batch
-    (lowered to a multiple of the devices that fits the data, with a warning)."""
+               steps: int | None = None, devices: list[Any] | None = None,
+               accumulate: int = 1) -> TrainPlan:
+    """The run's budget: ``steps`` optimiser updates (of ``accumulate`` batches each), or
+    ``epochs`` passes over ``n_train`` images (neither: the method's ``default_epochs``);
+    ``batch_size`` is the global batch (lowered to a multiple of the devices that fits the
+    data, with a warning)."""
     if epochs is not None and steps is not None:
         raise ValueError(f"give the budget as epochs ({epochs}) or as steps ({steps}), not both")
     for name, value in (("epochs", epochs), ("steps", steps)):
@@ -211,9 +235,10 @@ def train_plan(method: Any, n_train: int, batch_size: int, *, epochs: int | None
     mesh = DataMesh(devices)
     global_bs = _global_batch_size(batch_size, n_train, mesh)
     steps_per_epoch = (n_train // jax.process_count()) // mesh.local_batch_size(global_bs)
-    total = steps if steps is not None else epochs * steps_per_epoch
+    total = steps * accumulate if steps is not None else epochs * steps_per_epoch
     return TrainPlan(global_batch_size=global_bs, steps_per_epoch=steps_per_epoch,
-                     total_steps=total, epochs=-(-total // steps_per_epoch))
+                     total_steps=total, epochs=-(-total // steps_per_epoch),
+                     accumulate=accumulate)
 
 
 def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int | None,
@@ -224,8 +249,9 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
                  val_split: Any = None, val_every: int | None = None,
                  val_steps: Sequence[int] = (),
                  compute_dtype: str | None = None, num_workers: int = 4,
-                 frozen_cache_mb: float = 2048.0, devices: list[Any] | None = None,
-                 disable: bool = False) -> State:
+                 frozen_cache_mb: float = 2048.0, accumulate: int = 1,
+                 profile_steps: tuple[int, int] | None = None,
+                 devices: list[Any] | None = None, disable: bool = False) -> State:
     """Train a ``kind="train"`` method on ``train_split`` and return its trained state.
 
     Args:
@@ -265,6 +291,10 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
         :mod:`anomjax.train.frozen_cache`), compute them once per training image and keep
         them in host memory if they take at most this many MiB (0: compute them at every
         step).
+      accumulate: average the gradients of this many batches per optimiser update
+        (``optax.MultiSteps``); ``steps`` then counts updates. Not with parameter groups.
+      profile_steps: ``(a, b)``: a ``jax.profiler`` trace of steps ``a + 1 .. b`` on process 0
+        into ``run_dir/profile``.
       devices: the devices to train on (default: all devices of all processes).
       disable: turn the progress bar off.
 
@@ -281,7 +311,8 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
         raise ValueError("resume=True needs a run_dir to read checkpoints from")
     mesh = DataMesh(devices)
     n_train = len(train_split)
-    plan = train_plan(method, n_train, batch_size, epochs=epochs, steps=steps, devices=devices)
+    plan = train_plan(method, n_train, batch_size, epochs=epochs, steps=steps, devices=devices,
+                      accumulate=accumulate)
     global_bs = plan.global_batch_size
     local_bs = mesh.local_batch_size(global_bs)
     keys = _run_keys(key)
@@ -293,7 +324,7 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
                          local_bs=local_bs, n_train=n_train, mesh=mesh, keys=keys,
                          checkpoint_every=checkpoint_every, log_every=log_every,
                          val_split=val_split, val_every=val_every,
-                         val_steps=frozenset(val_steps),
+                         val_steps=frozenset(val_steps), profile_steps=profile_steps,
                          compute_dtype=compute_dtype, num_workers=num_workers,
                          frozen_cache_mb=frozen_cache_mb, disable=disable)
     finally:
@@ -366,6 +397,7 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                 n_train: int, mesh: DataMesh, keys: tuple[jax.Array, int, jax.Array],
                 checkpoint_every: int | None, log_every: int, val_split: Any,
                 val_every: int | None, val_steps: frozenset[int],
+                profile_steps: tuple[int, int] | None,
                 compute_dtype: str | None, num_workers: int,
                 frozen_cache_mb: float, disable: bool) -> TrainState:
     """Initialise or restore the train state, run the remaining steps, return the last."""
@@ -376,7 +408,8 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                          f"{store.latest_step()}); resume them (resume=True, --resume) or "
                          "train into another run folder")
 
-    optimizer, step_fn = _compiled_step(method, total_steps, compute_dtype, mesh)
+    optimizer, step_fn = _compiled_step(method, plan.optimizer_steps, compute_dtype, mesh,
+                                        plan.accumulate)
     images = _init_images(method, train_split, local_bs, n_train, num_workers)
     initial = _initial_state(method, init_key, images)
     ts = init_train_state(initial, optimizer, step_key)
@@ -384,14 +417,14 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
     meta = {"global_batch_size": global_bs, "steps_per_epoch": steps_per_epoch,
             "data_seed": data_seed, "process_count": jax.process_count(),
             "method": method.name, "method_config": method_config(method)["params"],
-            "total_steps": total_steps}
+            "total_steps": total_steps, "accumulate": plan.accumulate}
 
     start = 0
     if resume and store.latest_step() is not None:
         ts, saved = store.restore(store.latest_step(), ts)
         check_resume(saved, meta, str(store.directory), allow_config_change)
         start = int(jax.device_get(ts.step))
-        check_schedule(method, saved.get("total_steps"), total_steps, ts,
+        check_schedule(method, saved.get("total_steps"), total_steps, plan.accumulate, ts,
                        str(store.directory), allow_config_change)
         if start > total_steps:
             warnings.warn(f"the checkpoint in {store.directory} is at step {start}, past the "
@@ -445,6 +478,7 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                   prefix="val")
         window.tick = time.perf_counter()
 
+    profiler = _Profiler(profile_steps, None if run_dir is None else Path(run_dir) / "profile")
     try:
         step = start
         if start == 0:
@@ -455,8 +489,10 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
             batches = _epoch_batches(train_split, local_bs, data_seed, epoch, skip, stop,
                                      num_workers)
             for images, frozen in prefetch(batches, place):
+                profiler.before(step)
                 ts, metrics = step_fn(ts, images, jax.random.fold_in(ts.key, step), frozen)
                 step += 1
+                profiler.after(step, metrics)
                 window.add(step, epoch, metrics)
                 if step % log_every == 0:
                     window.flush()
@@ -466,9 +502,43 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
             checkpoint(ts)
         window.flush()
     finally:
+        profiler.stop()
         bar.close()
         log.close()
     return ts
+
+
+class _Profiler:
+    """A ``jax.profiler`` trace of the steps ``a + 1 .. b`` (``window = (a, b)``) on process 0,
+    written to ``out``; each step inside is annotated with its number."""
+
+    def __init__(self, window: tuple[int, int] | None, out: Path | None):
+        self.window = window if jax.process_index() == 0 else None
+        if self.window is not None and out is None:
+            raise ValueError("profile_steps needs a run folder to write the trace into")
+        self.out, self.running, self.annotation = out, False, None
+
+    def before(self, step: int) -> None:
+        if self.window is None or not self.window[0] <= step < self.window[1]:
+            return
+        if not self.running:
+            jax.profiler.start_trace(str(self.out))
+            self.running = True
+        self.annotation = jax.profiler.StepTraceAnnotation("train", step_num=step + 1)
+        self.annotation.__enter__()
+
+    def after(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        if self.annotation is not None:
+            jax.block_until_ready(metrics)
+            self.annotation.__exit__(None, None, None)
+            self.annotation = None
+        if self.running and step >= self.window[1]:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.running:
+            jax.profiler.stop_trace()
+            self.running = False
 
 
 def _compile_ahead(step_fn: TrainStep, ts: TrainState, key: jax.Array,
@@ -488,7 +558,7 @@ def _compile_ahead(step_fn: TrainStep, ts: TrainState, key: jax.Array,
 
 
 _LAYOUT_FIELDS = ("global_batch_size", "steps_per_epoch", "data_seed", "process_count",
-                  "method")
+                  "method", "accumulate")
 
 
 def check_resume(saved: dict[str, Any], current: dict[str, Any], where: str,
@@ -522,20 +592,22 @@ def check_resume(saved: dict[str, Any], current: dict[str, Any], where: str,
                   stacklevel=3)
 
 
-def check_schedule(method: Any, saved_total: int | None, total_steps: int, ts: TrainState,
-                   where: str, allow_config_change: bool = False) -> None:
+def check_schedule(method: Any, saved_total: int | None, total_steps: int, accumulate: int,
+                   ts: TrainState, where: str, allow_config_change: bool = False) -> None:
     """Refuse to resume with a budget that changes what the optimiser does from here on.
 
-    A method's optimiser is built from the run's ``total_steps`` (a cosine decay, the phase
-    boundaries of a :class:`GroupedOptimizer`). The checkpoint records the budget it was
-    written under; if the new budget moves a phase boundary or changes the next update
-    (probed on the restored state with a gradient of ones), the resume is refused unless
-    ``allow_config_change`` (then a warning says so). A budget that changes neither (a
-    constant schedule, extended) resumes exactly.
+    A method's optimiser is built from the run's length (a cosine decay, the phase boundaries
+    of a :class:`GroupedOptimizer`); ``saved_total`` and ``total_steps`` count batches, of
+    which ``accumulate`` make one update (the same accumulation is required to resume). The
+    checkpoint records the budget it was written under; if the new budget moves a phase
+    boundary or changes the next update (probed on the restored state with a gradient of
+    ones), the resume is refused unless ``allow_config_change`` (then a warning says so). A
+    budget that changes neither (a constant schedule, extended) resumes exactly.
     """
     if saved_total is None or saved_total == total_steps:
         return
-    before, after = method.optimizer(saved_total), method.optimizer(total_steps)
+    before = run_optimizer(method, saved_total // accumulate, accumulate)
+    after = run_optimizer(method, total_steps // accumulate, accumulate)
     changes = []
     if isinstance(after, GroupedOptimizer):
         old_bounds = [p.until for p in before.phases]

@@ -337,3 +337,26 @@ def test_validation_at_chosen_steps_scores_the_calibrated_state_from_step_0(tmp_
     val_lines = [ln for ln in lines if "val/image_auroc" in ln]
     assert [ln["step"] for ln in val_lines] == [0, 3]
     assert [ln["val/image_auroc"] for ln in val_lines] == [1.0, 1.0]
+
+
+def test_accumulating_two_batches_updates_like_one_batch_of_both(tmp_path):
+    """``accumulate=2``: one optimiser update per two batches of 4, with their mean gradient,
+    equals one update per batch of 8 over the same images (the toy's loss is a batch mean;
+    no noise, so the per-step keys do not matter)."""
+    method = ToyConvAE(noise=0.0)
+    accumulated = _train(tmp_path / "acc", method=method, epochs=None, steps=2, batch_size=4,
+                         accumulate=2)
+    whole = _train(tmp_path / "whole", method=method, epochs=None, steps=2, batch_size=8)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7),
+                 accumulated["params"], whole["params"])
+    assert not np.allclose(accumulated["params"]["w"],
+                           _train(method=method, epochs=None, steps=4, batch_size=4)[
+                               "params"]["w"])  # not simply 4 updates of 4
+    logged = [json.loads(ln)["step"] for ln in (tmp_path / "acc" / "metrics.jsonl")
+              .read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]  # 4 batches for 2 updates
+
+
+def test_a_profiler_window_writes_a_trace(tmp_path):
+    _train(tmp_path, epochs=1, profile_steps=(1, 3))
+    assert list((tmp_path / "profile").rglob("*.xplane.pb"))
