@@ -397,6 +397,10 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_process_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--distributed", action="store_true",
+                        help="join a jax.distributed job (JAX_COORDINATOR_ADDRESS, "
+                             "JAX_NUM_PROCESSES, JAX_PROCESS_ID): every process takes part in "
+                             "every run, on the devices of all processes")
     parser.add_argument("--process-index", type=int, default=None,
                         help="this process's share (default: $ANOMJAX_PROCESS_INDEX, or "
                              "jax.process_index() under jax.distributed, else 0)")

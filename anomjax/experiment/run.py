@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -120,8 +121,10 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
     engine = engine_settings(config) if trains else None
     with runs.open_run_folder(run_dir, resume=resume, overwrite=overwrite,
                               lock=lock) as run_dir:
-        _check_same_experiment(run_dir, config)
-        write_json(run_dir / EXPERIMENT_FILE, config.to_dict())
+        primary = jax.process_index() == 0  # under jax.distributed only process 0 writes
+        if primary:
+            _check_same_experiment(run_dir, config)
+            write_json(run_dir / EXPERIMENT_FILE, config.to_dict())
         checkpoints = run_dir / "checkpoints"
         resume_training = trains and checkpoints.is_dir() and any(checkpoints.iterdir())
         trained = runs.train_or_fit(fitted, union.train, seed=int(config.seed),
@@ -149,7 +152,8 @@ def run_experiment(config: ml_collections.ConfigDict, run_dir: str | Path, *,
                 records.append(_test_member(member_dir, member_method, member, dataset, tag,
                                             extra, batch_size, config, len(tests) == 1,
                                             progress))
-        write_json(run_dir / METRICS_FILE, records)
+        if primary:
+            write_json(run_dir / METRICS_FILE, records)
     return records
 
 
@@ -170,12 +174,14 @@ def _test_member(member_dir: Path, method: Any, state: Any, dataset: Any,
                  tag: dict[str, Any], extra: dict[str, Any], batch_size: int,
                  config: ml_collections.ConfigDict, write_threshold: bool,
                  progress: bool) -> dict[str, Any]:
-    """Test one (member) model on one category; its metrics record."""
-    maps_dir = member_dir / "maps" / dataset.name if config.save_maps else None
+    """Test one (member) model on one category; its metrics record (every process scores,
+    process 0 writes)."""
+    primary = jax.process_index() == 0
+    maps_dir = member_dir / "maps" / dataset.name if config.save_maps and primary else None
     with runs.caller_mesh(method):
         result = evaluate(method, state, dataset.test, batch_size=batch_size,
                           maps_dir=maps_dir, progress=progress)
-    if write_threshold and result["threshold"] is not None:
+    if primary and write_threshold and result["threshold"] is not None:
         runs.stamp_threshold(result["threshold"], read_run_config(member_dir), dataset.root)
         write_json(member_dir / THRESHOLD_FILE, result["threshold"])
     if maps_dir is not None:

@@ -7,10 +7,15 @@ goes into ``SWEEP/runs/<id>/``; every finished run appends one line per test cat
 ``SWEEP/results.jsonl``: ``{"run": id, "swept": {...}, <config values>, <metrics>}``.
 
 Run again, a sweep skips the runs that ``results.jsonl`` already holds (it trains nothing
-when all are done), and a run killed half-way resumes from its checkpoints. With several
-processes (``jax.distributed`` or ``--process-index/--process-count``) process ``p`` of
-``P`` takes the runs ``i`` with ``i % P == p``, so a pod of hosts shares a sweep without a
-scheduler.
+when all are done), and a run killed half-way resumes from its checkpoints. Two ways to
+spread a sweep over processes:
+
+* independent processes (``--process-index/--process-count``, no ``jax.distributed``):
+  process ``p`` of ``P`` takes the runs ``i`` with ``i % P == p``, each on its own devices;
+* one ``jax.distributed`` job (a pod): every process takes part in every run, which trains
+  on the global mesh of all processes' devices (the collectives of a step need all of
+  them); process 0 decides which runs are due, holds their locks and writes the results,
+  and tells the others (as big_vision runs every host on the same program).
 
 The tables built from ``results.jsonl`` cannot be wrong by construction:
 
@@ -28,6 +33,7 @@ The tables built from ``results.jsonl`` cannot be wrong by construction:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import itertools
@@ -38,7 +44,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
 from anomjax.experiment.config import changed_fields, flatten, get_path, parse_value, set_path
 from anomjax.experiment.run import run_experiment
@@ -224,35 +233,55 @@ def run_sweep(config: ml_collections.ConfigDict, sweep_dir: str | Path, *,
     sweep_dir = Path(sweep_dir)
     runs = expand(config)
     ids = run_ids(runs)
-    shares = process_share(len(runs), process_index, process_count)
-    claim_sweep_folder(sweep_dir, config, restart=restart and process_index == 0)
+    collective = jax.process_count() > 1  # one jax.distributed job: all take every run
+    primary = jax.process_index() == 0 if collective else True
+    shares = (range(len(runs)) if collective else
+              process_share(len(runs), process_index, process_count))
+    if primary:
+        claim_sweep_folder(sweep_dir, config, restart=restart and process_index == 0)
     for i in shares:
         cfg = run_config(config, runs[i])
         run_dir = sweep_dir / "runs" / ids[i]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with run_lock(run_dir):
-                if ids[i] in finished_runs(sweep_dir, retry_failed=retry_failed):
-                    yield ids[i], "skipped"
-                    continue
-                started = any(p.name != ".lock" for p in run_dir.iterdir())
+        with contextlib.ExitStack() as held:
+            status = "due"
+            if primary:
+                run_dir.mkdir(parents=True, exist_ok=True)
                 try:
-                    records = run_experiment(cfg, run_dir, resume=started, lock=False,
-                                             progress=progress)
-                except (TrainingDiverged, FloatingPointError) as err:
+                    held.enter_context(run_lock(run_dir))
+                except RunInUse:
+                    status = "busy"
+                if status == "due" and ids[i] in finished_runs(sweep_dir,
+                                                               retry_failed=retry_failed):
+                    status = "skipped"
+            if collective:  # every process follows process 0's decision
+                status = _STATUSES[int(multihost_utils.broadcast_one_to_all(
+                    np.int32(_STATUSES.index(status))))]
+            if status != "due":
+                yield ids[i], status
+                continue
+            started = primary and any(p.name != ".lock" for p in run_dir.iterdir())
+            if collective:
+                started = bool(multihost_utils.broadcast_one_to_all(np.int32(started)))
+            try:
+                records = run_experiment(cfg, run_dir, resume=started, lock=False,
+                                         progress=progress)
+            except (TrainingDiverged, FloatingPointError) as err:
+                if primary:
                     _record(sweep_dir, ids[i], [{"run": ids[i], "swept": runs[i],
                                                  "status": "failed", "error": str(err)}])
-                    yield ids[i], "failed"
-                    continue
+                yield ids[i], "failed"
+                continue
+            if primary:
                 recorded = {key: get_path(cfg, key) for key in RECORDED_FIELDS}
                 _record(sweep_dir, ids[i], [
                     {"run": ids[i], "swept": _member_swept(runs[i], r), **recorded,
                      "status": r.get("status", "done"),
                      **{k: _finite(v) for k, v in r.items() if k != "status"}}
                     for r in records])
-                yield ids[i], "done"
-        except RunInUse:
-            yield ids[i], "busy"
+            yield ids[i], "done"
+
+
+_STATUSES = ("due", "skipped", "busy")
 
 
 def claim_sweep_folder(sweep_dir: Path, config: ml_collections.ConfigDict, *,

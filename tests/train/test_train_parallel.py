@@ -94,3 +94,43 @@ def test_two_processes_on_loopback_match_one_device(tmp_path):
     saved = tmp_path / "saved"
     assert json.loads((saved / "config.json").read_text())["process"] == 0
     _assert_same_params(_read_saved_run(saved), reference)
+
+
+@pytest.mark.slow
+def test_a_sweep_under_jax_distributed_runs_each_run_on_all_processes(tmp_path):
+    """Two processes of one jax.distributed job share a sweep of two trained runs: each run
+    trains on the devices of both (its collectives match), process 0 records it once."""
+    from anomjax.data.synthetic import write_mvtec
+
+    write_mvtec(tmp_path / "data", categories=("nut",), n_train=8, n_test_good=2,
+                n_test_defect=2, image_size=32, seed=0, disable=True)
+    port, out = _free_port(), tmp_path / "sweep"
+    config = Path(__file__).parents[2] / "experiments" / "configs" / "ae.py"
+    args = [sys.executable, "-m", "anomjax.cli", "sweep", "--distributed", "--config",
+            str(config), f"--config.data={tmp_path / 'data' / 'nut'}",
+            "--config.image_size=32", "--config.batch_size=4", "--config.steps=2",
+            "--config.method.width=4", "--config.method.latent=8", "--config.save_maps=false",
+            "--sweep", "seed=0,1", "--out", str(out)]
+    procs = []
+    for i in range(2):
+        env = {**_env(1), "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+               "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
+               "PYTHONPATH": str(Path(__file__).parents[2])}
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    logs = []
+    for proc in procs:
+        try:
+            logs.append(proc.communicate(timeout=400)[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(x["run"] for x in lines) == ["seed=0", "seed=1"]
+    for run in ("seed=0", "seed=1"):
+        config_json = json.loads((out / "runs" / run / "config.json").read_text())
+        assert config_json["optimizer_steps"] == 2
+        checkpoints = out / "runs" / run / "checkpoints"
+        assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["2"]
