@@ -1,7 +1,11 @@
 """Datasets as train/test splits that stream batches (:class:`~anomjax.types.Batch`).
 
 Decoding runs in a thread pool (Pillow releases the GIL) with a bounded number of images
-in flight, so memory stays at about two batches whatever the dataset size. The order is
+in flight. A split read from files keeps each image it prepared (decoded, resized,
+cropped; 8-bit where ``resize_dtype="uint8"``, a quarter of float32) in a RAM cache of at
+most ``$ANOMJAX_DATA_CACHE_MB`` MiB (default 2048) per split, so later epochs and scoring
+passes skip decoding; past the bound the remaining images are decoded at every pass (a
+warning says so once). The cache returns exactly the arrays a decode would. The order is
 deterministic; shuffling is a permutation seeded by ``(seed, epoch)``; ``shard_index`` /
 ``num_shards`` let each host of a multi-host job read only its own shard.
 """
@@ -11,6 +15,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +45,14 @@ def load_sample(sample: Sample, image_size: transforms.Size | None,
 
     Raises :class:`DataError` when the mask's size differs from its image's.
     """
+    image, mask = _prepared(sample, image_size, crop, resize_dtype)
+    return transforms.to_float(image), mask
+
+
+def _prepared(sample: Sample, image_size: transforms.Size | None,
+              crop: transforms.Size | None, resize_dtype: str
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`load_sample` before the conversion to float (uint8 on the 8-bit path)."""
     image = read_image(sample.path)
     if sample.mask_path is not None:
         mask = read_mask(sample.mask_path)
@@ -47,7 +61,7 @@ def load_sample(sample: Sample, image_size: transforms.Size | None,
                             f"but its image {sample.path} is {image.shape[1]}x{image.shape[0]}")
     else:
         mask = np.zeros(image.shape[:2], np.uint8)
-    return transforms.prepare(image, mask, image_size, crop, resize_dtype)
+    return transforms.prepare(image, mask, image_size, crop, resize_dtype, as_float=False)
 
 
 def _checked_mask(sample: Sample) -> np.ndarray:
@@ -229,12 +243,50 @@ class Dataset:
 
 
 def file_split(samples: Sequence[Sample], image_size: transforms.Size | None,
-               crop: transforms.Size | None, resize_dtype: str = "uint8") -> Split:
-    """A :class:`Split` that decodes ``samples`` from disk (see :func:`load_sample`)."""
+               crop: transforms.Size | None, resize_dtype: str = "uint8",
+               cache_mb: float | None = None) -> Split:
+    """A :class:`Split` that decodes ``samples`` from disk (see :func:`load_sample`), keeping
+    the prepared images in a RAM cache of ``cache_mb`` MiB (default
+    ``$ANOMJAX_DATA_CACHE_MB`` or 2048; 0: none)."""
     samples = tuple(samples)
     transforms.check_resize_dtype(resize_dtype)
-    return Split(samples, lambda i: load_sample(samples[i], image_size, crop, resize_dtype),
-                 lambda i: _checked_mask(samples[i]))
+    if cache_mb is None:
+        cache_mb = float(os.environ.get("ANOMJAX_DATA_CACHE_MB", 2048))
+    cache = PreparedCache(lambda i: _prepared(samples[i], image_size, crop, resize_dtype),
+                          limit_bytes=int(cache_mb * 2**20))
+    return Split(samples, cache.load, lambda i: _checked_mask(samples[i]))
+
+
+class PreparedCache:
+    """Prepared images (and masks) kept in RAM up to ``limit_bytes``, by sample index.
+
+    ``load(i)`` gives ``(image [H, W, 3] float32 in [0, 1], mask [H, W] uint8)``, the same
+    arrays as decoding: the cache holds what preparation made before the float conversion.
+    """
+
+    def __init__(self, prepare: Callable[[int], tuple[np.ndarray, np.ndarray]],
+                 limit_bytes: int):
+        self.prepare, self.limit_bytes = prepare, limit_bytes
+        self.items: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.nbytes, self.full = 0, False
+        self.lock = threading.Lock()
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        item = self.items.get(index)
+        if item is None:
+            item = self.prepare(index)
+            size = item[0].nbytes + item[1].nbytes
+            with self.lock:
+                if self.nbytes + size <= self.limit_bytes:
+                    self.items[index] = item
+                    self.nbytes += size
+                elif not self.full and self.limit_bytes > 0:
+                    self.full = True
+                    warnings.warn(f"the prepared images exceed the data cache of "
+                                  f"{self.limit_bytes / 2**20:.0f} MiB "
+                                  "($ANOMJAX_DATA_CACHE_MB): the rest are decoded at every "
+                                  "pass", stacklevel=2)
+        return transforms.to_float(item[0]), item[1]
 
 
 def array_split(samples: Sequence[Sample], images: np.ndarray, masks: np.ndarray) -> Split:

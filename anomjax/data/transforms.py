@@ -122,13 +122,14 @@ def check_resize_dtype(resize_dtype: str) -> str:
 
 
 def prepare(image: np.ndarray, mask: np.ndarray | None, image_size: Size | None,
-            crop: Size | None, resize_dtype: str = "uint8"
+            crop: Size | None, resize_dtype: str = "uint8", *, as_float: bool = True
             ) -> tuple[np.ndarray, np.ndarray | None]:
     """Resize (if ``image_size``) then centre-crop (if ``crop``) an image and its mask.
 
     ``resize_dtype``: ``"uint8"`` resizes the 8-bit image, ``"float32"`` its ``[0, 1]``
     floats (see the module docstring). Returns ``float32`` ``[H, W, 3]`` in ``[0, 1]`` and
-    the ``uint8`` mask (or ``None``).
+    the ``uint8`` mask (or ``None``); ``as_float=False`` leaves out the final conversion
+    (:func:`to_float` of the result is the same image).
     """
     if check_resize_dtype(resize_dtype) == "float32":
         image = to_float(image)
@@ -138,4 +139,4 @@ def prepare(image: np.ndarray, mask: np.ndarray | None, image_size: Size | None,
     if crop is not None:
         image = center_crop(image, crop)
         mask = None if mask is None else center_crop(mask, crop)
-    return to_float(image), mask
+    return (to_float(image) if as_float else image), mask

@@ -90,3 +90,38 @@ def test_resize_dtype_reaches_datasets_and_prediction_batches(ten_images):
     np.testing.assert_allclose(rounded * 255, np.round(rounded * 255), atol=1e-4)
     with pytest.raises(ValueError, match="resize_dtype must be one of"):
         open_dataset(ten_images, resize_dtype="float16")
+
+
+def test_a_split_decodes_each_image_once_and_returns_the_same_arrays(tmp_path, monkeypatch):
+    from anomjax.data import dataset as dataset_module
+    from anomjax.data.synthetic import write_mvtec
+
+    write_mvtec(tmp_path, categories=("nut",), n_train=6, n_test_good=1, n_test_defect=1,
+                image_size=48, seed=0, disable=True)
+    reads = []
+    real = dataset_module.read_image
+    monkeypatch.setattr(dataset_module, "read_image", lambda p: reads.append(p) or real(p))
+    for resize_dtype in ("uint8", "float32"):
+        reads.clear()
+        split = open_dataset(tmp_path / "nut", image_size=32, resize_dtype=resize_dtype).train
+        first = split.load_all(num_workers=0)
+        second = split.load_all(num_workers=0)
+        assert len(reads) == 6  # the second pass came from the cache
+        np.testing.assert_array_equal(first.images, second.images)
+        assert first.images.dtype == np.float32
+        decoded = [dataset_module.load_sample(s, 32, None, resize_dtype)[0]
+                   for s in split.samples]
+        np.testing.assert_array_equal(second.images, np.stack(decoded))
+
+
+def test_past_its_bound_the_cache_decodes_again_and_says_so(tmp_path, monkeypatch):
+    from anomjax.data.synthetic import write_mvtec
+
+    write_mvtec(tmp_path, categories=("nut",), n_train=6, n_test_good=1, n_test_defect=1,
+                image_size=48, seed=0, disable=True)
+    monkeypatch.setenv("ANOMJAX_DATA_CACHE_MB", str(2.5 * 32 * 32 * 4 / 2**20))  # 2 images
+    split = open_dataset(tmp_path / "nut", image_size=32).train
+    with pytest.warns(UserWarning, match="exceed the data cache"):
+        split.load_all(num_workers=0)
+    np.testing.assert_array_equal(split.load_all(num_workers=0).images,
+                                  split.load_all(num_workers=0).images)
