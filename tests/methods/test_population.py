@@ -265,3 +265,25 @@ def test_a_population_run_keeps_the_finite_members_and_records_the_diverged_one(
     assert "member 1 at learning rate 1e+12 diverged at step" in bad["error"]
     assert (tmp_path / "run" / "members" / "0" / "state").is_dir()
     assert not (tmp_path / "run" / "members" / "1").exists()
+
+
+def test_mapped_and_vmapped_members_train_and_score_the_same():
+    """``member_execution="map"`` (lax.map, the CPU default) and ``"vmap"`` give the same
+    updates and scores."""
+    outs = {}
+    for mode in ("map", "vmap"):
+        population = Population(ToySGD(), size=3, member_execution=mode)
+        state = population.init(jax.random.key(1), _images(0, size=8))
+        opt = population.optimizer(10)
+        ts = init_train_state(_copy(state), opt, jax.random.key(2))
+        step = make_train_step(population, opt)
+        for t in range(3):
+            ts, _ = step(ts, jnp.asarray(_images(10 + t, size=8)), jax.random.key(100 + t))
+        scores = jax.jit(population.member_scores)(
+            {**state, "params": ts.params, "batch_stats": ts.batch_stats},
+            jnp.asarray(_images(50, size=8)))
+        outs[mode] = (ts.params, scores)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 outs["map"], outs["vmap"])
+    with pytest.raises(ValueError, match="member_execution must be one of"):
+        Population(ToySGD(), size=2, member_execution="pmap")
