@@ -175,14 +175,23 @@ class Population(MethodWrapper):
             raise ValueError(f"Population: member_execution must be one of "
                              f"{MEMBER_EXECUTIONS}, got {self.member_execution!r}")
 
+    @property
+    def execution(self) -> str:
+        """``"vmap"`` or ``"map"``: :attr:`member_execution` with ``"auto"`` resolved."""
+        if self.member_execution != "auto":
+            return self.member_execution
+        return "map" if jax.default_backend() == "cpu" else "vmap"
+
+    @property
+    def members_isolated(self) -> bool:  # type: ignore[override]
+        """Mapped members run one after another: no NaN can pass between them."""
+        return self.execution == "map"
+
     def over_members(self, fn: Any, *args: Any, axes: tuple[int | None, ...]) -> Any:
         """``fn`` applied to each member's slice of ``args`` (member axis ``axes[i]`` of
         argument ``i``; ``None``: the same for all), stacked on a leading ``[K]`` axis: vmapped
         or ``lax.map``-ped as :attr:`member_execution` says."""
-        mode = self.member_execution
-        if mode == "auto":
-            mode = "map" if jax.default_backend() == "cpu" else "vmap"
-        if mode == "vmap":
+        if self.execution == "vmap":
             return jax.vmap(fn, in_axes=axes, axis_size=self.size)(*args)
         mapped = [i for i, axis in enumerate(axes) if axis is not None]
         moved = tuple(args[i] if axes[i] == 0 else

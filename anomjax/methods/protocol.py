@@ -98,6 +98,10 @@ class TrainedMethod(_MethodBase):
     #: parameters and ``state["diverged_at"]`` ``[K]`` int32 records the step (-1: alive);
     #: the loss's aux must give ``member_losses`` ``[K]``. ``None``: one model.
     member_count: ClassVar[int | None] = None
+    #: With ``member_count``: ``True`` when the members' computations cannot reach one
+    #: another (one member after another), so a member's NaN cannot spread into the others'
+    #: gradients and the engine need not recompute a step in which a member diverged.
+    members_isolated: ClassVar[bool] = False
 
     @abc.abstractmethod
     def init(self, key: jax.Array, images: Any) -> State:
@@ -183,6 +187,7 @@ class MethodWrapper(TrainedMethod, FittedMethod):
     init_on_all_images = _forwarded("init_on_all_images")
     uses_caller_mesh = _forwarded("uses_caller_mesh")
     member_count = _forwarded("member_count")
+    members_isolated = _forwarded("members_isolated")
 
     def init(self, key: jax.Array, images: Any) -> State:
         return self.method.init(key, images)

@@ -39,7 +39,7 @@ def member_finite(tree: Any, count: int) -> jax.Array:
     return jnp.all(jnp.stack(flags), axis=0) if flags else jnp.ones((count,), bool)
 
 
-def _members_step(step: Callable, count: int) -> Callable:
+def _members_step(step: Callable, count: int, isolated: bool) -> Callable:
     """The step of a population of ``count`` members (``method.member_count``), checked
     member by member.
 
@@ -51,9 +51,10 @@ def _members_step(step: Callable, count: int) -> Callable:
     ``extra["diverged_at"]`` records the step. Because XLA can spread a NaN of one member
     into the others' gradients (a vmapped convolution's backward pass is one grouped
     convolution), a step in which a member's loss is not finite is computed again with that
-    member zeroed, so the others get exactly their own update. ``loss`` and ``grad_norm`` are over
-    the members trained, ``members_alive`` counts them, and ``finite`` is 0 only when none
-    is left.
+    member zeroed, so the others get exactly their own update (not needed, and not compiled,
+    when the members are ``isolated``: computed one after another). ``loss`` and
+    ``grad_norm`` are over the members trained, ``members_alive`` counts them, and
+    ``finite`` is 0 only when none is left.
     """
 
     def expand(mask: jax.Array, x: jax.Array) -> jax.Array:
@@ -74,12 +75,14 @@ def _members_step(step: Callable, count: int) -> Callable:
                      frozen: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
         alive = ts.extra["diverged_at"] < 0
         first = attempt(ts, alive, images, key, frozen)
-        # Again without the members whose loss is not finite: their NaN may have reached
-        # the others' gradients.
-        suspects = alive & ~jnp.isfinite(first[1]["member_losses"])
-        new, metrics, keep = jax.lax.cond(
-            jnp.all(first[2] == alive), lambda: first,
-            lambda: attempt(ts, alive & ~suspects, images, key, frozen))
+        if isolated:
+            new, metrics, keep = first
+        else:  # again without the members whose loss is not finite: their NaN may have
+            # reached the others' gradients
+            suspects = alive & ~jnp.isfinite(first[1]["member_losses"])
+            new, metrics, keep = jax.lax.cond(
+                jnp.all(first[2] == alive), lambda: first,
+                lambda: attempt(ts, alive & ~suspects, images, key, frozen))
 
         def pick(n: jax.Array, o: jax.Array) -> jax.Array:
             return jnp.where(expand(keep, n), n, o)
@@ -152,7 +155,7 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
     else:
         train_step = _single_step(method, optimizer, dtype)
     if method.member_count:
-        train_step = _members_step(train_step, method.member_count)
+        train_step = _members_step(train_step, method.member_count, method.members_isolated)
     if replicated is None:
         return jax.jit(train_step, donate_argnums=0)
     state_sharding = replicated if state_sharding is None else state_sharding
