@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="set the image threshold to the Q-quantile of the good test "
                            "images' scores (e.g. 0.99; works without defective images) "
                            "instead of the F1-optimal one")
+    _add_tile_args(test)
     test.set_defaults(handler=cmd_test)
 
     predict = sub.add_parser("predict", help="score new images with a fitted run or an "
@@ -290,7 +291,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     tested = runs.test(args.run_dir, args.data, layout=args.layout,
                        batch_size=args.batch_size, json_path=args.json, maps_dir=args.maps,
-                       overlays_dir=args.overlays, threshold_quantile=args.threshold_quantile)
+                       overlays_dir=args.overlays, threshold_quantile=args.threshold_quantile,
+                       tile_size=args.tile_size, tile_stride=args.tile_stride)
     print(format_table([tested.record]))
     for defect, values in tested.per_defect.items():
         print(f"  {defect:<16}" + "  ".join(f"{k}={values[k]:.4f}" for k in

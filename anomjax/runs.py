@@ -26,7 +26,7 @@ import csv
 import dataclasses
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ from anomjax.run_folder import (
 )
 from anomjax.tiling import score_tiled
 from anomjax.train import EngineSettings, train_method, train_plan
-from anomjax.types import State
+from anomjax.types import Scores, State
 from anomjax.visualize import save_heatmap
 
 METRIC_KEYS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap",
@@ -260,29 +260,38 @@ def test(run_dir: str | os.PathLike, data: str | os.PathLike, *, layout: str | N
          batch_size: int = DEFAULT_BATCH_SIZE, json_path: str | os.PathLike | None = None,
          maps_dir: str | os.PathLike | None = None,
          overlays_dir: str | os.PathLike | None = None,
-         threshold_quantile: float | None = None, progress: bool = True) -> TestResult:
+         threshold_quantile: float | None = None, tile_size: int | None = None,
+         tile_stride: int | None = None, progress: bool = True) -> TestResult:
     """Evaluate the run in ``run_dir`` on the test split of the category folder ``data``.
 
     Writes the image threshold to ``run_dir/threshold.json`` (F1-optimal, or the
     ``threshold_quantile`` of the good images' scores; it records the run's ``run_id`` and
     the category it was chosen on), the metrics record to ``json_path``,
     ``maps.npz`` to ``maps_dir`` and overlay PNGs to ``overlays_dir`` where given. Output
-    paths and the run's files are checked before any work.
+    paths and the run's files are checked before any work. With ``tile_size`` the test images
+    are read at their own size and scored by tiles (as :func:`predict` does), ``batch_size``
+    tiles at a time, and the metrics are computed at that size.
     """
     if json_path:
         check_writable_file(json_path, "--json")
     for flag, folder in (("--maps", maps_dir), ("--overlays", overlays_dir)):
         if folder:
             check_writable_dir(folder, flag)
-    check_image_settings(run_dir, load_method(run_dir)[1])
+    config = load_method(run_dir)[1]
+    check_image_settings(run_dir, config)
+    tiles = tile_settings(input_size(config), tile_size, tile_stride)
     with run_lock(run_dir):
         method, state, config = load_run(run_dir)
-        dataset = open_dataset(data, layout=layout, image_size=config["image_size"],
-                               crop=config.get("crop"), resize_dtype=run_resize_dtype(config))
+        dataset = open_dataset(data, layout=layout,
+                               image_size=None if tiles else config["image_size"],
+                               crop=None if tiles else config.get("crop"),
+                               resize_dtype=run_resize_dtype(config))
+        score_fn = None if tiles is None else tiled_score_fn(method, tiles, batch_size)
         with caller_mesh(method):
             result = evaluate(method, state, dataset.test, batch_size=batch_size,
                               maps_dir=maps_dir, overlays_dir=overlays_dir,
-                              threshold_quantile=threshold_quantile, progress=progress)
+                              threshold_quantile=threshold_quantile, progress=progress,
+                              score_fn=score_fn)
         notes = stamp_threshold(result["threshold"], config, data)
         if result["threshold"] is not None:
             write_json(Path(run_dir) / THRESHOLD_FILE, result["threshold"])
@@ -390,18 +399,36 @@ def tile_settings(size: tuple[int, int], tile_size: int | None, tile_stride: int
     return tuple(size), stride
 
 
+def tiled_score_fn(method: Any, tiles: tuple[tuple[int, int], int], batch_size: int
+                   ) -> Callable[[State, np.ndarray], Scores]:
+    """``(state, images [B, H, W, 3]) -> Scores`` scoring each image by tiles
+    (:func:`~anomjax.tiling.score_tiled`, ``batch_size`` tiles per call); the image score is
+    the maximum of the blended map."""
+    score_fn = jax.jit(method.score)
+
+    def score(state: State, images: np.ndarray) -> Scores:
+        maps, tops = [], []
+        for image in images:
+            heat, top = score_tiled(image, lambda t: np.asarray(score_fn(state, t).maps),
+                                    tiles[0], tiles[1], batch_size)
+            maps.append(heat)
+            tops.append(top)
+        return Scores(image=np.asarray(tops, np.float32), maps=np.stack(maps))
+
+    return score
+
+
 def _checkpoint_maps(method: Any, state: State, config: dict[str, Any], files: list[str],
                      batch_size: int, tiles: tuple[tuple[int, int], int] | None
                      ) -> Iterator[tuple[str, np.ndarray, float]]:
     """``(path, map [H, W], image score)`` of each file, scored with the checkpoint."""
-    score_fn = jax.jit(method.score)
     if tiles is not None:
+        tiled = tiled_score_fn(method, tiles, batch_size)
         for path in files:
-            image = to_float(read_image(path))
-            heat, top = score_tiled(image, lambda t: np.asarray(score_fn(state, t).maps),
-                                    tiles[0], tiles[1], batch_size)
-            yield path, heat, top
+            scores = tiled(state, to_float(read_image(path))[None])
+            yield path, scores.maps[0], float(scores.image[0])
         return
+    score_fn = jax.jit(method.score)
     batches = iter_image_batches(files, batch_size, config["image_size"], config.get("crop"),
                                  resize_dtype=run_resize_dtype(config))
     for images, names in batches:

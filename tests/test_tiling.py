@@ -141,3 +141,12 @@ def test_tile_size_must_be_the_runs_input_size(padim, tmp_path, capsys):
     assert main(["predict", str(run), str(category / "test"), "--out", str(tmp_path / "p"),
                  "--tile-size", "32"]) == 2
     assert "--tile-size 32: the run scores 64x64 images" in capsys.readouterr().err
+
+
+def test_test_by_tiles_of_the_whole_image_measures_what_test_measures(padim, tmp_path):
+    run, _, category = padim
+    untiled = runs.test(run, category, batch_size=4, progress=False).record
+    tiled = runs.test(run, category, batch_size=4, tile_size=64, tile_stride=32,
+                      progress=False).record  # 64 px images: one tile each
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):
+        assert tiled[key] == pytest.approx(untiled[key], abs=1e-6), key
