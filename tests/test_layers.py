@@ -1,8 +1,9 @@
 """The package's imports run one way, down the layers of the architecture.
 
-``cli`` -> ``experiment`` -> the run API (``runs``, ``run_folder``) -> ``evaluate``,
+``cli`` -> ``experiment`` -> the run API (``runs``, ``run_folder``, ``export``) -> ``evaluate``,
 ``train`` -> ``methods`` -> ``backbones``, ``data``, ``nn`` (and ``scoring``,
-``visualize``) -> ``metrics``, ``types``. Every import statement of every module counts,
+``visualize``) -> ``metrics`` (and the exported scorers' loader ``deploy`` and ``tiling``,
+which import only jax and numpy) -> ``types``. Every import statement of every module counts,
 function-local ones too, read from the source (not from what happens to be imported).
 """
 
