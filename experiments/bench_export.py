@@ -5,8 +5,8 @@
 
 For each method: fit it (a trained method for one optimiser step: latency does not depend on
 the weights) on a synthetic category at ``--image-size``, export it, then measure on the same
-16 test images, each measurement in its own child process (so each peak memory,
-the maximum resident set in MiB, is its own):
+16 test images, the fit and each measurement in its own child process (so each
+peak memory, the maximum resident set in MiB, is its own):
 
 * ``exported``: :meth:`anomjax.deploy.Scorer.score` on images already in memory;
 * ``checkpoint``: ``jax.jit(method.score)`` on the same images (what ``predict`` runs);
@@ -63,10 +63,12 @@ def measure(kind: str, run: Path, artefact: Path, images_dir: Path, batch: int,
     else:
         folder = artefact if kind == "predict artefact" else run
         start = time.perf_counter()
-        runs.predict(folder, files[:batch], out / "warm", batch_size=batch, progress=False)
+        runs.predict(folder, files[:batch], out / "warm", batch_size=batch, threshold=1.0,
+                     progress=False)
         first = time.perf_counter() - start
         start = time.perf_counter()
-        runs.predict(folder, files, out / "pred", batch_size=batch, progress=False)
+        runs.predict(folder, files, out / "pred", batch_size=batch, threshold=1.0,
+                     progress=False)
         seconds = time.perf_counter() - start
         n = len(files)
     return {"images_per_second": n / seconds, "first_call_s": first,
@@ -105,8 +107,12 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/bench_export")
     parser.add_argument("--worker", nargs=5, metavar=("KIND", "RUN", "ART", "IMAGES", "B"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
+    if args.prepare:  # in a child, so that the measurements' peak memory is not the fit's
+        print(json.dumps([str(p) for p in prepare(args.prepare, args.image_size, out)]))
+        return
     if args.worker:
         kind, run, artefact, images, batch = args.worker
         print(json.dumps(measure(kind, Path(run), Path(artefact), Path(images), int(batch),
@@ -121,7 +127,10 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for name in args.methods:
-        run, artefact, images = prepare(name, args.image_size, out)
+        proc = subprocess.run([sys.executable, __file__, "--out", str(out), "--image-size",
+                               str(args.image_size), "--prepare", name],
+                              capture_output=True, text=True, check=True)
+        run, artefact, images = map(Path, json.loads(proc.stdout.strip().splitlines()[-1]))
         for batch in (1, 16):
             for kind in KINDS:
                 proc = subprocess.run(
