@@ -53,7 +53,7 @@ def flatten_state(state: State) -> tuple[list[str], list[np.ndarray], Any]:
     """``(names, host arrays, treedef)`` of the state's leaves, in flattening order."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
     names = [jax.tree_util.keystr(path) for path, _ in leaves]
-    arrays = [np.ascontiguousarray(jax.device_get(leaf)) for _, leaf in leaves]
+    arrays = [np.asarray(jax.device_get(leaf), order="C") for _, leaf in leaves]  # 0-d kept
     return names, arrays, treedef
 
 
