@@ -1,6 +1,6 @@
 """The ``anomjax`` command: argument parsing and printing over the run API.
 
-``fit``, ``test``, ``predict``, ``list``, ``demo`` call :mod:`anomjax.runs`; ``run``,
+``fit``, ``test``, ``predict``, ``export``, ``list``, ``demo`` call :mod:`anomjax.runs`; ``run``,
 ``sweep``, ``benchmark`` call :mod:`anomjax.experiment`. Nothing else lives here, and no
 library module imports this one.
 
@@ -148,16 +148,31 @@ def build_parser() -> argparse.ArgumentParser:
                       help="set the image threshold to the Q-quantile of the good test "
                            "images' scores (e.g. 0.99; works without defective images) "
                            "instead of the F1-optimal one")
+    _add_tile_args(test)
     test.set_defaults(handler=cmd_test)
 
-    predict = sub.add_parser("predict", help="score new images with a fitted run")
-    predict.add_argument("run_dir")
+    predict = sub.add_parser("predict", help="score new images with a fitted run or an "
+                             "exported scorer")
+    predict.add_argument("run_dir", help="a run folder, or a folder written by `anomjax "
+                         "export` (scored without the method's code)")
     predict.add_argument("paths", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True, help="folder for heat maps and scores.csv")
     predict.add_argument("--threshold", type=_finite_float,
                          help="image threshold (default: the one `anomjax test` chose)")
-    predict.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH_SIZE)
+    predict.add_argument("--batch-size", type=_batch_size, default=DEFAULT_BATCH_SIZE,
+                         help="images (or, with --tile-size, tiles) per call")
+    _add_tile_args(predict)
     predict.set_defaults(handler=cmd_predict)
+
+    export = sub.add_parser("export", help="write a run's scorer as a self-contained folder "
+                            "(jax.export for CPU/CUDA/TPU, safetensors, manifest)")
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True, help="folder to write (new or empty)")
+    export.add_argument("--threshold", type=_finite_float,
+                        help="image threshold (default: the one `anomjax test` chose)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace the exported scorer already in --out")
+    export.set_defaults(handler=cmd_export)
 
     lister = sub.add_parser("list", help="list methods, backbones and dataset layouts")
     lister.set_defaults(handler=cmd_list)
@@ -188,6 +203,14 @@ def _add_data_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
                         help="resize the 8-bit image, rounding to 8 bits (uint8, default: the "
                              "authors' PIL pipelines) or its [0, 1] floats (float32: "
                              "torchvision on tensors, as anomalib); test and predict reuse it")
+
+
+def _add_tile_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tile-size", type=_image_side, metavar="N",
+                        help="score images at their own size by overlapping N x N tiles (N: "
+                             "the run's input size), blending the tile maps (mean)")
+    parser.add_argument("--tile-stride", type=_image_side, metavar="S",
+                        help="pixels between tiles (default: the tile size, no overlap)")
 
 
 def _bounded_int(text: str, what: str, low: int, high: int) -> int:
@@ -268,7 +291,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     tested = runs.test(args.run_dir, args.data, layout=args.layout,
                        batch_size=args.batch_size, json_path=args.json, maps_dir=args.maps,
-                       overlays_dir=args.overlays, threshold_quantile=args.threshold_quantile)
+                       overlays_dir=args.overlays, threshold_quantile=args.threshold_quantile,
+                       tile_size=args.tile_size, tile_stride=args.tile_stride)
     print(format_table([tested.record]))
     for defect, values in tested.per_defect.items():
         print(f"  {defect:<16}" + "  ".join(f"{k}={values[k]:.4f}" for k in
@@ -290,11 +314,20 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     rows = runs.predict(args.run_dir, args.paths, args.out, threshold=args.threshold,
-                        batch_size=args.batch_size)
-    limit = runs.predict_threshold(args.run_dir, args.threshold)["image_threshold"]
+                        batch_size=args.batch_size, tile_size=args.tile_size,
+                        tile_stride=args.tile_stride)
     flagged = sum(r["anomalous"] for r in rows)
-    print(f"scored {len(rows)} images, {flagged} above the threshold {limit:.4g} -> "
+    print(f"scored {len(rows)} images, {flagged} above the threshold -> "
           f"{Path(args.out) / 'scores.csv'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    manifest = runs.export(args.run_dir, args.out, threshold=args.threshold,
+                           overwrite=args.overwrite)
+    size = "x".join(map(str, manifest["input_size"]))
+    print(f"exported {manifest['method']} ({size} {manifest['input_dtype']} images, "
+          f"{', '.join(manifest['platforms'])}) -> {args.out}")
     return 0
 
 

@@ -67,9 +67,10 @@ def padded_batches(batches: Iterable[Batch], batch_size: int) -> Iterator[tuple[
 
 
 def predict_split(method: Any, state: State, split: Any, *, batch_size: int = 16,
-                  progress: bool = True) -> Predictions:
-    """Score every image of ``split`` (an ``anomjax.data`` split) with ``method``."""
-    score_fn: ScoreFn = jax.jit(method.score)
+                  progress: bool = True, score_fn: ScoreFn | None = None) -> Predictions:
+    """Score every image of ``split`` (an ``anomjax.data`` split) with ``method`` (its
+    jitted ``score``, or ``score_fn``, e.g. a tiled scorer)."""
+    score_fn = score_fn or jax.jit(method.score)
     paths, labels, types, image_scores, maps, masks = [], [], [], [], [], []
     with tqdm(total=len(split), desc=f"scoring {method.name}", unit="img",
               disable=not progress) as bar:  # closed before any error is printed
@@ -95,7 +96,7 @@ def predict_split(method: Any, state: State, split: Any, *, batch_size: int = 16
 def evaluate(method: Any, state: State, split: Any, *, batch_size: int = 16,
              maps_dir: str | Path | None = None, overlays_dir: str | Path | None = None,
              threshold_quantile: float | None = None, per_defect: bool = True,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, score_fn: ScoreFn | None = None) -> dict[str, Any]:
     """Score ``split`` and compute every shared metric.
 
     Returns a dict with the metric keys of :func:`anomjax.metrics.compute_metrics`, plus
@@ -104,10 +105,12 @@ def evaluate(method: Any, state: State, split: Any, *, batch_size: int = 16,
     :func:`threshold_record`; ``None`` when the split cannot fix one, with the reason in
     ``threshold_note``), ``n_test``,
     ``test_seconds``, ``images_per_second`` and ``peak_rss_mb``. With ``maps_dir`` it writes
-    ``maps.npz``; with ``overlays_dir`` one overlay PNG per test image.
+    ``maps.npz``; with ``overlays_dir`` one overlay PNG per test image. ``score_fn``
+    replaces ``jax.jit(method.score)`` (``(state, images) -> Scores``).
     """
     start = time.perf_counter()
-    preds = predict_split(method, state, split, batch_size=batch_size, progress=progress)
+    preds = predict_split(method, state, split, batch_size=batch_size, progress=progress,
+                          score_fn=score_fn)
     seconds = time.perf_counter() - start
     subsets = {"all": np.ones(len(preds.labels), bool),
                **(defect_subsets(preds.defect_types) if per_defect else {})}

@@ -26,7 +26,7 @@ import csv
 import dataclasses
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,13 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from anomjax.data import expand_image_paths, iter_image_batches, open_dataset
+from anomjax import deploy
+from anomjax.data import expand_image_paths, iter_image_batches, open_dataset, read_image
 from anomjax.data.multiclass import open_multiclass
-from anomjax.data.transforms import RESIZE_DTYPES, as_hw
+from anomjax.data.transforms import RESIZE_DTYPES, as_hw, to_float
+from anomjax.deploy import MANIFEST_FILE, PROGRAM_FILE, STATE_FILE, is_artefact
 from anomjax.evaluate import evaluate, peak_rss_mb
+from anomjax.export import input_size, write_artefact
 from anomjax.run_folder import (
     CONFIG_FILE,
     THRESHOLD_FILE,
@@ -53,8 +56,9 @@ from anomjax.run_folder import (
     save_run,
     write_json,
 )
+from anomjax.tiling import score_tiled
 from anomjax.train import EngineSettings, train_method, train_plan
-from anomjax.types import State
+from anomjax.types import Scores, State
 from anomjax.visualize import save_heatmap
 
 METRIC_KEYS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap",
@@ -256,29 +260,38 @@ def test(run_dir: str | os.PathLike, data: str | os.PathLike, *, layout: str | N
          batch_size: int = DEFAULT_BATCH_SIZE, json_path: str | os.PathLike | None = None,
          maps_dir: str | os.PathLike | None = None,
          overlays_dir: str | os.PathLike | None = None,
-         threshold_quantile: float | None = None, progress: bool = True) -> TestResult:
+         threshold_quantile: float | None = None, tile_size: int | None = None,
+         tile_stride: int | None = None, progress: bool = True) -> TestResult:
     """Evaluate the run in ``run_dir`` on the test split of the category folder ``data``.
 
     Writes the image threshold to ``run_dir/threshold.json`` (F1-optimal, or the
     ``threshold_quantile`` of the good images' scores; it records the run's ``run_id`` and
     the category it was chosen on), the metrics record to ``json_path``,
     ``maps.npz`` to ``maps_dir`` and overlay PNGs to ``overlays_dir`` where given. Output
-    paths and the run's files are checked before any work.
+    paths and the run's files are checked before any work. With ``tile_size`` the test images
+    are read at their own size and scored by tiles (as :func:`predict` does), ``batch_size``
+    tiles at a time, and the metrics are computed at that size.
     """
     if json_path:
         check_writable_file(json_path, "--json")
     for flag, folder in (("--maps", maps_dir), ("--overlays", overlays_dir)):
         if folder:
             check_writable_dir(folder, flag)
-    check_image_settings(run_dir, load_method(run_dir)[1])
+    config = load_method(run_dir)[1]
+    check_image_settings(run_dir, config)
+    tiles = tile_settings(input_size(config), tile_size, tile_stride)
     with run_lock(run_dir):
         method, state, config = load_run(run_dir)
-        dataset = open_dataset(data, layout=layout, image_size=config["image_size"],
-                               crop=config.get("crop"), resize_dtype=run_resize_dtype(config))
+        dataset = open_dataset(data, layout=layout,
+                               image_size=None if tiles else config["image_size"],
+                               crop=None if tiles else config.get("crop"),
+                               resize_dtype=run_resize_dtype(config))
+        score_fn = None if tiles is None else tiled_score_fn(method, tiles, batch_size)
         with caller_mesh(method):
             result = evaluate(method, state, dataset.test, batch_size=batch_size,
                               maps_dir=maps_dir, overlays_dir=overlays_dir,
-                              threshold_quantile=threshold_quantile, progress=progress)
+                              threshold_quantile=threshold_quantile, progress=progress,
+                              score_fn=score_fn)
         notes = stamp_threshold(result["threshold"], config, data)
         if result["threshold"] is not None:
             write_json(Path(run_dir) / THRESHOLD_FILE, result["threshold"])
@@ -325,49 +338,146 @@ def metrics_record(method: Any, config: dict[str, Any], result: dict[str, Any]) 
 
 def predict(run_dir: str | os.PathLike, paths: Sequence[str | os.PathLike],
             out: str | os.PathLike, *, threshold: float | None = None,
-            batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True
+            batch_size: int = DEFAULT_BATCH_SIZE, tile_size: int | None = None,
+            tile_stride: int | None = None, progress: bool = True
             ) -> list[dict[str, Any]]:
-    """Score image files (or the images of folders) ``paths`` with the run in ``run_dir``.
+    """Score image files (or the images of folders) ``paths`` with the run in ``run_dir``,
+    or with the exported scorer in ``run_dir`` (a folder written by :func:`export`: scored
+    by :mod:`anomjax.deploy` alone, without the method's code).
 
     Writes ``out/<i>_<stem>_heatmap.png``, ``out/<i>_<stem>_map.npy`` ``[H, W]`` and
     ``out/scores.csv`` (path, raw score, normalised score, label, heat map), and returns the
     rows of ``scores.csv``. ``threshold`` overrides the one ``test`` chose; without either
-    the call is refused before any work.
+    the call is refused before any work. With ``tile_size`` (the run's input side) the
+    images are not resized but scored by overlapping tiles ``tile_stride`` apart (default:
+    ``tile_size``), ``batch_size`` tiles at a time, and the maps are the blended tile maps
+    at the image's own size (:mod:`anomjax.tiling`).
     """
-    check_image_settings(run_dir, load_method(run_dir)[1])
-    limits = predict_threshold(run_dir, threshold)
+    artefact = is_artefact(run_dir)
+    if artefact:
+        scorer = deploy.load(run_dir, threshold)
+        limits, size, name = scorer.threshold, scorer.input_size, scorer.method
+    else:
+        config = load_method(run_dir)[1]
+        check_image_settings(run_dir, config)
+        limits = predict_threshold(run_dir, threshold)
+        size, name = input_size(config), config["method"]
+    tiles = tile_settings(size, tile_size, tile_stride)
     files = expand_image_paths(paths)
     _check_utf8_names(files)
     out = Path(out)
     check_writable_dir(out, "--out")
-    method, state, config = load_run(run_dir)
-    rows: list[dict[str, Any]] = []
-    batches = iter_image_batches(files, batch_size, config["image_size"], config.get("crop"),
-                                 resize_dtype=run_resize_dtype(config))
-    with caller_mesh(method), tqdm(total=len(files), desc=f"predicting with {method.name}",
-                                   unit="img", disable=not progress) as bar:
-        score_fn = jax.jit(method.score)
-        for images, names in batches:
-            n = len(names)
-            if n < batch_size:  # one compiled shape for every batch
-                pad = np.zeros((batch_size - n, *images.shape[1:]), images.dtype)
-                images = np.concatenate([images, pad])
-            scores = score_fn(state, images)
-            for path, image_score, heat in zip(names, np.asarray(scores.image)[:n],
-                                               np.asarray(scores.maps)[:n], strict=True):
-                stem = f"{len(rows):04d}_{Path(path).stem}"
-                save_heatmap(out / f"{stem}_heatmap.png", heat, limits["pixel_min"],
-                             limits["pixel_max"])
-                np.save(out / f"{stem}_map.npy", heat.astype(np.float32))
-                rows.append({"path": path, "score": float(image_score),
-                             "normalized_score": normalized(float(image_score), limits),
-                             "anomalous": int(image_score >= limits["image_threshold"]),
-                             "heatmap": f"{stem}_heatmap.png"})
-            bar.update(n)
+    if artefact:
+        scored = _artefact_maps(scorer, files, batch_size, tiles)
+        rows = _write_predictions(out, scored, limits, len(files), name, progress)
+    else:
+        method, state, config = load_run(run_dir)
+        with caller_mesh(method):
+            scored = _checkpoint_maps(method, state, config, files, batch_size, tiles)
+            rows = _write_predictions(out, scored, limits, len(files), name, progress)
     with atomic_writer(out / "scores.csv", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    return rows
+
+
+def tile_settings(size: tuple[int, int], tile_size: int | None, tile_stride: int | None
+                  ) -> tuple[tuple[int, int], int] | None:
+    """``(tile (h, w), stride)`` for tiled scoring, ``None`` without ``tile_size``; a tile
+    must be the run's input size ``size``."""
+    if tile_size is None:
+        if tile_stride is not None:
+            raise UsageError("--tile-stride applies only with --tile-size")
+        return None
+    if (tile_size, tile_size) != tuple(size):
+        raise UsageError(f"--tile-size {tile_size}: the run scores {size[0]}x{size[1]} "
+                         f"images, so its tiles are {size[0]} px (pass --tile-size {size[0]})")
+    stride = tile_size if tile_stride is None else tile_stride
+    if not 1 <= stride <= tile_size:
+        raise UsageError(f"--tile-stride {stride}: must be in [1, {tile_size}] (the tile size)")
+    return tuple(size), stride
+
+
+def tiled_score_fn(method: Any, tiles: tuple[tuple[int, int], int], batch_size: int
+                   ) -> Callable[[State, np.ndarray], Scores]:
+    """``(state, images [B, H, W, 3]) -> Scores`` scoring each image by tiles
+    (:func:`~anomjax.tiling.score_tiled`, ``batch_size`` tiles per call); the image score is
+    the maximum of the blended map."""
+    score_fn = jax.jit(method.score)
+
+    def score(state: State, images: np.ndarray) -> Scores:
+        maps, tops = [], []
+        for image in images:
+            heat, top = score_tiled(image, lambda t: np.asarray(score_fn(state, t).maps),
+                                    tiles[0], tiles[1], batch_size)
+            maps.append(heat)
+            tops.append(top)
+        return Scores(image=np.asarray(tops, np.float32), maps=np.stack(maps))
+
+    return score
+
+
+def _checkpoint_maps(method: Any, state: State, config: dict[str, Any], files: list[str],
+                     batch_size: int, tiles: tuple[tuple[int, int], int] | None
+                     ) -> Iterator[tuple[str, np.ndarray, float]]:
+    """``(path, map [H, W], image score)`` of each file, scored with the checkpoint."""
+    if tiles is not None:
+        tiled = tiled_score_fn(method, tiles, batch_size)
+        for path in files:
+            scores = tiled(state, to_float(read_image(path))[None])
+            yield path, scores.maps[0], float(scores.image[0])
+        return
+    score_fn = jax.jit(method.score)
+    batches = iter_image_batches(files, batch_size, config["image_size"], config.get("crop"),
+                                 resize_dtype=run_resize_dtype(config))
+    for images, names in batches:
+        n = len(names)
+        if n < batch_size:  # one compiled shape for every batch
+            pad = np.zeros((batch_size - n, *images.shape[1:]), images.dtype)
+            images = np.concatenate([images, pad])
+        scores = score_fn(state, images)
+        yield from zip(names, np.asarray(scores.maps)[:n],
+                       np.asarray(scores.image)[:n].tolist(), strict=True)
+
+
+def _artefact_maps(scorer: deploy.Scorer, files: list[str], batch_size: int,
+                   tiles: tuple[tuple[int, int], int] | None
+                   ) -> Iterator[tuple[str, np.ndarray, float]]:
+    """``(path, map [H, W], image score)`` of each file, scored with an exported scorer."""
+    if tiles is not None:
+        for path in files:
+            scored = scorer.score_tiled(read_image(path), tiles[1], batch_size)
+            yield path, scored.maps[0], float(scored.scores[0])
+        return
+    for start in range(0, len(files), batch_size):
+        names = files[start:start + batch_size]
+        images = np.stack([scorer.prepare(read_image(p)) for p in names])
+        n = len(names)
+        if n < batch_size:  # as the checkpoint's predict: one batch shape
+            images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]),
+                                                      images.dtype)])
+        maps, scores = scorer.raw(images)
+        yield from zip(names, maps[:n], scores[:n].tolist(), strict=True)
+
+
+def _write_predictions(out: Path, scored: Iterator[tuple[str, np.ndarray, float]],
+                       limits: dict[str, float], total: int, name: str, progress: bool
+                       ) -> list[dict[str, Any]]:
+    """Write each scored image's heat map PNG and ``.npy`` map; the rows of scores.csv."""
+    rows: list[dict[str, Any]] = []
+    with tqdm(total=total, desc=f"predicting with {name}", unit="img",
+              disable=not progress) as bar:
+        for path, heat, image_score in scored:
+            stem = f"{len(rows):04d}_{Path(path).stem}"
+            save_heatmap(out / f"{stem}_heatmap.png", heat, limits["pixel_min"],
+                         limits["pixel_max"])
+            np.save(out / f"{stem}_map.npy", heat.astype(np.float32))
+            rows.append({"path": path, "score": float(image_score),
+                         "normalized_score": normalized(float(image_score), limits),
+                         "anomalous": int(image_score >= limits["image_threshold"]),
+                         "heatmap": f"{stem}_heatmap.png"})
+            bar.update(1)
     return rows
 
 
@@ -391,13 +501,11 @@ def predict_threshold(run_dir: str | os.PathLike, threshold: float | None
 
 
 def normalized(score: float, threshold: dict[str, float]) -> float:
-    """Min-max normalisation around the threshold: threshold -> 0.5, clipped to [0, 1]."""
-    from anomjax.metrics import NormalizationStats, normalize
-
-    stats = NormalizationStats(threshold=np.float32(threshold["image_threshold"]),
-                               min=np.float32(threshold["image_min"]),
-                               max=np.float32(threshold["image_max"]))
-    return float(normalize(np.float32(score), stats))
+    """Min-max normalisation around the threshold: threshold -> 0.5, clipped to [0, 1]
+    (:func:`anomjax.deploy.normalize` with the run's ``image_min``/``image_max``; the
+    exported scorer applies the same function)."""
+    return float(deploy.normalize(score, threshold["image_threshold"], threshold["image_min"],
+                                  threshold["image_max"]))
 
 
 def _check_utf8_names(paths: Sequence[str]) -> None:
@@ -408,6 +516,39 @@ def _check_utf8_names(paths: Sequence[str]) -> None:
         except UnicodeEncodeError:
             raise UsageError(f"{os.fsencode(path)!r}: the file name is not valid UTF-8, so it "
                              "cannot be written to scores.csv; rename the file") from None
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def export(run_dir: str | os.PathLike, out: str | os.PathLike, *,
+           threshold: float | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write the run in ``run_dir`` as a deployable scorer into the folder ``out`` (see
+    :mod:`anomjax.deploy`): its ``jax.export``-ed scoring function for CPU, CUDA and TPU,
+    its state in safetensors and a manifest; returns the manifest.
+
+    The artefact carries the run's threshold record (``threshold`` overrides its image
+    threshold, as in :func:`predict`; without either the call is refused). ``out`` must be
+    new or empty, or an artefact to replace with ``overwrite``. Checked before any work.
+    """
+    config = load_method(run_dir)[1]
+    check_image_settings(run_dir, config)
+    limits = predict_threshold(run_dir, threshold)
+    out = Path(out)
+    if out.resolve() == Path(run_dir).resolve():
+        raise UsageError(f"--out {out}: is the run folder itself; choose another folder")
+    check_writable_dir(out, "--out")
+    entries = sorted(p.name for p in out.iterdir())
+    if entries:
+        if not (overwrite and is_artefact(out)
+                and set(entries) <= {MANIFEST_FILE, PROGRAM_FILE, STATE_FILE}):
+            raise RunError(f"--out {out}: the folder is not empty (holds "
+                           f"{', '.join(entries[:4])}); choose another folder"
+                           + (" or pass --overwrite to replace the exported scorer in it"
+                              if is_artefact(out) else ""))
+        (out / MANIFEST_FILE).unlink()  # first: a half-replaced folder is no artefact
+    method, state, config = load_run(run_dir)
+    return write_artefact(method, state, config, limits, out)
 
 
 # ---------------------------------------------------------------------------- run settings

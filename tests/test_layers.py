@@ -1,8 +1,9 @@
 """The package's imports run one way, down the layers of the architecture.
 
-``cli`` -> ``experiment`` -> the run API (``runs``, ``run_folder``) -> ``evaluate``,
+``cli`` -> ``experiment`` -> the run API (``runs``, ``run_folder``, ``export``) -> ``evaluate``,
 ``train`` -> ``methods`` -> ``backbones``, ``data``, ``nn`` (and ``scoring``,
-``visualize``) -> ``metrics``, ``types``. Every import statement of every module counts,
+``visualize``) -> ``metrics`` (and the exported scorers' loader ``deploy`` and ``tiling``,
+which import only jax and numpy) -> ``types``. Every import statement of every module counts,
 function-local ones too, read from the source (not from what happens to be imported).
 """
 
@@ -19,11 +20,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "anomjax"
 LAYERS = {
     "__main__": 7, "cli": 7,
     "experiment": 6,
-    "runs": 5, "run_folder": 5,
+    "runs": 5, "run_folder": 5, "export": 5,
     "evaluate": 4, "train": 4, "compile_cache": 4,
     "methods": 3,
     "backbones": 2, "data": 2, "nn": 2, "scoring": 2, "visualize": 2, "_distrax": 2,
-    "metrics": 1,
+    "metrics": 1, "deploy": 1, "tiling": 1,
     "types": 0, "__init__": 0,
 }
 

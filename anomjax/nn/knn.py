@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 DEFAULT_BLOCK_BYTES = 256 * 2**20
 HIGHEST = jax.lax.Precision.HIGHEST
 _MIN_QUERY_CHUNK = 64
+_SYMBOLIC_QUERY_CHUNK = 1024
 
 
 def chunk_sizes(num_queries: int, bank_size: int, k: int,
@@ -53,12 +54,19 @@ def _balanced(total: int, limit: int) -> int:
     """The smallest chunk ``<= limit`` that splits ``total`` into as few chunks as ``limit`` does.
 
     Keeps the padding of the last chunk small (e.g. 32768 rows at limit 31000: 2 x 16384).
+    A symbolic ``total`` (a ``jax.export`` batch dimension) gets ``min(limit, 1024)``, so a
+    small batch is not padded to the whole budget.
     """
+    if not isinstance(total, int):
+        return min(limit, _SYMBOLIC_QUERY_CHUNK)
     count = -(-total // max(1, min(limit, total)))
     return -(-total // count)
 
 
 def _pad_rows(x: jax.Array, multiple: int) -> jax.Array:
+    if not isinstance(x.shape[0], int):  # symbolic rows: pad to an explicit multiple
+        rows = (x.shape[0] + multiple - 1) // multiple * multiple
+        return jnp.concatenate([x, jnp.zeros((rows - x.shape[0], *x.shape[1:]), x.dtype)])
     pad = (-x.shape[0]) % multiple
     return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
 
