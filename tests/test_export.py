@@ -99,7 +99,7 @@ def test_exported_scorer_equals_the_checkpoint(name, categories, tmp_path):
     check_scores_like_the_checkpoint(name, categories[SETTINGS[name][0]], tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.every_method  # deselected by default: `python -m pytest -m every_method`
 @pytest.mark.parametrize("name", sorted(set(SETTINGS) - set(FAST)))
 def test_exported_scorer_equals_the_checkpoint_every_method(name, categories, tmp_path):
     check_scores_like_the_checkpoint(name, categories[SETTINGS[name][0]], tmp_path)
