@@ -70,12 +70,15 @@ def test_3_benchmark_names_a_skipped_category_and_what_the_mean_is_over(root, tm
     shutil.copytree(root / "metal", data / "metal")
     shutil.copytree(root / "wood", data / "wood")
     shutil.rmtree(data / "wood" / "ground_truth")
+    shutil.copytree(root / "wood" / "train", data / "train_only" / "train")  # no test split
     out = tmp_path / "bench"
     assert main(["benchmark", "--data", str(data), "--method", "padim", "--image-size", "32",
                  "--out", str(out)]) == 0
-    assert f"skipping {data / 'wood'}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"skipping {data / 'wood'}" in err and f"skipping {data / 'train_only'}" in err
     table = (out / "benchmark.md").read_text()
     assert "mean of 1: metal**" in table and "skipped category `wood`" in table
+    assert "skipped category `train_only`: " in table and "test folder is missing" in table
 
 
 @pytest.fixture(scope="module")
