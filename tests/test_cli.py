@@ -248,3 +248,16 @@ def test_quantile_threshold_from_good_images_only(run_dir, category, tmp_path):
     assert threshold["image_threshold"] == pytest.approx(np.quantile(scores, 0.75), rel=1e-6)
     text = (tmp_path / "m.json").read_text()
     assert "NaN" not in text and json.loads(text)["image_auroc"] is None  # strict JSON
+
+
+def test_the_readme_demo_runs_end_to_end(tmp_path, capsys):
+    """`anomjax demo` (the README's main job) on one small category: data, fit, test, table,
+    overlays; run again into the same folder it replaces its runs."""
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--image-size", "32", "--categories", "nut"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "nut" in printed and "image_auroc" in printed
+    assert list((out / "overlays" / "nut").glob("*.png"))
+    assert (out / "runs" / "nut" / "threshold.json").exists()
+    assert main(args) == 0
