@@ -75,12 +75,11 @@ def test_no_cache_without_frozen_features_over_the_limit_or_with_shared_paths():
                                   limit_mb=1.0, num_workers=0) is None
 
 
-def test_training_through_the_cache_equals_computing_the_features_every_step(tmp_path):
-    split = toy_split(n=12)
-    method = ToyWithFrozenTarget()
-
+def _cached_equals_plain(method, split, tmp_path, *, epochs: int) -> tuple[list, list]:
+    """Train ``method`` through the frozen-feature cache and without it; assert every step
+    used the cache (or not) and the params agree; return both runs' metrics lines."""
     def run(name: str, limit_mb: float) -> tuple[dict, list[dict]]:
-        state = train_method(method, jax.random.key(1), split, epochs=3, batch_size=4,
+        state = train_method(method, jax.random.key(1), split, epochs=epochs, batch_size=4,
                              run_dir=tmp_path / name, num_workers=0, frozen_cache_mb=limit_mb,
                              disable=True)
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
@@ -92,6 +91,14 @@ def test_training_through_the_cache_equals_computing_the_features_every_step(tmp
     assert {row["train/cached"] for row in plain_log} == {0.0}
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  cached["params"], plain["params"])
+    return cached_log, plain_log
+
+
+def test_training_through_the_cache_equals_computing_the_features_every_step(tmp_path):
+    split = toy_split(n=12)
+    method = ToyWithFrozenTarget()
+
+    cached_log, plain_log = _cached_equals_plain(method, split, tmp_path, epochs=3)
     # Each step's batch got its own images' features (the mean of the batch's pixels).
     np.testing.assert_allclose([r["train/image_mean"] for r in cached_log],
                                [r["train/image_mean"] for r in plain_log], rtol=1e-6)
@@ -148,16 +155,4 @@ def test_a_population_uses_the_frozen_feature_cache_like_a_single_run(tmp_path, 
                 np.stack([images @ p for p in proj], axis=1))
     np.testing.assert_allclose(cache.features[layout]["target"], expected, rtol=1e-5, atol=1e-6)
 
-    def run(name: str, limit_mb: float) -> tuple[dict, list[dict]]:
-        out = train_method(population, jax.random.key(1), split, epochs=2, batch_size=4,
-                           run_dir=tmp_path / name, num_workers=0, frozen_cache_mb=limit_mb,
-                           disable=True)
-        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        return out, [json.loads(line) for line in lines]
-
-    cached, cached_log = run("cached", 1.0)
-    plain, plain_log = run("plain", 0)
-    assert {row["train/cached"] for row in cached_log} == {1.0}
-    assert {row["train/cached"] for row in plain_log} == {0.0}
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-                 cached["params"], plain["params"])
+    _cached_equals_plain(population, split, tmp_path, epochs=2)

@@ -27,6 +27,19 @@ def _env(devices: int) -> dict[str, str]:
     return env
 
 
+def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Every process's output; all are killed if one outlives ``timeout`` seconds."""
+    logs = []
+    for proc in procs:
+        try:
+            logs.append(proc.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+    return logs
+
+
 def _single_device_reference() -> dict[str, np.ndarray]:
     """The runner's training (same key, data, global batch 8) on one device, in this process."""
     state = train_method(ToyConvAE(), jax.random.key(3), toy_split(n=16), epochs=2, batch_size=8,
@@ -77,14 +90,7 @@ def test_two_processes_on_loopback_match_one_device(tmp_path):
          "--run-dir", str(tmp_path / "run"), "--process-id", str(i), "--num-processes", "2",
          "--port", str(port), "--save-run", str(tmp_path / "saved")], env=_env(2),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    logs = []
-    for proc in procs:
-        try:
-            logs.append(proc.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise
+    logs = _wait_all(procs, timeout=300)
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()
                   if p.name.isdigit()) == ["2", "4"]
@@ -118,14 +124,7 @@ def test_a_sweep_under_jax_distributed_runs_each_run_on_all_processes(tmp_path):
                "PYTHONPATH": str(Path(__file__).parents[2])}
         procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
-    logs = []
-    for proc in procs:
-        try:
-            logs.append(proc.communicate(timeout=400)[0])
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise
+    logs = _wait_all(procs, timeout=400)
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert sorted(x["run"] for x in lines) == ["seed=0", "seed=1"]
