@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from anomjax.train.state import TrainState
@@ -22,30 +20,25 @@ class CheckpointStore:
     refused instead of silently reading the data in another order. Only the last
     ``keep`` checkpoints are kept; writes are atomic (a killed run leaves no half checkpoint).
 
-    In a single-process run (``background=None`` picks it then) a save copies the state to
-    host memory and writes it in a background thread while training goes on (one write at a
-    time; every other call waits for it, and a failed write is raised at the next call). With
-    several processes Orbax synchronises them inside a save, so writes stay in the caller.
+    Saves are Orbax's asynchronous checkpointing: ``save`` returns once the state is copied
+    to host memory (so the training step may donate its buffers) and the files are written in
+    the background, in every process of a multi-host run without blocking the others' steps;
+    one write is in flight at a time (every other call waits for it first), and a failed
+    write is raised at the next call.
     """
 
-    def __init__(self, run_dir: str | Path, keep: int = 3, background: bool | None = None):
+    def __init__(self, run_dir: str | Path, keep: int = 3):
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self.directory = Path(run_dir).absolute() / "checkpoints"
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=False)
+                                               enable_async_checkpointing=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
-        if background is None:
-            background = jax.process_count() == 1
-        self._writer = ThreadPoolExecutor(1, "checkpoint") if background else None
-        self._pending: Future | None = None
 
     def wait(self) -> None:
         """Block until the write in progress (if any) is on disk; raise its error."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        self.manager.wait_until_finished()
 
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or ``None``."""
@@ -57,19 +50,10 @@ class CheckpointStore:
         still be in progress, see the class docstring)."""
         self.wait()
         step = int(jax.device_get(train_state.step))
-        if step in self.manager.all_steps():
-            return step
-        if self._writer is None:
-            self._write(step, train_state, meta)
-        else:  # copies: the training step donates (reuses) the buffers of the state
-            host = jax.tree.map(np.array, jax.device_get(train_state))
-            self._pending = self._writer.submit(self._write, step, host, meta)
+        if step not in self.manager.all_steps():
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(train_state), meta=ocp.args.JsonSave(meta)))
         return step
-
-    def _write(self, step: int, train_state: Any, meta: dict[str, Any]) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(train_state), meta=ocp.args.JsonSave(meta)))
-        self.manager.wait_until_finished()
 
     def delete(self, step: int) -> None:
         """Remove checkpoint ``step`` (e.g. one whose weights turned out to diverge)."""
@@ -95,7 +79,4 @@ class CheckpointStore:
         try:
             self.wait()
         finally:
-            if self._writer is not None:
-                self._writer.shutdown()
-            self.manager.wait_until_finished()
             self.manager.close()
