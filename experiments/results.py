@@ -119,8 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="batch size (default: the method's default_batch_size, else 16)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=None,
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=None,
                         help="epochs for methods that train (default: the method's own)")
+    budget.add_argument("--steps", type=int, default=None,
+                        help="optimiser steps for methods that train (instead of --epochs)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="METHOD:KEY=VALUE", help="hyper-parameter override, repeatable")
     parser.add_argument("--output", type=Path, default=REPO / "experiments" / "RESULTS.md")
@@ -186,10 +189,14 @@ def run_row(method_name: str, dataset: str, root: Path, args: argparse.Namespace
     start = time.perf_counter()
     epochs = row_epochs(method, args)
     batch_size = row_batch_size(method, args)
+    budget: dict[str, int | None] = {}
     if method.kind == "train":
-        from anomjax.train import train_method
+        from anomjax.train import train_method, train_plan
 
-        state = train_method(method, key, ds.train, epochs=epochs, batch_size=batch_size)
+        plan = train_plan(method, len(ds.train), batch_size, epochs=epochs, steps=args.steps)
+        budget = {"steps": plan.optimizer_steps, "images_seen": plan.images_seen}
+        state = train_method(method, key, ds.train, epochs=epochs, steps=args.steps,
+                             batch_size=batch_size)
     else:
         batches = tqdm(ds.train.batches(batch_size), desc=f"fit {method_name}",
                        total=-(-len(ds.train) // batch_size), unit="batch")
@@ -200,7 +207,7 @@ def run_row(method_name: str, dataset: str, root: Path, args: argparse.Namespace
     return {
         "method": method_name, "dataset": dataset,
         "backbone": getattr(method, "backbone", "-"), "image_size": args.image_size,
-        "epochs": epochs, "batch_size": batch_size, "overrides": overrides,
+        "epochs": epochs, **budget, "batch_size": batch_size, "overrides": overrides,
         "seed": args.seed,
         "n_train": len(ds.train), "n_test": result["n_test"],
         **{k: float(result[k]) for k in ("image_auroc", "image_ap", "image_f1max",
@@ -225,8 +232,9 @@ def code_version() -> str:
 
 
 def row_epochs(method: Any, args: argparse.Namespace) -> int | None:
-    """Training epochs of ``method``'s row: ``--epochs``, else its paper's; None if it fits."""
-    if method.kind != "train":
+    """Training epochs of ``method``'s row: ``--epochs``, else its paper's; None if it fits
+    or when the budget is ``--steps``."""
+    if method.kind != "train" or args.steps is not None:
         return None
     epochs = args.epochs or getattr(method, "default_epochs", None)
     if epochs is None:
@@ -253,6 +261,7 @@ def same_settings(row: dict, method: str, dataset: str, args: argparse.Namespace
     return (row.get("method") == method and row.get("dataset") == dataset
             and row.get("image_size") == args.image_size and row.get("seed") == args.seed
             and row.get("epochs") == epochs
+            and (args.steps is None or row.get("steps") == args.steps)
             and row.get("batch_size", 16) == row_batch_size(built, args)
             and row.get("overrides") == method_overrides(args.overrides, method)
             and "error" not in row)
@@ -302,6 +311,21 @@ def row_order(row: dict, methods: list[str]) -> tuple:
     return (order, dataset, method, row["method"], is_sspcab(row))
 
 
+def row_steps(row: dict) -> str:
+    """``"steps (epochs)"`` of a trained row: its recorded optimiser steps, or for rows
+    measured before steps were recorded the steps the engine's plan gives for its training
+    split, batch size and epochs on one device (``train_plan``); ``-`` for fitted methods."""
+    steps = row.get("steps")
+    if steps is None and row.get("epochs") and row.get("n_train"):
+        from anomjax.train import train_plan
+
+        steps = train_plan(None, row["n_train"], row.get("batch_size", 16),
+                           epochs=row["epochs"]).optimizer_steps
+    if steps is None:
+        return "-"
+    return f"{steps} ({row['epochs']} ep)" if row.get("epochs") else str(steps)
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -326,7 +350,8 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
     import jax
 
     commands = list(dict.fromkeys([r.get("command", command) for r in rows]))
-    header = ["method", "dataset/category", "backbone", "image size", "epochs", "image AUROC",
+    header = ["method", "dataset/category", "backbone", "image size", "optimiser steps",
+              "image AUROC",
               "pixel AUROC", "AUPRO", "fit s", "test s", "peak memory MB", "notes"]
     lines = [
         "# Results",
@@ -349,11 +374,15 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
         "test s: loading, compilation and scoring of the test split; peak memory: maximum "
         "resident memory of the row's own process (JAX runtime and backbone included). "
         "Real data: `../shared/data`; synthetic: `anomjax.data.synthetic` categories "
-        "(40 train, 8 good + 16 defective test images) written at the image size. epochs: "
-        "training epochs of the methods that learn weights (batch size in the notes when it "
-        "is not 16; incomplete last batches are dropped); '-' for methods that only fit "
-        "statistics. Floor: on mvtec3d_tire the pixels' brightness alone reaches a pixel "
-        "AUROC of 0.85-0.91 (`experiments/baseline_intensity.md`). Where a frozen network "
+        "(40 train, 8 good + 16 defective test images) written at the image size. optimiser "
+        "steps: the updates of the methods that learn weights, with the epochs they made "
+        "(batch size in the notes when it is not 16; incomplete last batches are dropped); "
+        "'-' for methods that only fit statistics. Rows of a few dozen steps are short "
+        "runs, not the methods' trained accuracy: the learning curves of "
+        "`experiments/learning_curves.md` (1,000 steps, with the trivial baselines and the "
+        "step-0 model) say whether a method learns. Floor: on mvtec3d_tire the pixels' "
+        "brightness alone reaches a pixel AUROC of 0.85-0.91 "
+        "(`experiments/baseline_intensity.md`). Where a frozen network "
         "runs in front of what is trained, its features are computed once per training "
         "image (`anomjax.train.frozen_cache`) from code e681cf6 on for STPM, c9b40c8 for "
         "Reverse Distillation and MKD, 68a16f9 for CFLOW, FastFlow and CS-Flow, edd2697 for "
@@ -365,7 +394,7 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
     for row in rows:
         metric = [fmt(row.get(k, "-")) for k in ("image_auroc", "pixel_auroc", "pixel_aupro")]
         cells = [row["method"], row["dataset"], row.get("backbone", "-"),
-                 str(row.get("image_size", "-")), str(row.get("epochs") or "-"), *metric,
+                 str(row.get("image_size", "-")), row_steps(row), *metric,
                  fmt(row.get("fit_s", "-"), 1), fmt(row.get("test_s", "-"), 1),
                  fmt(row.get("peak_mb", "-"), 0), notes(row)]
         lines.append("| " + " | ".join(cells) + " |")
