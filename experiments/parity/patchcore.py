@@ -13,10 +13,10 @@ than WRN50, the same recipe), 8 training images in two batches and 2 test images
 The sampler's two random draws are recorded while it runs: its projection (the
 ``torch.nn.Linear`` it creates, ``[128, 1024]``) by a recording subclass put in its ``torch.nn``
 namespace for the run, and its 10 anchor patches by wrapping ``np.random.choice``; both are
-stored and fed to anomjax. The chosen coreset indices are recovered by matching the bank's
-rows against the training features.
+stored and fed to anomjax. The script checks that every bank row is one training feature (the
+bank, in selection order, then pins the selection).
 
-Stored outputs: the test patch features ``[B * h * w, 1024]``, the coreset indices and bank,
+Stored outputs: the test patch features ``[B * h * w, 1024]``, the bank (selection order),
 the patch scores (squared L2 distances, faiss), the bilinear-upsampled map (their
 ``RescaleSegmentor`` with smoothing 0), the smoothed map (sigma 4) and the image scores.
 
@@ -97,12 +97,10 @@ def main() -> None:
     plain = copy.copy(model.anomaly_segmentor)
     plain.smoothing = 0
     image_scores, maps = model._predict(x)
-    indices = np.array([m[0] for m in matches])
     save_fixture("patchcore", REFERENCE, weights={},
                  inputs={"train": train, "test": test, "weight_seed": np.int64(WEIGHT_SEED),
                          "projection": projection.weight, "anchors": np.array(anchor)},
-                 outputs={"features": features, "coreset_indices": indices,
-                          "bank": bank, "patch_scores": patch_scores,
+                 outputs={"features": features, "bank": bank, "patch_scores": patch_scores,
                           "upsampled": np.stack(plain.convert_to_segmentation(patch_scores)),
                           "map": np.stack(maps), "image_score": np.array(image_scores)})
 
