@@ -20,7 +20,12 @@ Stored outputs: the test patch features ``[B * h * w, 1024]``, the bank (selecti
 the patch scores (squared L2 distances, faiss), the bilinear-upsampled map (their
 ``RescaleSegmentor`` with smoothing 0), the smoothed map (sigma 4) and the image scores.
 
-Run: ``/tmp/venv-ref/bin/pip install faiss-cpu`` then
+The paper's image score (Eq. 7, our default ``scoring="paper"``) is not in the authors' code;
+its reference is anomalib 2.7.0 ``PatchcoreModel.compute_anomaly_score`` (``num_neighbors=9``,
+Euclidean distances), evaluated on the authors' test features and bank (stored as
+``image_score_eq7``).
+
+Run: ``/tmp/venv-ref/bin/pip install faiss-cpu anomalib==2.7.0`` then
 ``/tmp/venv-ref/bin/python experiments/parity/patchcore.py --reference-root /tmp/refs/fm``
 with the repository extracted at ``<root>/amazon-science+patchcore-inspection``.
 """
@@ -34,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from common import save_fixture, seed_everything
 from feature_modeling_common import WEIGHT_SEED, normalised, seeded_resnet18, toy_images
 
@@ -97,12 +103,20 @@ def main() -> None:
     plain = copy.copy(model.anomaly_segmentor)
     plain.smoothing = 0
     image_scores, maps = model._predict(x)
+    eq7 = PatchcoreModel(layers=["layer2", "layer3"], backbone="resnet18", pre_trained=False,
+                         num_neighbors=9)
+    eq7.memory_bank = torch.from_numpy(bank)
+    distance, location = eq7.nearest_neighbors(torch.from_numpy(features), n_neighbors=1)
+    image_eq7 = eq7.compute_anomaly_score(distance.reshape(len(test), -1),
+                                          location.reshape(len(test), -1),
+                                          torch.from_numpy(features))
     save_fixture("patchcore", REFERENCE, weights={},
                  inputs={"train": train, "test": test, "weight_seed": np.int64(WEIGHT_SEED),
                          "projection": projection.weight, "anchors": np.array(anchor)},
                  outputs={"features": features, "bank": bank, "patch_scores": patch_scores,
                           "upsampled": np.stack(plain.convert_to_segmentation(patch_scores)),
-                          "map": np.stack(maps), "image_score": np.array(image_scores)})
+                          "map": np.stack(maps), "image_score": np.array(image_scores),
+                          "image_score_eq7": image_eq7})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ Their two random draws are fed in by a subclass that overrides only ``draw_proje
 ``draw_anchors``. Our bank lives in compact coordinates ``z = u B``; the authors' 1024-d
 feature is ``f = u W`` (``W`` the pooling map), and ``B = W V`` with orthonormal ``V``, so
 ``f = z V^T``: the features and bank are compared as ``z V^T``, and their projection ``M``
-``[128, 1024]`` of ``f`` is ours ``V^T M^T`` of ``z``.
+``[128, 1024]`` of ``f`` is ours ``V^T M^T`` of ``z``. Our default image score, the paper's
+Eq. 7, which the authors' code lacks, is compared with anomalib 2.7's on the same bank.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from feature_modeling_parity import batch_of, seeded_weights_file
 from parity_harness import Fixture
 
 from anomjax.backbones import get_backbone
-from anomjax.methods.feature_modeling.patchcore import PatchCore
+from anomjax.methods.feature_modeling.patchcore import PatchCore, reweighted_image_score
 from anomjax.nn.knn import nearest_neighbours
 from anomjax.nn.patch_features import patch_pooling_matrix
 from anomjax.scoring import upsample
@@ -80,8 +81,8 @@ def test_patchcore_matches_authors_code(ref, tmp_path, monkeypatch):
     bank = np.asarray(state["bank"], np.float64)  # in selection order, as the reference's
     ref.close("coreset bank (1024-d)", bank @ rotation.T, ref.output("bank"))
 
-    dist, _ = nearest_neighbours(jnp.asarray(flat, jnp.float32), state["bank"], 1,
-                                 max_block_bytes=2**26)
+    dist, index = nearest_neighbours(jnp.asarray(flat, jnp.float32), state["bank"], 1,
+                                     max_block_bytes=2**26)
     patch_scores = np.square(dist).reshape(ref.output("patch_scores").shape)
     ref.close("patch scores (squared L2)", patch_scores, ref.output("patch_scores"))
     ref.close("upsampled map", upsample(patch_scores, test.shape[1:3]),
@@ -89,3 +90,10 @@ def test_patchcore_matches_authors_code(ref, tmp_path, monkeypatch):
     scores = method.score(state, test)
     ref.close("smoothed map", scores.maps, ref.output("map"))
     ref.close("image score", scores.image, ref.output("image_score"))
+
+    # Our default image score, the paper's Eq. 7 (b = 9), against anomalib's on the same bank.
+    b = len(test)
+    eq7 = reweighted_image_score(dist.reshape(b, -1), index.reshape(b, -1),
+                                 z.reshape(b, -1, z.shape[-1]), state["bank"],
+                                 PatchCore().num_neighbours, max_block_bytes=2**26)
+    ref.close("image score, Eq. 7 (anomalib)", eq7, ref.output("image_score_eq7"))
