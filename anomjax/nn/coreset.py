@@ -54,11 +54,12 @@ def random_projection(key: jax.Array, in_dim: int, out_dim: int = PROJECTION_DIM
 
 def mean_anchor_distance(features: jax.Array, anchors: jax.Array) -> jax.Array:
     """Mean Euclidean distance ``[N]`` of every row of ``features`` ``[N, d]`` to the rows
-    ``anchors`` ``[a]`` (int) of it: the authors' initial bound of the greedy selection."""
+    ``anchors`` ``[a]`` (int) of it: the authors' initial bound of the greedy selection.
+    One anchor at a time (``[N, d]`` temporaries, not ``[N, a, d]``)."""
     x = jnp.asarray(features, jnp.float32)
-    centers = x[jnp.asarray(anchors)]  # [a, d]
-    d = jnp.sqrt(jnp.sum(jnp.square(x[:, None, :] - centers[None]), axis=-1))
-    return jnp.mean(d, axis=1)
+    d = jax.lax.map(lambda i: jnp.sqrt(jnp.sum(jnp.square(x - x[i]), axis=1)),
+                    jnp.asarray(anchors))  # [a, N]
+    return jnp.mean(d, axis=0)
 
 
 def _squared_distances(x: jax.Array, center: jax.Array) -> jax.Array:
