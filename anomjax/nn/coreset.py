@@ -3,10 +3,14 @@
 Roth et al. (CVPR 2022, Algorithm 1) pick a coreset ``C`` from the patch features ``M`` by
 repeatedly adding ``argmax_{m in M} min_{c in C} ||psi(m) - psi(c)||`` where ``psi`` is a
 random linear projection to 128 dimensions (Johnson-Lindenstrauss). The first element is
-drawn at random. This module runs that loop as a jitted ``lax.fori_loop``; each step updates
-the running minimum distances ``[N]`` with one fused pass over the projected features, so
-memory is linear in the number of patches (features ``[N, d]`` plus ``[N]`` distances). The
-loop runs in calls of ``steps_per_call`` steps between which a tqdm bar advances.
+drawn at random; or, as the authors' ``ApproximateGreedyCoresetSampler``
+(patchcore-inspection), every row starts with a bound, its mean distance to a few random
+anchor rows (:func:`mean_anchor_distance`), which stays inside the running minimum, and the
+first element is the row of largest bound. This module runs that loop as a jitted
+``lax.fori_loop``; each step updates the running minimum distances ``[N]`` with one fused
+pass over the projected features, so memory is linear in the number of patches (features
+``[N, d]`` plus ``[N]`` distances). The loop runs in calls of ``steps_per_call`` steps
+between which a tqdm bar advances.
 
 With a :class:`jax.sharding.Mesh`, the features' rows are split over one mesh axis; each
 step every device proposes its local farthest patch, the proposals are gathered and the
@@ -46,6 +50,16 @@ class Coreset(NamedTuple):
 def random_projection(key: jax.Array, in_dim: int, out_dim: int = PROJECTION_DIM) -> jax.Array:
     """Gaussian Johnson-Lindenstrauss matrix ``[in_dim, out_dim]`` with entries N(0, 1/out_dim)."""
     return jax.random.normal(key, (in_dim, out_dim), jnp.float32) / np.sqrt(out_dim)
+
+
+def mean_anchor_distance(features: jax.Array, anchors: jax.Array) -> jax.Array:
+    """Mean Euclidean distance ``[N]`` of every row of ``features`` ``[N, d]`` to the rows
+    ``anchors`` ``[a]`` (int) of it: the authors' initial bound of the greedy selection.
+    One anchor at a time (``[N, d]`` temporaries, not ``[N, a, d]``)."""
+    x = jnp.asarray(features, jnp.float32)
+    d = jax.lax.map(lambda i: jnp.sqrt(jnp.sum(jnp.square(x - x[i]), axis=1)),
+                    jnp.asarray(anchors))  # [a, N]
+    return jnp.mean(d, axis=0)
 
 
 def _squared_distances(x: jax.Array, center: jax.Array) -> jax.Array:
@@ -107,6 +121,7 @@ def _steps_sharded(x, min_d, selected, start, first, last, *, mesh, axis):
 
 
 def greedy_coreset(features: jax.Array, num_select: int, *, start: int | jax.Array = 0,
+                   bound: jax.Array | None = None,
                    mesh: Mesh | None = None, axis: str | None = None,
                    steps_per_call: int = 256, disable: bool = False) -> Coreset:
     """Greedy k-center selection of ``num_select`` rows of ``features`` ``[N, d]``.
@@ -115,6 +130,10 @@ def greedy_coreset(features: jax.Array, num_select: int, *, start: int | jax.Arr
       features: ``[N, d]`` (already projected) float features.
       num_select: coreset size, ``1 <= num_select <= N``.
       start: index of the first selected row (PatchCore draws it at random).
+      bound: optional ``[N]`` initial distance of every row (the running minimum starts
+        from it instead of infinity; the authors' sampler passes
+        :func:`mean_anchor_distance` and ``start`` = its argmax); the reported radius is then
+        the largest remaining minimum, bound included.
       mesh: split the rows over ``axis`` of this mesh (same selection as one device).
       axis: mesh axis name (default: the mesh's first axis).
       steps_per_call: selection steps per jitted call (the progress bar's granularity).
@@ -131,8 +150,14 @@ def greedy_coreset(features: jax.Array, num_select: int, *, start: int | jax.Arr
         x = jnp.pad(x, ((0, 0), (0, width - x.shape[1])))
     start = jnp.asarray(start, jnp.int32)
     selected = jnp.zeros((num_select,), jnp.int32)
+    if bound is None:
+        initial = jnp.full((n,), jnp.inf, jnp.float32)
+    else:
+        initial = jnp.square(jnp.asarray(bound, jnp.float32))  # the loop keeps squares
+        if initial.shape != (n,):
+            raise ValueError(f"bound must be [{n}], got shape {initial.shape}")
     if mesh is None:
-        min_d = jnp.full((n,), jnp.inf, jnp.float32)
+        min_d = initial
         run = _steps_single
     else:
         axis = axis or mesh.axis_names[0]
@@ -140,7 +165,7 @@ def greedy_coreset(features: jax.Array, num_select: int, *, start: int | jax.Arr
         rows = NamedSharding(mesh, P(axis))
         x = jax.device_put(jnp.pad(x, ((0, pad), (0, 0))), rows)
         min_d = jax.device_put(
-            jnp.concatenate([jnp.full((n,), jnp.inf), jnp.full((pad,), -jnp.inf)]), rows)
+            jnp.concatenate([initial, jnp.full((pad,), -jnp.inf)]), rows)
         selected = jax.device_put(selected, NamedSharding(mesh, P()))
         run = functools.partial(_steps_sharded, mesh=mesh, axis=axis)
     with tqdm(total=num_select, desc="coreset", unit="step", disable=disable) as bar:

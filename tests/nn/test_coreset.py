@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from anomjax.nn.coreset import greedy_coreset, random_projection
+from anomjax.nn.coreset import greedy_coreset, mean_anchor_distance, random_projection
 
 
 def numpy_greedy(x: np.ndarray, n: int, start: int) -> np.ndarray:
@@ -37,6 +37,23 @@ def test_same_selection_as_numpy(points, steps_per_call):
     got = greedy_coreset(points, 40, start=13, steps_per_call=steps_per_call, disable=True)
     np.testing.assert_array_equal(got.indices, numpy_greedy(points, 40, 13))
     assert got.indices[0] == 13 and len(set(got.indices.tolist())) == 40
+
+
+def test_anchor_bound_is_the_authors_approximate_sampler(points):
+    """``bound`` = mean distance to anchor rows, start = its argmax, the bound kept inside the
+    running minimum: patchcore-inspection's ``ApproximateGreedyCoresetSampler`` (float64
+    NumPy restatement of its loop; its own code is run in ``test_parity_patchcore.py``)."""
+    anchors = np.array([3, 70, 500, 11, 42])
+    x = points.astype(np.float64)
+    bound = np.sqrt(((x[:, None] - x[anchors][None]) ** 2).sum(-1)).mean(1)
+    np.testing.assert_allclose(mean_anchor_distance(points, anchors), bound, rtol=1e-5)
+    expected, running = [], bound.copy()
+    for _ in range(30):
+        expected.append(int(np.argmax(running)))
+        running = np.minimum(running, np.sqrt(((x - x[expected[-1]]) ** 2).sum(1)))
+    got = greedy_coreset(points, 30, start=int(np.argmax(bound)), bound=bound, disable=True)
+    np.testing.assert_array_equal(got.indices, expected)
+    assert not np.array_equal(got.indices, numpy_greedy(points, 30, expected[0]))
 
 
 def test_covering_property(points):
@@ -80,7 +97,7 @@ def test_bad_arguments(points):
 
 SHARDED_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
-    from anomjax.nn.coreset import greedy_coreset
+    from anomjax.nn.coreset import greedy_coreset, mean_anchor_distance
     from anomjax.nn.knn import nearest_neighbours
     assert jax.device_count() == 8, jax.devices()
     mesh = jax.make_mesh((8,), ("bank",))
@@ -89,6 +106,12 @@ SHARDED_SCRIPT = textwrap.dedent("""
     many = greedy_coreset(x, 60, start=997, mesh=mesh, steps_per_call=16, disable=True)
     assert np.array_equal(one.indices, many.indices), (one.indices, many.indices)
     assert one.radius == many.radius, (one.radius, many.radius)
+    bound = np.asarray(mean_anchor_distance(x, np.array([5, 600, 1002])))
+    start = int(np.argmax(bound))
+    one_b = greedy_coreset(x, 60, start=start, bound=bound, steps_per_call=16, disable=True)
+    many_b = greedy_coreset(x, 60, start=start, bound=bound, mesh=mesh, steps_per_call=16,
+                            disable=True)
+    assert np.array_equal(one_b.indices, many_b.indices), (one_b.indices, many_b.indices)
     bank, q = x[one.indices], np.random.default_rng(5).normal(size=(77, 32)).astype(np.float32)
     d1, i1 = nearest_neighbours(q, bank, 3, max_block_bytes=4 * 64 * 4)
     d8, i8 = nearest_neighbours(q, bank, 3, max_block_bytes=4 * 64 * 4, mesh=mesh)

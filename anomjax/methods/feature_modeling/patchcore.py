@@ -13,7 +13,12 @@ Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022.
   feature keeps the nine taps apart.
 * Memory bank (:mod:`anomjax.nn.coreset`): greedy k-center coreset of all training patches,
   10 % by default (``coreset_ratio``; the paper also reports 1 % and 25 %), selected on a
-  random Gaussian projection to 128 dimensions, starting from a random patch.
+  random Gaussian projection to 128 dimensions, starting from a random patch (anomalib's
+  start; ``coreset_start="random"``). ``coreset_start="authors"`` starts as the authors'
+  ``ApproximateGreedyCoresetSampler``: every patch's running minimum begins at its mean
+  distance to 10 random patches, and the first pick is the patch farthest from them on
+  average. (Their projection is an ``nn.Linear``'s uniform initialisation; any random
+  projection serves the Johnson-Lindenstrauss argument.)
 * Scores (:mod:`anomjax.nn.knn`): a patch scores its Euclidean distance to the nearest bank
   entry. The image score is the paper's Eq. 7: with ``m*`` the test patch of largest score
   ``s*`` and ``n*`` its nearest bank entry, ``s = (1 - exp(s*) / sum_{n in N_b(n*)}
@@ -21,10 +26,12 @@ Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022.
   (``n*`` itself included); with ``b = 1`` the image score is the plain maximum patch score.
   Patch scores are upsampled bilinearly to the input size and smoothed with a Gaussian of
   sigma 4 (:func:`anomjax.scoring.to_scores`). The authors' code differs from the paper
-  here: its image score is the plain maximum (``anomaly_scorer_num_nn=1``, no Eq. 7) and its
-  patch scores are *squared* L2 distances (faiss ``IndexFlatL2``); this library follows the
-  paper (Euclidean distance, Eq. 7), as anomalib does; ``num_neighbours=1`` gives the
-  authors' image score up to the squaring (image AUROC is unchanged by it).
+  here: its patch score is the mean *squared* L2 distance (faiss ``IndexFlatL2``) to the
+  ``anomaly_scorer_num_nn`` nearest bank entries (1 in their published runs) and its image
+  score the maximum patch score (no Eq. 7). ``scoring="paper"`` (default) follows the paper,
+  as anomalib does; ``scoring="authors"`` follows their code, with ``num_neighbours`` as
+  their ``anomaly_scorer_num_nn`` (set it to 1 for their runs). Squaring leaves the image
+  AUROC unchanged but not the smoothed maps.
 
 Taps. The paper uses WideResNet-50-2 ``layer2`` + ``layer3`` (the last blocks at strides 8
 and 16); that is the default for ResNet/WRN backbones here. On EfficientNet-Lite (our default
@@ -70,7 +77,7 @@ from anomjax.methods.feature_modeling.frozen_backbone import (
 )
 from anomjax.methods.hyper import hyper
 from anomjax.methods.protocol import FittedMethod
-from anomjax.nn.coreset import greedy_coreset, random_projection
+from anomjax.nn.coreset import greedy_coreset, mean_anchor_distance, random_projection
 from anomjax.nn.knn import caller_mesh, nearest_neighbours
 from anomjax.nn.patch_features import AGGREGATIONS, compact_patch_basis, local_patch_features
 from anomjax.scoring import to_scores
@@ -84,6 +91,12 @@ def default_layers(backbone: str) -> tuple[str, str]:
     if backbone.startswith("efficientnet_lite"):
         return ("stage3", "stage5")
     raise ValueError(f"no default PatchCore layers for backbone {backbone!r}; set layers=...")
+
+
+SCORINGS = ("paper", "authors")
+CORESET_STARTS = ("random", "authors")
+AUTHORS_ANCHORS = 10
+"""Random anchors of the authors' approximate greedy sampler (``number_of_starting_points``)."""
 
 
 def reweighted_image_score(patch_dist: jax.Array, patch_index: jax.Array,
@@ -140,7 +153,12 @@ class PatchCore(FittedMethod):
       target_dim: final patch feature dimension (1024).
       coreset_ratio: fraction of training patches kept in the bank (0.1; 1.0 keeps all).
       projection_dim: random projection dimension of the coreset selection (128).
-      num_neighbours: ``b`` of the image-score re-weighting (9; 1 = the plain maximum).
+      coreset_start: ``"random"`` (a random first patch) or ``"authors"`` (their approximate
+        sampler's mean distance to 10 random patches as initial bound).
+      scoring: ``"paper"`` (Euclidean distance, Eq. 7) or ``"authors"`` (mean squared
+        distance to the ``num_neighbours`` nearest entries, image score = max).
+      num_neighbours: ``b`` of the image-score re-weighting (9; 1 = the plain maximum); with
+        ``scoring="authors"`` the bank entries averaged per patch.
       sigma: Gaussian smoothing of the upsampled map, in pixels (4).
       bank_dtype: ``"float32"`` or ``"bfloat16"`` (half the bank memory).
       knn_block_mb: bound, in MiB, on each distance block of the nearest-neighbour search.
@@ -159,6 +177,8 @@ class PatchCore(FittedMethod):
     target_dim: int = hyper(1024, low=1, high=65536)
     coreset_ratio: float = hyper(0.1, low=0.0, high=1.0, low_open=True)
     projection_dim: int = hyper(128, low=1, high=65536)
+    coreset_start: str = hyper("random", choices=CORESET_STARTS)
+    scoring: str = hyper("paper", choices=SCORINGS)
     num_neighbours: int = hyper(9, low=1, high=1024)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
     bank_dtype: str = hyper("float32", choices=("float32", "bfloat16"))
@@ -184,6 +204,14 @@ class PatchCore(FittedMethod):
         return compact_patch_basis(tuple(channels), self.layer_dim, self.target_dim,
                                    self.patch_size, self.aggregation)
 
+    def draw_projection(self, key: jax.Array, dim: int) -> jax.Array:
+        """The coreset's random projection ``[dim, projection_dim]`` of compact features."""
+        return random_projection(key, dim, self.projection_dim)
+
+    def draw_anchors(self, key: jax.Array, n: int) -> jax.Array:
+        """``coreset_start="authors"``: the random anchor patches ``[min(10, n)]``."""
+        return jax.random.choice(key, n, (min(AUTHORS_ANCHORS, n),), replace=False)
+
     def embed(self, variables: State, basis: jax.Array, images: jax.Array) -> jax.Array:
         """Locally aware patch features ``[B, h, w, K]`` (compact coordinates) of images."""
         layers = self.feature_layers
@@ -195,7 +223,7 @@ class PatchCore(FittedMethod):
         key_backbone, key_projection, key_start = jax.random.split(key, 3)
         variables = load_variables(self.backbone, self.backbone_weights, key_backbone)
         basis = jnp.asarray(self.basis())
-        projection = random_projection(key_projection, basis.shape[1], self.projection_dim)
+        projection = self.draw_projection(key_projection, basis.shape[1])
         chunks, projected, batch_shape = [], [], None
         for batch in batches:
             images = host_images(batch.images, batch.paths)
@@ -217,16 +245,21 @@ class PatchCore(FittedMethod):
             bank = np.concatenate(chunks)
         else:
             projected = jnp.concatenate(projected)  # the per-batch pieces are freed here
-            start = jax.random.randint(key_start, (), 0, n)
-            coreset = greedy_coreset(projected, num_select, start=start, mesh=caller_mesh(),
-                                     disable=not self.progress)
+            bound = None
+            if self.coreset_start == "authors":
+                bound = mean_anchor_distance(projected, self.draw_anchors(key_start, n))
+                start = jnp.argmax(bound)
+            else:
+                start = jax.random.randint(key_start, (), 0, n)
+            coreset = greedy_coreset(projected, num_select, start=start, bound=bound,
+                                     mesh=caller_mesh(), disable=not self.progress)
             del projected
             bank = _gather_rows(chunks, coreset.indices)
         return {"backbone": variables, "basis": basis,
                 "bank": jnp.asarray(bank).astype(self.bank_dtype)}
 
     def score(self, state: State, images: jax.Array) -> Scores:
-        """Anomaly maps ``[B, H, W]`` and the paper's re-weighted image scores ``[B]``; jittable."""
+        """Anomaly maps ``[B, H, W]`` and image scores ``[B]`` (``scoring``); jittable."""
         images = jnp.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [B, H, W, 3], got shape {images.shape}")
@@ -241,6 +274,12 @@ class PatchCore(FittedMethod):
         flat = z.reshape(b * h * w, k)
         block = self.knn_block_mb * 2**20
         mesh = caller_mesh()
+        if self.scoring == "authors":
+            k_bank = min(self.num_neighbours, bank.shape[0])
+            dist, _ = nearest_neighbours(flat, bank, k_bank, max_block_bytes=block, mesh=mesh)
+            patch = jnp.mean(jnp.square(dist), axis=1).reshape(b, h, w)
+            return to_scores(patch, images.shape[1:3], self.sigma,
+                             image_score=jnp.max(patch, axis=(1, 2)))
         dist, index = nearest_neighbours(flat, bank, 1, max_block_bytes=block, mesh=mesh)
         dist = dist.reshape(b, h * w)
         image = reweighted_image_score(dist, index.reshape(b, h * w), z.reshape(b, h * w, k),
