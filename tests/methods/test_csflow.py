@@ -1,15 +1,17 @@
-"""CS-Flow: the authors' defaults, per-scale permutations, image score and maps from the
-latents, and a trained model that scores synthetic defects above normal regions."""
+"""CS-Flow: the authors' defaults, per-scale permutations, scoring from cached features, and a
+trained model that scores synthetic defects above normal regions (parity with the authors'
+code: tests/parity/test_parity_csflow.py)."""
 
 from __future__ import annotations
 
-import jax
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from anomjax.methods import make_method, method_config, method_from_config
-from anomjax.methods.flows.csflow import CSFlow, parallel_permutation
+from anomjax.methods.flows.csflow import MAP_MODES, CSFlow, parallel_permutation
 from anomjax.nn.flows import pack
 from tests.methods.trained_toy import assert_localises, train_and_score
 
@@ -27,6 +29,7 @@ def test_authors_defaults_and_registry():
     assert (m.coupling_blocks, m.hidden, m.kernel_size, m.last_kernel_size, m.clamp) == (
         4, 1024, 3, 5, 3.0)
     assert (m.learning_rate, m.weight_decay, m.max_grad_norm) == (2e-4, 1e-5, 1.0)
+    assert m.map_mode == "finest"
     assert [a.kernel_size for a, _ in m._subnets(192)] == [3, 3, 3, 5]
     assert make_method("csflow", {"tap": "stage3", "coupling_blocks": "2", "hidden": "32",
                                   "learning_rate": "0.002"}) == TINY
@@ -43,17 +46,24 @@ def test_parallel_permutation_permutes_each_scales_channels():
     np.testing.assert_allclose(flat[:, parallel_permutation(5, shapes)], want)
 
 
-def test_scores_are_the_half_squared_latents(trained):
-    state, test, scores = trained
+def test_scores_from_cached_features_equal_scores_from_images(trained):
+    """The formulas are pinned against the authors' code in tests/parity; here: scoring from
+    the engine's cached features is scoring from the images, in every map mode, and the maps
+    have the input's size."""
+    state, test, _ = trained
     images = jnp.asarray(test.images[:2])
-    z, _ = jax.jit(lambda p, st, x: TINY._latents(p, st, x)[:2])(state["params"], state,
-                                                                   images)
-    assert float(scores.image[0]) == pytest.approx(float(np.mean(np.asarray(z[0]) ** 2 / 2)),
-                                                   rel=1e-5)
-    maps = jax.eval_shape(TINY.frozen_features, state, images)
-    assert [m.shape[1:3] for m in maps] == [(16, 16), (8, 8), (4, 4)]
+    feats = TINY.frozen_features(state, images)
+    assert [m.shape[1:3] for m in feats] == [(16, 16), (8, 8), (4, 4)]
+    for mode in MAP_MODES:
+        method = dataclasses.replace(TINY, map_mode=mode)
+        plain, cached = method.score(state, images), method.score(state, images, feats)
+        np.testing.assert_allclose(cached.maps, plain.maps, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(cached.image, plain.image, rtol=1e-5)
+        assert plain.maps.shape == (2, SIZE, SIZE)
     with pytest.raises(ValueError, match="multiples of 32"):
         TINY.score(state, jnp.zeros((1, 48, 48, 3)))
+    with pytest.raises(ValueError, match="map_mode"):
+        make_method("csflow", {"map_mode": "max"})
 
 
 @pytest.mark.slow

@@ -8,8 +8,13 @@ halves of all scales at once, whose subnets are cross-scale convolutions (every 
 scale/shift sees its neighbouring scales) with log-scales ``clamp * 0.636 * atan(s /
 clamp)``. Training minimises ``mean(0.5 ||z||^2 - log|det J|) / D`` over all dimensions of
 the three scales. The image score is the mean of ``z^2 / 2`` over all positions, channels
-and scales (the authors' code); the map is, per scale, the mean over channels of ``z^2 / 2``
-at each position, upsampled bilinearly to the input and averaged over the scales.
+and scales (the authors' ``train.py``). The map (``map_mode``) is built from the per-position
+channel means of ``z^2``, upsampled bilinearly (half-pixel centres) to the input:
+
+* ``"finest"`` (default, the authors' ``evaluate.py``): the finest scale's ``mean_c z_0^2``;
+* ``"product"`` (anomalib's ``AnomalyMapGenerator``, mode ``ALL``): the product over the
+  three scales of the upsampled ``mean_c z_s^2``;
+* ``"mean"`` (ours): the mean over the three scales of the upsampled ``mean_c z_s^2 / 2``.
 
 Authors' defaults kept: 3 scales, 4 coupling blocks, hidden width 1024, kernel 3 in every
 block but the last (5), leaky-ReLU slope 0.1, learned output gains ``gamma`` starting at 0,
@@ -18,8 +23,9 @@ clamp 3, Adam lr 2e-4, eps 1e-4, weight decay 1e-5, gradients clipped to norm 1,
 
 Deviations: EfficientNet-B5's stride-32 features of the 768 px image (304 channels, maps
 24/12/6) become EfficientNet-Lite0 ``stage6`` (stride 32, 192 channels); the image size must
-be a multiple of 128 so that the three maps halve exactly. Combining the per-scale maps into
-one (mean of the upsampled maps) is ours: the paper shows per-scale ``z`` norms.
+be a multiple of 128 so that the three maps halve exactly. Parity with the authors' code
+(per coupling output, the whole chain's log-determinant, loss, gradients, one Adam step, maps
+and scores) is pinned by ``tests/parity/test_parity_csflow.py``.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from anomjax.scoring import to_scores, upsample
 from anomjax.types import Scores
 
 N_SCALES = 3  # the cross-scale convolutions connect exactly three scales
+MAP_MODES = ("finest", "product", "mean")
 
 
 def parallel_permutation(seed: int, shapes: list[tuple[int, int, int]]) -> np.ndarray:
@@ -82,6 +89,8 @@ class CSFlow(TrainedMethod):
       clamp: ``alpha`` of the atan soft clamp (authors: 3).
       learning_rate, weight_decay, max_grad_norm: Adam (authors: 2e-4, 1e-5, clip 1).
       sigma: Gaussian smoothing of the map in input pixels (authors: none).
+      map_mode: how the three scales' latents form the map (see the module docstring):
+        ``"finest"`` (authors), ``"product"`` (anomalib) or ``"mean"`` (ours).
     """
 
     name: ClassVar[str] = "csflow"
@@ -99,6 +108,7 @@ class CSFlow(TrainedMethod):
     weight_decay: float = hyper(1e-5, low=0.0, high=1.0)
     max_grad_norm: float = hyper(1.0, low=0.0, high=1e6, low_open=True)
     sigma: float = hyper(0.0, low=0.0, high=64.0)
+    map_mode: str = hyper("finest", choices=MAP_MODES)
 
     def _stride(self) -> int:
         info = teacher(self.backbone).taps.get(self.tap)
@@ -144,6 +154,12 @@ class CSFlow(TrainedMethod):
         sample = jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32)
         shapes = [m.shape[1:] for m in jax.eval_shape(self.frozen_features, {"frozen": frozen},
                                                       sample)]
+        return {"params": self.flow_params(key, shapes), "frozen": frozen}
+
+    def flow_params(self, key: jax.Array, shapes: list[tuple[int, int, int]]
+                    ) -> dict[str, Any]:
+        """``{"block{k}": {"first", "second"}}``: the cross-scale subnets' params for feature
+        maps of event ``shapes`` ``[(h_s, w_s, C)]`` (PyTorch's initialisation, gamma 0)."""
         channels = shapes[0][-1]
         half = channels // 2
         keys = jax.random.split(key, 2 * self.coupling_blocks)
@@ -154,7 +170,7 @@ class CSFlow(TrainedMethod):
                     jnp.zeros((1, h, w, channels - half)) for h, w, _ in shapes)),
                 "second": init_params(second, keys[2 * k + 1], tuple(
                     jnp.zeros((1, h, w, half)) for h, w, _ in shapes))}
-        return {"params": params, "frozen": frozen}
+        return params
 
     def optimizer(self, total_steps: int) -> optax.GradientTransformation:
         """The authors' Adam (eps 1e-4, weight decay 1e-5) after gradient clipping."""
@@ -180,13 +196,20 @@ class CSFlow(TrainedMethod):
         z, log_det, _ = self._latents(params, state, images, frozen)
         return jnp.mean(nll_per_dim(z, log_det)), {}
 
-    def score(self, state: State, images: jax.Array) -> Scores:
-        """Image = mean ``z^2 / 2``; map = mean over scales of upsampled per-position
-        channel means of ``z^2 / 2``."""
+    def score(self, state: State, images: jax.Array,
+              frozen: list[jax.Array] | None = None) -> Scores:
+        """Image = mean ``z^2 / 2``; map as ``map_mode`` says (module docstring); ``frozen``:
+        the encoder's features of ``images`` if already computed."""
         self._check(images)
         size = images.shape[1:3]
-        z, _, shapes = self._latents(state["params"], state, images)
-        half_sq = 0.5 * jnp.square(z)
-        maps = [upsample(jnp.mean(m, axis=-1), size) for m in unpack(half_sq, shapes)]
-        return to_scores(jnp.mean(jnp.stack(maps), axis=0), size, self.sigma,
-                         image_score=jnp.mean(half_sq, axis=-1))
+        z, _, shapes = self._latents(state["params"], state, images, frozen)
+        squared = jnp.square(z)
+        maps = [upsample(jnp.mean(m, axis=-1), size) for m in unpack(squared, shapes)]
+        if self.map_mode == "finest":
+            anomaly_map = maps[0]
+        elif self.map_mode == "product":
+            anomaly_map = jnp.prod(jnp.stack(maps), axis=0)
+        else:
+            anomaly_map = 0.5 * jnp.mean(jnp.stack(maps), axis=0)
+        return to_scores(anomaly_map, size, self.sigma,
+                         image_score=0.5 * jnp.mean(squared, axis=-1))

@@ -24,8 +24,17 @@ uniform in [-180, 180] degrees (torchvision ``RandomRotation(180)``, nearest nei
 zeros outside); test copies by the evenly spaced angles ``360 i / n_transforms_test`` (the
 authors' fixed-rotation mode, used for their gradient maps; their AUROC evaluation draws the
 test rotations at random), so scores are deterministic. The gradient of each copy is of its
-own loss (the authors' batch-mean loss scales every gradient by ``1 / batch``); gradients
-are rotated back bilinearly (the authors: SciPy cubic spline).
+own loss (the authors' batch-mean loss scales every gradient by ``1 / batch``, so their map
+is ours divided by ``batch^2``); gradients are rotated back bilinearly (the authors: SciPy
+cubic spline; equal at the quarter turns); the gradient is taken with respect to the
+``[0, 1]`` image (the authors': the ImageNet-normalised image, whose channels it divides by
+their std, 0.229 / 0.224 / 0.225, before the channel mean; equal up to a constant with
+Lite0's single scale). Scoring runs ``score_chunk`` images (each with its
+``n_transforms_test`` copies, forward and backward) per step of a loop, so memory does not
+grow with the evaluation batch (the authors score one image per batch). Parity with the
+authors' code (embedding, per coupling output, log-determinant, loss, gradients, one Adam
+step, rotated copies, image score and gradient map) is pinned by
+``tests/parity/test_parity_differnet.py``.
 """
 
 from __future__ import annotations
@@ -79,10 +88,13 @@ class DifferNet(TrainedMethod):
       learning_rate, weight_decay: Adam (authors: 2e-4, 1e-5; betas 0.8, eps 1e-4).
       grad_sigma: Gaussian smoothing of the gradients (authors: 3), ``sigma`` of the final
         map (authors: none).
+      score_chunk: images scored per step (each with ``n_transforms_test`` copies run forward
+        and backward together); the results do not depend on it, the memory does.
     """
 
     name: ClassVar[str] = "differnet"
     default_epochs: ClassVar[int] = 192  # 24 meta-epochs of 8 sub-epochs (authors' config)
+    default_batch_size: ClassVar[int] = 24  # the authors' config (x 4 rotated copies)
 
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None
@@ -98,6 +110,7 @@ class DifferNet(TrainedMethod):
     weight_decay: float = hyper(1e-5, low=0.0, high=1.0)
     grad_sigma: float = hyper(3.0, low=0.0, high=64.0)
     sigma: float = hyper(0.0, low=0.0, high=64.0)
+    score_chunk: int = hyper(1, low=1, high=4096)
 
     def _subnets(self, dim: int) -> tuple[FullyConnected, FullyConnected]:
         hidden = (self.fc_internal,) * self.fc_layers
@@ -129,15 +142,18 @@ class DifferNet(TrainedMethod):
         self._check(images)
         frozen = encoder_state(self.name, self.backbone, self.backbone_weights, self.taps)
         dims = [s.shape[-1] for s in feature_shapes(self.backbone, frozen, images, self.taps)]
-        dim = self.n_scales * sum(dims)
+        return {"params": self.flow_params(key, self.n_scales * sum(dims)), "frozen": frozen}
+
+    def flow_params(self, key: jax.Array, dim: int) -> dict[str, Any]:
+        """``{"block{k}": {"first", "second"}}``: the subnets' params of a flow over ``dim``
+        features (PyTorch's default initialisation)."""
         first, second = self._subnets(dim)
         half = dim // 2
         keys = jax.random.split(key, 2 * self.coupling_blocks)
-        params = {f"block{k}": {
+        return {f"block{k}": {
             "first": init_params(first, keys[2 * k], jnp.zeros((1, dim - half))),
             "second": init_params(second, keys[2 * k + 1], jnp.zeros((1, half)))}
             for k in range(self.coupling_blocks)}
-        return {"params": params, "frozen": frozen}
 
     def optimizer(self, total_steps: int) -> optax.GradientTransformation:
         """The authors' Adam: lr 2e-4, betas (0.8, 0.8), eps 1e-4, weight decay 1e-5."""
@@ -161,8 +177,21 @@ class DifferNet(TrainedMethod):
         return jnp.mean(nll), {}
 
     def score(self, state: State, images: jax.Array) -> Scores:
-        """Image score = mean ``z^2`` over the rotated copies; map = the gradient map."""
+        """Image score = mean ``z^2`` over the rotated copies; map = the gradient map. Runs
+        ``score_chunk`` images per step (:meth:`_score_chunk`)."""
         self._check(images)
+        b, h, w, c = images.shape
+        chunk = min(self.score_chunk, b)
+        n = -(-b // chunk)
+        padded = jnp.concatenate([images, jnp.zeros((n * chunk - b, h, w, c), images.dtype)])
+        maps, image = jax.lax.map(lambda x: self._score_chunk(state, x),
+                                  padded.reshape(n, chunk, h, w, c))
+        return to_scores(maps.reshape(-1, h, w)[:b], (h, w), self.sigma,
+                         image_score=image.reshape(-1)[:b])
+
+    def _score_chunk(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Gradient maps ``[B, H, W]`` and image scores ``[B]`` of ``images [B, H, W, 3]``
+        from their ``n_transforms_test`` copies, all in one program."""
         b, h, w, _ = images.shape
         t = self.n_transforms_test
         angles = jnp.tile(jnp.arange(t, dtype=jnp.float32) * 360.0 / t, b)
@@ -177,5 +206,4 @@ class DifferNet(TrainedMethod):
         channels = jnp.moveaxis(grads, -1, 1).reshape(-1, h, w)
         smooth = gaussian_blur(channels, self.grad_sigma).reshape(b, t * 3, h, w)
         maps = jnp.square(jnp.mean(jnp.abs(smooth), axis=1))
-        image = jnp.mean(z2.reshape(b, t), axis=1)
-        return to_scores(maps, (h, w), self.sigma, image_score=image)
+        return maps, jnp.mean(z2.reshape(b, t), axis=1)
