@@ -10,7 +10,8 @@ for the anomaly masks). ``loss.SSIM.__init__`` calls ``.cuda()``: the script mak
 
 Reduced widths (reconstructive 4, discriminative 4 instead of 128 / 64) on a ``[4, 3, 64, 64]``
 batch, computed in float64 (BatchNorm over small batches amplifies rounding: the reference's
-own float32 training-mode forward differs from its float64 one by 2e-4 to 6e-4 here); the full-width architecture is written as a parameter tree (``draem_tree.json``).
+own float32 training-mode forward differs from its float64 one by 2e-4 to 6e-4 here); the
+full-width architecture is written as a parameter tree (``draem_tree.json``).
 Every random draw of a training sample is an input of the fixture: the target images, the
 Perlin masks (thresholded at 0.5, drawn with the authors' generator and scales ``2^[0, 6)``),
 the opacities ``beta`` and the anomaly sources (uniform noise), blended as ``data_loader.py`` does
@@ -25,6 +26,7 @@ that anomjax implements (a recorded deviation).
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import sys
 from pathlib import Path
@@ -62,10 +64,11 @@ def anomaly_batch(perlin: ModuleType) -> dict[str, np.ndarray]:
     """Targets ``[B, H, W, 3]``, Perlin masks ``[B, H, W]``, opacities ``[B]`` and the
     augmented images ``[B, H, W, 3]``: uniform-noise sources blended as the authors'
     ``augment_image`` does."""
+    rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
     targets = np.stack([0.5 + 0.3 * np.sin(6 * xx + k) * np.cos(4 * yy - k) for k in range(3)],
-                       -1)[None] + 0.1 * np.random.rand(BATCH, SIZE, SIZE, 3)
-    sources = np.random.rand(BATCH, SIZE, SIZE, 3)
+                       -1)[None] + 0.1 * rng.random((BATCH, SIZE, SIZE, 3))
+    sources = rng.random((BATCH, SIZE, SIZE, 3))
     masks = np.zeros((BATCH, SIZE, SIZE, 1))
     betas = np.zeros(BATCH)
     for i in range(BATCH - 1):  # the last sample stays normal
@@ -128,18 +131,13 @@ def main() -> None:
     seg.train()
     optimizer = torch.optim.Adam([{"params": rec.parameters(), "lr": 1e-4},
                                   {"params": seg.parameters(), "lr": 1e-4}])
-    gray_rec = rec(augmented)
-    assert gray_rec.min() >= -0.5 and gray_rec.max() <= 128, "SSIM's value range must be 1"
-    out_mask = seg(torch.cat((gray_rec, augmented), dim=1))
-    out_mask_sm = torch.softmax(out_mask, dim=1)
-    l2 = torch.nn.modules.loss.MSELoss()(gray_rec, target)
-    ssim = loss.SSIM()(gray_rec, target)
-    focal = loss.FocalLoss()(out_mask_sm, mask)
-    total = l2 + ssim + focal
+    before = copy.deepcopy((rec, seg))
+    terms, gray_rec, out_mask = training_loss(loss, rec, seg, target, augmented, mask)
     optimizer.zero_grad()
-    total.backward()
-    grads = {**{f"rec.{k}": v for k, v in gradients(rec.named_parameters()).items()},
-             **{f"seg.{k}": v for k, v in gradients(seg.named_parameters()).items()}}
+    terms["loss"].backward()
+    grads = named_gradients(rec, seg)
+    terms["float32_gradient_error"] = float32_gradient_error(loss, *before, target, augmented,
+                                                             mask, grads)
     optimizer.step()
     stepped = {**{f"rec.{k}": v for k, v in state(rec).items()},
                **{f"seg.{k}": v for k, v in state(seg).items()}}
@@ -147,7 +145,7 @@ def main() -> None:
     save_fixture("draem", REFERENCE, weights=weights,
                  inputs=draws,
                  outputs={"rec_train": nhwc(gray_rec), "seg_train": nhwc(out_mask),
-                          "l2": l2, "ssim": ssim, "focal": focal, "loss": total,
+                          **terms,
                           "rec_eval": nhwc(rec_eval), "map": probs[:, 0],
                           "score": score, "score_scaled": score_scaled},
                  grads=grads, stepped=stepped)
@@ -155,6 +153,50 @@ def main() -> None:
     full_seg = model_unet.DiscriminativeSubNetwork(in_channels=6, out_channels=2)
     save_parameter_tree("draem", REFERENCE, torch.nn.ModuleDict({"rec": full_rec,
                                                                   "seg": full_seg}))
+
+
+def training_loss(loss: ModuleType, rec: torch.nn.Module, seg: torch.nn.Module,
+                  target: torch.Tensor, augmented: torch.Tensor, mask: torch.Tensor,
+                  sspcab_weight: float = 0.0
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """``train_DRAEM.py``'s loss terms (``l2``, ``ssim``, ``focal``, ``loss``; with
+    ``sspcab_weight``, ``sspcab`` = MSE of ``encoder.block5``'s input and output joins), the
+    reconstruction and the discriminative logits."""
+    block = {}
+    hook = rec.encoder.block5.register_forward_hook(
+        lambda module, inputs, output: block.update(input=inputs[0], output=output))
+    gray_rec = rec(augmented)
+    hook.remove()
+    assert gray_rec.min() >= -0.5 and gray_rec.max() <= 128, "SSIM's value range must be 1"
+    out_mask = seg(torch.cat((gray_rec, augmented), dim=1))
+    terms = {"l2": torch.nn.modules.loss.MSELoss()(gray_rec, target),
+             "ssim": loss.SSIM()(gray_rec, target),
+             "focal": loss.FocalLoss()(torch.softmax(out_mask, dim=1), mask)}
+    total = terms["l2"] + terms["ssim"] + terms["focal"]
+    if sspcab_weight:
+        terms["sspcab"] = torch.nn.MSELoss()(block["input"], block["output"])
+        total = total + sspcab_weight * terms["sspcab"]
+    return {**terms, "loss": total}, gray_rec, out_mask
+
+
+def named_gradients(rec: torch.nn.Module, seg: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {**{f"rec.{k}": v for k, v in gradients(rec.named_parameters()).items()},
+            **{f"seg.{k}": v for k, v in gradients(seg.named_parameters()).items()}}
+
+
+def float32_gradient_error(loss: ModuleType, rec: torch.nn.Module, seg: torch.nn.Module,
+                           target: torch.Tensor, augmented: torch.Tensor, mask: torch.Tensor,
+                           grads: dict[str, np.ndarray], sspcab_weight: float = 0.0) -> float:
+    """``max |g32 - g| / max |g|`` over every parameter: how far the reference's own float32
+    gradient on this batch is from its float64 one ``grads`` (``rec``, ``seg``: the float64
+    networks before the step, consumed)."""
+    rec, seg = rec.float(), seg.float()
+    terms, _, _ = training_loss(loss, rec, seg, target.float(), augmented.float(), mask.float(),
+                                sspcab_weight)
+    terms["loss"].backward()
+    ours = named_gradients(rec, seg)
+    return float(max(np.abs(ours[k] - grads[k]).max() for k in grads)
+                 / max(np.abs(g).max() for g in grads.values()))
 
 
 def load_train_helpers(root: Path) -> ModuleType:

@@ -20,10 +20,14 @@ from anomjax.train.step import make_train_step
 from tests.parity.parity_harness import GRADIENT_TOL, Fixture, parameter_tree
 
 FX = Fixture("draem")
-# Train-mode BatchNorm over this small batch amplifies rounding: the reference's own float32
-# gradient differs from its float64 one (the fixture) by 2e-2 of the largest gradient, ours
-# by 2.5e-3; per parameter tensor the smallest gradients (3e-5) hold mostly rounding noise.
-WHOLE_GRADIENT_TOL = 5e-3
+
+
+def whole_gradient_tol(fx: Fixture) -> float:
+    """Tolerance of the whole-gradient comparison: train-mode BatchNorm over this small batch
+    amplifies rounding, so the reference's own float32 gradient is far from its float64 one
+    (the fixture's; 1.5e-2 of the largest gradient for DRAEM, 2.9e-2 with SSPCAB): ours must
+    be no further (and per parameter tensor the smallest gradients are mostly noise)."""
+    return max(GRADIENT_TOL, float(fx.output("float32_gradient_error")))
 METHOD = DRAEM(rec_width=4, seg_width=4)
 TARGET, AUGMENTED, MASK = (jnp.asarray(FX.input(k)) for k in ("target", "augmented", "mask"))
 
@@ -75,12 +79,12 @@ def template(method: DRAEM) -> dict[str, Any]:
         TARGET.shape, jnp.float32))
 
 
-def reference_state(method: DRAEM, group: str = "weights") -> dict[str, Any]:
-    """Our state with both networks' variables from the fixture's ``group`` (``grads``:
-    params only)."""
+def reference_state(method: DRAEM, group: str = "weights", fx: Fixture = FX) -> dict[str, Any]:
+    """Our state with both networks' variables from ``fx``'s ``group`` (``grads``: params
+    only)."""
     shapes = template(method)
     collections = ("params",) if group == "grads" else ("params", "batch_stats")
-    nets = {net: FX.variables({c: shapes[c][net] for c in collections},
+    nets = {net: fx.variables({c: shapes[c][net] for c in collections},
                               rec_key(method.sspcab) if net == "rec" else seg_key, group,
                               prefix=f"{net}.")
             for net in ("rec", "seg")}
@@ -147,7 +151,7 @@ def test_draem_loss_gradients_and_one_adam_step():
                                           reference_state(METHOD, "grads")["params"]))
     FX.close("gradients (whole vector, relative to the largest)",
              np.concatenate([np.ravel(g) for g in grads.values()]),
-             np.concatenate([np.ravel(g) for g in ref_grads.values()]), WHOLE_GRADIENT_TOL)
+             np.concatenate([np.ravel(g) for g in ref_grads.values()]), whole_gradient_tol(FX))
     stepped = reference_state(METHOD, "stepped")
     FX.close("train step params (whole vector, relative to the largest)",
              np.concatenate([np.ravel(p) for p in flat(new.params).values()]),
