@@ -6,10 +6,10 @@ keys and images. Random sizes and positions are realised with masks and gathers 
 than dynamic slices.
 
 * :func:`perlin_noise`, :func:`perlin_mask`, :func:`augment_source`, :func:`draem_augment`:
-  DRAEM (Zavrtanik et al., ICCV 2021): thresholded, rotated Perlin noise selects where an
-  anomaly-source texture, changed by three of DRAEM's ten augmenters, is blended in with
-  opacity ``1 - beta``, ``beta ~ U(0, 0.8)``; half the samples stay normal. The augmenters
-  re-implement imgaug's in JAX (hue/saturation and sharpness approximately).
+  DRAEM (Zavrtanik et al., ICCV 2021): thresholded Perlin noise, rotated as an image,
+  selects where an anomaly-source texture, changed by three of DRAEM's ten augmenters, is
+  blended in with opacity ``1 - beta``, ``beta ~ U(0, 0.8)``; half the samples stay normal.
+  The augmenters re-implement imgaug's in JAX (hue/saturation and sharpness approximately).
 * :func:`cutpaste`, :func:`cutpaste_scar`: CutPaste (Li et al., CVPR 2021): a rectangle of
   2-15 % of the image area, aspect ratio in ``[0.3, 3.3]``, or a thin rotated "scar"
   (width 2-16, height 10-25 px, rotation +-45 degrees, at 256 px), colour-jittered and pasted
@@ -43,22 +43,19 @@ def _fade(t: Array) -> Array:
     return t * t * t * (t * (t * 6 - 15) + 10)
 
 
-def perlin_noise(key: Array, shape: tuple[int, int], res: tuple[Array | float, Array | float],
-                 angle: Array | float = 0.0) -> Array:
+def perlin_noise(key: Array, shape: tuple[int, int], res: tuple[Array | float, Array | float]
+                 ) -> Array:
     """2-D Perlin gradient noise ``[H, W]`` with ``res`` lattice cells along (y, x).
 
-    ``res`` and ``angle`` (radians, rotation about the image centre) may be traced values.
-    Scaled by ``sqrt(2)`` like DRAEM's generator, so values lie in about ``[-1, 1]``.
+    ``res`` may be traced values. Scaled by ``sqrt(2)`` like DRAEM's generator, so values lie
+    in about ``[-1, 1]``.
     """
     h, w = shape
     k_perm, k_grad = jax.random.split(key)
     perm = jax.random.permutation(k_perm, 256)
     grad_angle = jax.random.uniform(k_grad, (256,), maxval=2 * jnp.pi)
-    y = jnp.arange(h, dtype=jnp.float32)[:, None] + 0.5 - h / 2
-    x = jnp.arange(w, dtype=jnp.float32)[None, :] + 0.5 - w / 2
-    c, s = jnp.cos(angle), jnp.sin(angle)
-    yr, xr = c * y - s * x + h / 2, s * y + c * x + w / 2
-    ly, lx = yr / h * res[0], xr / w * res[1]
+    ly = jnp.arange(h, dtype=jnp.float32)[:, None] / h * res[0]
+    lx = jnp.arange(w, dtype=jnp.float32)[None, :] / w * res[1]
     iy, ix = jnp.floor(ly).astype(jnp.int32), jnp.floor(lx).astype(jnp.int32)
     fy, fx = ly - iy, lx - ix
 
@@ -76,13 +73,15 @@ def perlin_noise(key: Array, shape: tuple[int, int], res: tuple[Array | float, A
 def perlin_mask(key: Array, shape: tuple[int, int], min_scale: int = 0, max_scale: int = 6,
                 threshold: float = 0.5) -> Array:
     """DRAEM's anomaly mask ``[H, W]`` float32 {0, 1}: Perlin noise with ``2**k`` cells per
-    axis (``k`` uniform in ``[min_scale, max_scale)`` per axis), rotated by U(-90, 90) degrees,
-    thresholded at ``threshold``."""
+    axis (``k`` uniform in ``[min_scale, max_scale)`` per axis), rotated by U(-90, 90) degrees
+    as an image (:func:`rotate_image`: bilinear, zero outside, so the rotated-out corners
+    hold no anomaly, as in DRAEM's ``iaa.Affine`` rotation of the noise), thresholded at
+    ``threshold``."""
     k_noise, k_y, k_x, k_rot = jax.random.split(key, 4)
     res_y = 2.0 ** jax.random.randint(k_y, (), min_scale, max_scale)
     res_x = 2.0 ** jax.random.randint(k_x, (), min_scale, max_scale)
     angle = jax.random.uniform(k_rot, (), minval=-jnp.pi / 2, maxval=jnp.pi / 2)
-    noise = perlin_noise(k_noise, shape, (res_y, res_x), angle)
+    noise = rotate_image(perlin_noise(k_noise, shape, (res_y, res_x))[..., None], angle)[..., 0]
     return (noise > threshold).astype(jnp.float32)
 
 
@@ -160,21 +159,32 @@ def _equalize(key: Array, x: Array) -> Array:
 
 
 def rotate_image(x: Array, theta: Array | float) -> Array:
-    """``x [H, W, C]`` rotated by ``theta`` radians about its centre (nearest neighbour, black
-    outside), like imgaug's ``Affine(rotate=...)`` with its defaults."""
+    """``x [H, W, C]`` rotated by ``theta`` radians about its centre: bilinear interpolation,
+    zero outside (imgaug's ``Affine(rotate=...)`` defaults ``order=1``, ``mode="constant"``,
+    ``cval=0``, as DRAEM uses it; imgaug's OpenCV backend quantises the sub-pixel offsets to
+    1/32 px, here they are exact). Neighbours outside the image count as 0, so the border
+    blends into black as in ``cv2.warpAffine``."""
     h, w = x.shape[:2]
     yy, xx = _grid((h, w))
-    dy, dx = yy + 0.5 - h / 2, xx + 0.5 - w / 2
-    sy = jnp.cos(theta) * dy - jnp.sin(theta) * dx + h / 2
-    sx = jnp.sin(theta) * dy + jnp.cos(theta) * dx + w / 2
-    inside = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
-    iy = jnp.clip(jnp.floor(sy), 0, h - 1).astype(jnp.int32)
-    ix = jnp.clip(jnp.floor(sx), 0, w - 1).astype(jnp.int32)
-    return jnp.where(inside[..., None], x[iy, ix], 0.0)
+    dy, dx = yy - (h - 1) / 2, xx - (w - 1) / 2
+    sy = jnp.cos(theta) * dy - jnp.sin(theta) * dx + (h - 1) / 2
+    sx = jnp.sin(theta) * dy + jnp.cos(theta) * dx + (w - 1) / 2
+    y0, x0 = jnp.floor(sy), jnp.floor(sx)
+    fy, fx = (sy - y0)[..., None], (sx - x0)[..., None]
+
+    def tap(iy: Array, ix: Array) -> Array:
+        inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+        value = x[jnp.clip(iy, 0, h - 1).astype(jnp.int32),
+                  jnp.clip(ix, 0, w - 1).astype(jnp.int32)]
+        return jnp.where(inside[..., None], value, 0.0)
+
+    top = tap(y0, x0) * (1 - fx) + tap(y0, x0 + 1) * fx
+    bottom = tap(y0 + 1, x0) * (1 - fx) + tap(y0 + 1, x0 + 1) * fx
+    return (top * (1 - fy) + bottom * fy).astype(x.dtype)
 
 
 def _rotate(key: Array, x: Array) -> Array:
-    """Rotate by up to +-45 degrees about the centre (nearest neighbour, black outside)."""
+    """Rotate by up to +-45 degrees about the centre (bilinear, black outside)."""
     return rotate_image(x, jnp.deg2rad(_uniform(key, -45.0, 45.0)))
 
 

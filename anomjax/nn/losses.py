@@ -8,7 +8,9 @@ by ``data_range``); maps are ``[B, H, W]`` (averaged over channels). Every convo
 * :func:`ssim_map`, :func:`ssim_loss`: SSIM (Wang et al. 2004) with an 11-tap Gaussian window
   (sigma 1.5), ``K1 = 0.01``, ``K2 = 0.03``, population (co)variances and reflect padding,
   the same map as ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-  use_sample_covariance=False, full=True)``.
+  use_sample_covariance=False, full=True)``; ``padding="zero"`` zero-pads the local moments
+  instead, as the ``pytorch-ssim`` code that DRAEM and RIAD use does (``F.conv2d(...,
+  padding=window // 2)``).
 * :func:`gms_map`, :func:`msgms_map`, :func:`msgms_loss`: multi-scale gradient magnitude
   similarity as RIAD (Zavrtanik et al., Pattern Recognition 2021) defines it: Prewitt
   gradient magnitudes (3x3 kernels / 3, zero padding) of both images, ``GMS = (2 g1 g2 + c)
@@ -65,20 +67,30 @@ def _gaussian_taps(size: int, sigma: float) -> jax.Array:
     return k / jnp.sum(k)
 
 
-def _gaussian_filter(x: jax.Array, size: int, sigma: float) -> jax.Array:
-    """Separable Gaussian of ``[N, 1, H, W]`` with reflect (``scipy`` "reflect") padding."""
+SSIM_PADDINGS = ("reflect", "zero")
+
+
+def _gaussian_filter(x: jax.Array, size: int, sigma: float, padding: str = "reflect"
+                     ) -> jax.Array:
+    """Separable Gaussian of ``[N, 1, H, W]`` with reflect (``scipy`` "reflect") or zero
+    padding."""
+    if padding not in SSIM_PADDINGS:
+        raise ValueError(f"padding must be one of {SSIM_PADDINGS}, got {padding!r}")
     r = (size - 1) // 2
     taps = _gaussian_taps(size, sigma)
-    x = jnp.pad(x, ((0, 0), (0, 0), (r, r), (r, r)), mode="symmetric")
+    x = jnp.pad(x, ((0, 0), (0, 0), (r, r), (r, r)),
+                mode="symmetric" if padding == "reflect" else "constant")
     return _conv(_conv(x, taps[:, None]), taps[None, :])
 
 
 def ssim_map(x: jax.Array, y: jax.Array, *, data_range: float = 1.0, window: int = 11,
-             sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> jax.Array:
+             sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03,
+             padding: str = "reflect") -> jax.Array:
     """Per-pixel SSIM of ``x`` and ``y`` ``[B, H, W, C]``, averaged over channels: ``[B, H, W]``.
 
     Local means, variances and covariance are Gaussian-weighted (``window`` taps, ``sigma``),
-    population estimates; ``C1 = (k1 * data_range)^2``, ``C2 = (k2 * data_range)^2``.
+    population estimates; ``C1 = (k1 * data_range)^2``, ``C2 = (k2 * data_range)^2``;
+    ``padding`` (``"reflect"`` or ``"zero"``) extends the images for the local moments.
     """
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"ssim_map needs two [B, H, W, C] images of one shape, got {x.shape} "
@@ -86,7 +98,7 @@ def ssim_map(x: jax.Array, y: jax.Array, *, data_range: float = 1.0, window: int
     b, h, w, c = x.shape
     px, py = _per_channel(x), _per_channel(y)
     stats = _gaussian_filter(jnp.concatenate([px, py, px * px, py * py, px * py]),
-                             window, sigma)  # filter all five moments in one pass
+                             window, sigma, padding)  # all five moments in one pass
     ux, uy, uxx, uyy, uxy = jnp.split(stats[:, 0], 5)
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
@@ -94,9 +106,10 @@ def ssim_map(x: jax.Array, y: jax.Array, *, data_range: float = 1.0, window: int
     return jnp.mean(s.reshape(b, c, h, w), axis=1)
 
 
-def ssim_loss(x: jax.Array, y: jax.Array, *, data_range: float = 1.0) -> jax.Array:
+def ssim_loss(x: jax.Array, y: jax.Array, *, data_range: float = 1.0,
+              padding: str = "reflect") -> jax.Array:
     """``1 - mean SSIM`` over all pixels of the batch (a scalar to minimise)."""
-    return 1.0 - jnp.mean(ssim_map(x, y, data_range=data_range))
+    return 1.0 - jnp.mean(ssim_map(x, y, data_range=data_range, padding=padding))
 
 
 _PREWITT_X = np.asarray([[1.0, 0.0, -1.0]] * 3, np.float32) / 3.0

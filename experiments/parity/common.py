@@ -34,7 +34,7 @@ def seed_everything(seed: int) -> None:
 
 def to_numpy(value: torch.Tensor | np.ndarray | float) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
+        return value.detach().cpu().numpy().copy()  # a copy: later steps change tensors in place
     return np.asarray(value)
 
 

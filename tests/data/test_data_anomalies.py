@@ -116,8 +116,32 @@ def test_draem_source_augmenters():
 def test_rotate_image_by_quarter_turns_is_a_permutation(image):
     quarter = np.asarray(jax.jit(anomalies.rotate_image)(image, jnp.pi / 2))
     candidates = [np.rot90(np.asarray(image), k, axes=(0, 1)) for k in (1, 3)]
-    assert any(np.array_equal(quarter, c) for c in candidates)
+    assert any(np.allclose(quarter, c, atol=1e-5) for c in candidates)
     np.testing.assert_array_equal(anomalies.rotate_image(image, 0.0), image)
+
+
+def test_rotate_image_is_bilinear_with_zero_outside_as_imgaug_affine(image):
+    """Against scipy's order-1 rotation with a zero ("grid-constant") outside: imgaug's
+    ``Affine(rotate=...)`` defaults (``order=1``, ``cval=0``), which DRAEM uses."""
+    from scipy import ndimage
+
+    x = np.asarray(image, np.float64)
+    ours = np.asarray(anomalies.rotate_image(image, jnp.deg2rad(30.0)))
+    # scipy's angle turns the other way; the angles drawn are symmetric about 0.
+    want = ndimage.rotate(x, -30.0, axes=(0, 1), reshape=False, order=1, mode="grid-constant",
+                          cval=0.0)
+    np.testing.assert_allclose(ours, want, atol=1e-5)
+
+
+def test_perlin_mask_corners_rotated_out_hold_no_anomaly():
+    """The noise is rotated as an image with a zero fill (DRAEM's ``iaa.Affine`` on the
+    noise), so a corner, outside the rotated square for any angle above ~1 degree, is never
+    anomalous, while the image centre often is."""
+    masks = jax.jit(jax.vmap(lambda k: anomalies.perlin_mask(k, (H, W))))(
+        jax.random.split(jax.random.key(5), 64))
+    masks = np.asarray(masks)
+    assert masks[:, 0, 0].sum() == 0 and masks[:, -1, -1].sum() == 0
+    assert masks[:, H // 2 - 4:H // 2 + 4, W // 2 - 4:W // 2 + 4].max((1, 2)).sum() >= 8
 
 
 def test_draem_sample_rotates_the_target_and_augments_it(image):

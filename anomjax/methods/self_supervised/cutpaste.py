@@ -18,9 +18,12 @@ pixels with Gaussian receptive-field upsampling (:mod:`anomjax.nn.receptive_upsa
 ``upsample_sigma``; normalised by the summed weights, i.e. a Gaussian-weighted mean of the
 overlapping patches).
 
-Paper / reference defaults kept: SGD lr 0.03, momentum 0.9, weight decay 3e-5, cosine decay,
-256 epochs, an MLP head of eight 512-unit layers then 128 (each Linear + BatchNorm + ReLU),
-patches of 64 px (at 256 px images) with stride 4, BatchNorm in training mode while training.
+``tests/parity/test_parity_cutpaste.py`` pins the head, the 3-way loss, its gradient, one SGD
+step and the density score to the unofficial PyTorch port ``Runinho/pytorch-cutpaste`` (the
+authors' code is TensorFlow). Paper / reference defaults kept: SGD lr 0.03, momentum 0.9,
+weight decay 3e-5, cosine decay, 256 epochs, an MLP head of eight 512-unit layers then 128
+(each Linear + BatchNorm + ReLU), patches of 64 px (at 256 px images) with stride 4, BatchNorm
+in training mode while training.
 Deviations: the paper's ResNet-18 (ImageNet-pretrained) is replaced by EfficientNet-Lite0
 (pretrained, trained end to end) pooled at ``tap`` (``stage7``, 320-d); the reference's
 20-epoch backbone freeze is not done; scar sizes (2-16 x 10-25 px at 256 px) and the patch
@@ -165,11 +168,18 @@ class CutPaste(TrainedMethod):
                          logits=False)
         feats, new_b = (out[0], out[1]["batch_stats"]) if train else (out, None)
         emb = jnp.mean(feats[self.tap].astype(jnp.float32), axis=(1, 2))
-        out = apply_with(ProjectionHead(tuple(self.head_widths)),
-                         {"params": params["head"], "batch_stats": stats["head"]}, emb,
-                         interceptors=interceptors, mutable=mutable)
-        logits, new_h = (out[0], out[1]["batch_stats"]) if train else (out, None)
+        logits, new_h = self.head(params["head"], stats["head"], emb, train)
         return emb, logits, {"backbone": new_b, "head": new_h}
+
+    def head(self, params: Any, stats: Any, embeddings: jax.Array, train: bool
+             ) -> tuple[jax.Array, Any]:
+        """``(logits [N, 3], new batch_stats or None)`` of the projection head on pooled
+        embeddings ``[N, D]`` (BatchNorm on batch statistics when ``train``)."""
+        interceptors = [batch_norm_in_train_mode(0.9)] if train else []
+        out = apply_with(ProjectionHead(tuple(self.head_widths)),
+                         {"params": params, "batch_stats": stats}, embeddings,
+                         interceptors=interceptors, mutable=["batch_stats"] if train else False)
+        return (out[0], out[1]["batch_stats"]) if train else (out, None)
 
     def augmented_batches(self, images: jax.Array, key: jax.Array
                           ) -> dict[str, tuple[jax.Array, jax.Array]]:

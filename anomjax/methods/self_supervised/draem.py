@@ -9,8 +9,11 @@ reconstructive subnetwork maps the augmented image back to the normal one (loss 
 ``1 - SSIM`` with an 11-tap Gaussian window), and the discriminative subnetwork sees the
 reconstruction concatenated with the augmented image and segments the anomaly (focal loss,
 ``gamma = 2``, on its softmax). Test: the map is the softmax probability of the anomaly
-class; the image score is the maximum of that map mean-filtered with a ``21 x 21`` window
-(zero padding counted, PyTorch ``avg_pool2d(21, stride=1, padding=10)``).
+class; the image score is the maximum of that map mean-filtered with the authors' ``21 x 21``
+window (zero padding counted, PyTorch ``avg_pool2d(21, stride=1, padding=10)``) at their
+256 px. By default (``scale_filter=True``) the window scales with the image: ``21 * side /
+256`` rounded to an odd size (5 at 64 px, where 21 would be a third of the image);
+``scale_filter=False`` keeps the authors' fixed 21 at every size.
 
 Anomaly source: ``texture_dir`` is a folder of texture images (the paper's DTD, not available
 offline), read and resized once in ``init``. Without it the source is, for each sample, with
@@ -23,10 +26,13 @@ As in the authors' code (``train_DRAEM.py``, ``test_DRAEM.py``, ``model_unet.py`
 subnetworks, the rate multiplied by 0.2 at 80 % and 90 % of training (here of the run's
 steps), 700 epochs (``default_epochs``), their focal loss (probabilities clamped as
 ``one_hot`` in ``[1e-5, 1 - 1e-5]``, ``pt + 1e-5``), no smoothing of the pixel map, BatchNorm
-in training mode while training. Deviations: the SSIM uses reflect padding
-(:mod:`anomjax.nn.losses`, as scikit-image) where the authors zero-pad; the imgaug
+in training mode while training, their SSIM (zero padding, ``ssim_padding="zero"``;
+``"reflect"`` pads as scikit-image). Deviations: the authors' SSIM takes its value range from
+the reconstruction (2 once it dips below -0.5, 255 above 128), here it is always 1; the imgaug
 augmenters are re-implemented approximately (see :mod:`anomjax.data.anomalies`); images
-must have sides divisible by 32.
+must have sides divisible by 32. ``experiments/parity/draem.py`` and
+``tests/parity/test_parity_draem.py`` pin the networks, the loss, its gradient, one Adam
+step, the map and the score to the authors' code.
 
 SSPCAB (``sspcab=True``): the last block of the reconstructive encoder is replaced by an
 SSPCAB layer (:mod:`anomjax.nn.sspcab`) and ``sspcab_lambda * MSE(block output, block input)``
@@ -50,7 +56,7 @@ from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.self_supervised.common import mean_filter
 from anomjax.methods.self_supervised.unet import ReconstructiveNet, UNet
 from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
-from anomjax.nn.losses import l2_loss, ssim_loss
+from anomjax.nn.losses import SSIM_PADDINGS, l2_loss, ssim_loss
 from anomjax.nn.sspcab import sspcab_loss
 from anomjax.scoring import gaussian_blur
 from anomjax.types import Scores
@@ -85,7 +91,9 @@ class DRAEM(TrainedMethod):
       p_anomaly, beta_max, p_rotate: DRAEM's anomaly probability, maximum opacity factor and
         image-rotation probability.
       sspcab, sspcab_lambda: DRAEM + SSPCAB and the weight of SSPCAB's loss.
-      filter_size: the mean filter of the image score.
+      filter_size, scale_filter: the mean filter of the image score at 256 px, and whether
+        it scales with the image size (:meth:`score_filter`).
+      ssim_padding: ``"zero"`` (the authors') or ``"reflect"`` padding of the SSIM loss.
       sigma: optional Gaussian smoothing of the pixel map (0, as in the paper).
     """
 
@@ -103,6 +111,8 @@ class DRAEM(TrainedMethod):
     sspcab: bool = False
     sspcab_lambda: float = hyper(0.1, low=0.0)
     filter_size: int = hyper(21, low=1)
+    scale_filter: bool = True
+    ssim_padding: str = hyper("zero", choices=SSIM_PADDINGS)
     sigma: float = hyper(0.0, low=0.0, high=64.0)
 
     def _nets(self, precision: Any = None) -> tuple[ReconstructiveNet, UNet]:
@@ -154,7 +164,13 @@ class DRAEM(TrainedMethod):
     def loss(self, params: Any, state: State, images: jax.Array,
              key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
         """``L2 + SSIM + focal (+ sspcab_lambda * SSPCAB)`` on a batch of made anomalies."""
-        targets, augmented, masks = self.anomaly_batch(state, images, key)
+        return self.batch_loss(params, state, *self.anomaly_batch(state, images, key))
+
+    def batch_loss(self, params: Any, state: State, targets: jax.Array, augmented: jax.Array,
+                   masks: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        """The loss of one made batch: reconstruction targets and augmented inputs ``[B, H, W,
+        3]``, anomaly masks ``[B, H, W]`` in {0, 1}; aux holds each term and the new
+        ``batch_stats``."""
         rec_net, seg_net = self._nets()
         train = [batch_norm_in_train_mode(0.9)]
         stats = state["batch_stats"]
@@ -166,7 +182,7 @@ class DRAEM(TrainedMethod):
             jnp.concatenate([rec, augmented], axis=-1), interceptors=train,
             mutable=["batch_stats"])
         l2 = l2_loss(rec, targets)
-        ssim = ssim_loss(rec, targets)
+        ssim = ssim_loss(rec, targets, padding=self.ssim_padding)
         focal = focal_loss(jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
                            masks.astype(jnp.int32))
         total = l2 + ssim + focal
@@ -188,9 +204,20 @@ class DRAEM(TrainedMethod):
                                jnp.concatenate([rec, images], axis=-1))
         return rec, jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
 
+    def score_filter(self, shape: tuple[int, int]) -> int:
+        """Side of the image score's mean filter for images of ``shape`` ``(H, W)``:
+        ``filter_size`` times the smaller side / 256, rounded to an odd size (at least 1);
+        ``filter_size`` itself with ``scale_filter=False``."""
+        if not self.scale_filter:
+            return self.filter_size
+        side = max(1, round(self.filter_size * min(shape) / 256))
+        return side if side % 2 else side + 1
+
     def score(self, state: State, images: jax.Array) -> Scores:
-        """Map = anomaly probability; image score = max of its ``filter_size`` mean filter."""
+        """Map = anomaly probability; image score = max of its :meth:`score_filter` mean
+        filter."""
         check_images(self.name, images, multiple=32)
         _, probs = self.reconstruct_and_segment(state, images)
-        image = jnp.max(mean_filter(probs, self.filter_size), axis=(1, 2))
+        size = self.score_filter(tuple(images.shape[1:3]))
+        image = jnp.max(mean_filter(probs, size), axis=(1, 2))
         return Scores(image=image, maps=gaussian_blur(probs, self.sigma))
