@@ -78,23 +78,26 @@ def close_rows(fx: Fixture, what: str, group: str, ours: Mapping[str, np.ndarray
 
 
 def close_adam_step(fx: Fixture, what: str, ours: Mapping[str, np.ndarray],
-                    reference: Mapping[str, np.ndarray], floor: float = 1e-6) -> float:
+                    reference: Mapping[str, np.ndarray], floor: float = 1e-6,
+                    relative_floor: float = 1e-3) -> float:
     """Compare the first rows of our parameters after one Adam step with ``reference`` (the
-    reference's first rows), on the entries whose reference gradient is at least ``floor``.
+    reference's first rows), on the entries whose reference gradient is at least ``floor`` and
+    ``relative_floor`` times the largest of its tensor.
 
     Adam's first step moves each entry by ``lr g / (|g| + eps)`` (eps 1e-8): where ``|g|`` is
     within a hundred ``eps`` of zero, a float32 rounding difference of ``1e-8`` in ``g`` moves
-    the entry by a sizeable part of ``lr``, so the step is compared only where it is well
-    determined; the fraction left out is recorded as ``<what>: entries left out`` (at most a
+    the entry by a sizeable part of ``lr``, and where ``g`` is within the float32 rounding of
+    its tensor's largest entries of zero its sign (so the step's) is not determined either;
+    so the step is compared only where it is well determined; the fraction left out is recorded as ``<what>: entries left out`` (at most a
     quarter). :func:`close_optimizer_trace` pins the optimiser's settings exactly.
     """
     grads = fx.group("grads")
     ours_kept, left_out, total = {}, 0, 0
     for k, ref in reference.items():
-        keep = np.abs(grads[k]) >= floor
+        keep = np.abs(grads[k]) >= max(floor, relative_floor * np.abs(grads[k]).max())
         ours_kept[k] = np.where(keep, np.asarray(ours[k])[:ROWS], ref)
         left_out, total = left_out + int((~keep).sum()), total + keep.size
-    fx.close(f"{what}: entries left out (|g| < {floor:g})", left_out / total, 0.0, 0.25)
+    fx.close(f"{what}: entries left out (small |g|)", left_out / total, 0.0, 0.25)
     return fx.close(what, ours_kept, dict(reference), GRADIENT_TOL)
 
 
