@@ -13,8 +13,8 @@ ResNet-18 source (taps ``layer1..4``, strides 4-32, post-ReLU like VGG's pools),
 give the 13-entry list the reference's loss indexes at ``[3, 6, 9, 12]``; the cloner follows
 the ``'B'`` pattern with the source's channels (64/128/256/512 at the four taps;
 ``mkd_tree.json`` holds the shipped ``'B'`` cloner for VGG16's channels). The source is seeded
-(``distillation_torch``, seed 0); the cloner's weights are stored (seed 1). The fixture keeps the first 16 channels of each network's tapped maps, and
-the GBP gradient as ``sum_c |g|``.
+(``distillation_torch``, seed 0); the cloner's weights are stored (seed 1). The fixture keeps
+the first 16 channels of each network's tapped maps, and the GBP gradient as ``sum_c |g|``.
 
 The authors' code runs on CUDA: ``Tensor.cuda`` and ``Tensor.to("cuda:0")`` are made no-ops to
 run it on the CPU.
@@ -94,9 +94,9 @@ def main() -> None:
     to = torch.Tensor.to
     torch.Tensor.to = lambda self, *a, **k: self if a and str(a[0]).startswith("cuda") \
         else to(self, *a, **k)
+    import test_functions
     from loss_functions import MseDirectionLoss
     from models.network import make_arch
-    import test_functions
     from test_functions import detection_test, gbp_localization
 
     seed_everything(0)
