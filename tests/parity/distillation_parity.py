@@ -89,7 +89,8 @@ def close_adam_step(fx: Fixture, what: str, ours: Mapping[str, np.ndarray],
     the entry by a sizeable part of ``lr``, and where ``g`` is within the float32 rounding of
     its tensor's largest entries of zero its sign (so the step's) is not determined either;
     so the step is compared only where it is well determined; the fraction left out is
-    recorded as ``<what>: entries left out`` (at most a quarter). :func:`close_optimizer_trace` pins the optimiser's settings exactly.
+    recorded as ``<what>: entries left out`` (at most a quarter).
+    :func:`close_optimizer_trace` pins the optimiser's settings exactly.
     """
     grads = fx.group("grads")
     ours_kept, left_out, total = {}, 0, 0
