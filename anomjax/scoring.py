@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from anomjax.types import Scores
 
@@ -43,13 +44,31 @@ def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
     return x[:, 0]
 
 
-def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Bilinear resize of ``[B, h, w]`` maps to ``[B, *size]`` (half-pixel centres, i.e.
-    PyTorch's ``align_corners=False``); maps already of that size are returned as they are."""
+def _corner_aligned_weights(n_in: int, n_out: int) -> jax.Array:
+    """``[n_out, n_in]`` linear-interpolation weights with the corner samples aligned
+    (output ``i`` reads input position ``i (n_in - 1) / (n_out - 1)``)."""
+    pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    low = np.clip(np.floor(pos).astype(np.int64), 0, n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = pos - low
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), low), 1.0 - frac)
+    np.add.at(weights, (np.arange(n_out), high), frac)
+    return jnp.asarray(weights, jnp.float32)
+
+
+def upsample(maps: jax.Array, size: tuple[int, int], align_corners: bool = False) -> jax.Array:
+    """Bilinear resize of ``[B, h, w]`` maps to ``[B, *size]``: half-pixel centres (PyTorch's
+    ``align_corners=False``), or with ``align_corners`` the corner pixels' centres aligned
+    (PyTorch's ``align_corners=True``); maps already of that size are returned as they are."""
     b = maps.shape[0]
     maps = maps.astype(jnp.float32)
     if tuple(maps.shape[1:]) == tuple(size):
         return maps
+    if align_corners:
+        rows = _corner_aligned_weights(maps.shape[1], size[0])
+        cols = _corner_aligned_weights(maps.shape[2], size[1])
+        return jnp.einsum("yh,bhw,xw->byx", rows, maps, cols, precision=HIGHEST)
     return jax.image.resize(maps, (b, *size), method="bilinear", antialias=False)
 
 

@@ -36,6 +36,18 @@ def test_upsample_is_torch_bilinear_align_corners_false(shape, size):
     np.testing.assert_allclose(got, torch_bilinear(maps, size), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(("shape", "size"), [((4, 5), (16, 20)), ((13, 6), (100, 17))])
+def test_upsample_align_corners_is_scipy_zoom_of_corner_centres(shape, size):
+    """``align_corners=True`` (PyTorch's): corner pixel centres aligned, as SciPy's linear
+    ``zoom`` with its default ``grid_mode=False``."""
+    maps = np.random.default_rng(3).random((2, *shape)).astype(np.float32)
+    got = np.asarray(upsample(maps, size, align_corners=True))
+    want = np.stack([ndimage.zoom(m.astype(np.float64), (size[0] / shape[0], size[1] / shape[1]),
+                                  order=1, grid_mode=False) for m in maps])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, np.asarray(upsample(maps, size)), atol=1e-3)
+
+
 def test_to_scores_image_score_is_max_of_smoothed_map():
     patch = np.zeros((2, 8, 8), np.float32)
     patch[1, 3, 3] = 1.0

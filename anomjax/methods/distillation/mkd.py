@@ -17,11 +17,21 @@ channels (the authors' "smaller cloner" configuration). Adam, lr 1e-3 (authors' 
 Deviations: the paper's source network is VGG16 (the four max-pool outputs, strides 4-32), not
 available offline; the default here is EfficientNet-Lite0 with taps ``stage2, stage3, stage5,
 stage7`` (strides 4/8/16/32). Lite0's stage outputs are linear (they can be negative), so the
-conv that produces a tapped feature has no ReLU (the next block applies it). The paper's loss
+conv that produces a tapped feature has no ReLU (the next block applies it); with the ResNet
+sources, whose taps are post-ReLU as VGG16's pools, it has one, as in the authors' cloner
+(``cloner_tap_relu``, ``"auto"``). The paper's loss
 is written ``L_val + lambda * L_dir``; the authors' code computes ``L_dir + 0.5 * L_val`` for
 MVTec, which is the same objective up to a factor 2 (immaterial for Adam), so the default
-here is ``lambda = 2``. The authors min-max normalise each attribution map per image; that is
-not done here, so that pixel scores stay comparable across images.
+here is ``lambda = 2`` (losses, gradients and image scores are twice the authors').
+
+Maps: the authors normalise each attribution map per image before the blur
+(``convert_to_grayscale``: ``clip((m - min) / (p99 - min), 0, 1)``, then a min-max that leaves
+it unchanged); that is the default (``normalize_maps``). ``normalize_maps=False`` keeps the
+raw attribution, so that pixel scores stay comparable across images.
+
+Parity: ``tests/parity/test_parity_mkd.py`` compares the cloner, loss, gradients, one Adam
+step, image scores, the guided-backpropagation attribution and the map with the authors' code
+(ResNet-18 source, 128 px; ``experiments/parity/distillation.md``).
 
 SmoothGrad follows the authors' ``generate_smooth_grad``: ``smooth_grad_samples`` (50) noisy
 copies of each image, noise drawn with ``normal_(0, sigma ** 2)`` where ``sigma =
@@ -76,6 +86,15 @@ def _guided_relu_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
 guided_relu.defvjp(_guided_relu_fwd, _guided_relu_bwd)
 
 
+def normalize_attribution(maps: jax.Array) -> jax.Array:
+    """The authors' per-image normalisation of ``[B, H, W]`` attribution maps
+    (``convert_to_grayscale``): ``clip((m - min) / (p99 - min), 0, 1)`` with ``p99`` the 99th
+    percentile (linear interpolation) of the image's map."""
+    low = jnp.min(maps, axis=(1, 2), keepdims=True)
+    high = jnp.percentile(maps, 99.0, axis=(1, 2), keepdims=True)
+    return jnp.clip((maps - low) / jnp.maximum(high - low, 1e-12), 0.0, 1.0)
+
+
 def smooth_grad_std(images: jax.Array, multiplier: float) -> jax.Array:
     """The authors' SmoothGrad noise std ``(multiplier / (max - min)) ** 2`` per image
     ``[B, 1, 1, 1]`` of ``images [B, H, W, C]``."""
@@ -89,12 +108,15 @@ class Cloner(nn.Module):
 
     ``tap_strides`` are powers of two ``>= 2`` in increasing order; block ``i`` (1-based)
     halves the resolution and has 2 convs for ``i <= 2`` and 3 after (as VGG16).
+    ``tap_relu``: the conv that produces a tapped map is followed by a ReLU (the authors'
+    cloner, for post-ReLU source taps); otherwise the tapped maps are linear.
     """
 
     tap_strides: tuple[int, ...]
     tap_channels: tuple[int, ...]
     width: int = 16
     guided: bool = False
+    tap_relu: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> list[jax.Array]:
@@ -115,12 +137,13 @@ class Cloner(nn.Module):
                 if not last:
                     x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                                      epsilon=1e-5, name=f"block{block}_bn{j}")(x)
-                if not (last and tapped):
+                if not (last and tapped) or self.tap_relu:
                     x = act(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
             if tapped:
                 outs.append(x)
-                x = act(x)
+                if not self.tap_relu:
+                    x = act(x)
         return outs
 
 
@@ -155,6 +178,10 @@ class MKD(TrainedMethod):
       smooth_grad_samples, smooth_grad_noise: SmoothGrad sample count and the authors'
         sigma multiplier (noise std ``(smooth_grad_noise / range) ** 2``, see above).
       sigma: Gaussian smoothing of the attribution map (paper: 4).
+      cloner_tap_relu: ``"on"``: a ReLU after the conv that produces each tapped map (authors;
+        right for post-ReLU source taps), ``"off"``: linear tapped maps, ``"auto"``: on for the
+        ResNet sources, off for the others.
+      normalize_maps: the authors' per-image normalisation of the attribution before the blur.
     """
 
     name: ClassVar[str] = "mkd"
@@ -173,6 +200,16 @@ class MKD(TrainedMethod):
     smooth_grad_samples: int = hyper(50, low=1, high=1000)
     smooth_grad_noise: float = hyper(0.05, low=0.0, high=1.0)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    cloner_tap_relu: str = hyper("auto", choices=("auto", "on", "off"))
+    normalize_maps: bool = hyper(True)
+
+    @property
+    def tap_relu(self) -> bool:
+        """Whether the cloner's tapped maps end in a ReLU (``cloner_tap_relu``, or by
+        backbone: on for the ResNets, whose taps are post-ReLU as VGG16's)."""
+        if self.cloner_tap_relu != "auto":
+            return self.cloner_tap_relu == "on"
+        return self.backbone.startswith(("resnet", "wide_resnet"))
 
     def _teacher(self) -> Any:
         check_taps(self.name, self.backbone, self.taps)
@@ -192,7 +229,7 @@ class MKD(TrainedMethod):
     def _cloner(self, backbone: Any, guided: bool = False) -> Cloner:
         return Cloner(tuple(backbone.taps[t].stride for t in self.taps),
                       tuple(backbone.taps[t].channels for t in self.taps), self.cloner_width,
-                      guided)
+                      guided, self.tap_relu)
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Source variables (frozen) and a freshly initialised cloner."""
@@ -273,5 +310,8 @@ class MKD(TrainedMethod):
         """Image score = distillation loss on the ``score_taps`` deepest layers; map =
         Gaussian-smoothed gradient attribution (deterministic: SmoothGrad uses a fixed key)."""
         losses, _ = self._image_losses(state["params"], state, images, self.score_taps)
-        maps = gaussian_blur(self.attribution(state, images), self.sigma)
+        attribution = self.attribution(state, images)
+        if self.normalize_maps:
+            attribution = normalize_attribution(attribution)
+        maps = gaussian_blur(attribution, self.sigma)
         return Scores(image=losses.astype(jnp.float32), maps=maps)

@@ -40,9 +40,16 @@ floor of about 0.3 on ``1 - cos`` per scale. So the last block of each decoder s
 without its ReLU unless ``decoder_final_relu`` says otherwise (default ``"auto"``: on for
 the ResNet backbones, off for the others). Any backbone of :mod:`anomjax.backbones` whose three
 taps have strides ``s, 2s, 4s`` runs (``wide_resnet50_2`` with ``layer1, layer2, layer3`` and
-user-supplied weights runs with basic blocks: not the paper's WRN50 model). Bilinear
-upsampling uses half-pixel centres (the official code: ``align_corners=True``); the
-transposed convolutions get He initialisation (officially PyTorch's default).
+user-supplied weights runs with basic blocks: not the paper's WRN50 model). The map's
+bilinear upsampling aligns the corner pixels as the official code's
+``F.interpolate(..., align_corners=True)`` (``align_corners=False``: half-pixel centres, the
+library's other maps' convention). The transposed convolutions get He initialisation
+(officially PyTorch's default). BatchNorm running variances are updated with the biased batch
+variance (Flax; PyTorch uses the unbiased one), which matters only for tiny batch maps.
+
+Parity: ``tests/parity/test_parity_reverse_distillation.py`` compares teacher features,
+OCBE + decoder output, loss, every gradient, one Adam step, map and image score with the
+official code (ResNet-18, 64 px; ``experiments/parity/distillation.md``).
 """
 
 from __future__ import annotations
@@ -160,6 +167,8 @@ class ReverseDistillation(TrainedMethod):
       loss_cosine: ``"flattened"`` (official code) or ``"per_position"`` (paper), see above.
       learning_rate, beta1, beta2: Adam settings (paper: 0.005, 0.5, 0.999).
       sigma: Gaussian smoothing of the map, in input pixels (paper: 4).
+      align_corners: bilinear upsampling of the map with aligned corners (official code)
+        or half-pixel centres (``False``).
     """
 
     name: ClassVar[str] = "reverse_distillation"
@@ -177,6 +186,7 @@ class ReverseDistillation(TrainedMethod):
     beta1: float = hyper(0.5, low=0.0, high=1.0, high_open=True)
     beta2: float = hyper(0.999, low=0.0, high=1.0, high_open=True)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    align_corners: bool = hyper(True)
 
     @property
     def final_relu(self) -> bool:
@@ -258,7 +268,7 @@ class ReverseDistillation(TrainedMethod):
         """Map = Gaussian-smoothed sum of upsampled ``1 - cos`` maps; image score = its max."""
         feats, recon, _ = self._reconstruct(state["params"], state, images, train=False)
         size = images.shape[1:3]
-        total = sum(upsample(cosine_distance_map(t, s), size)
+        total = sum(upsample(cosine_distance_map(t, s), size, self.align_corners)
                     for t, s in zip(feats, recon, strict=True))
         smoothed = gaussian_blur(total, self.sigma)
         return Scores(image=jnp.max(smoothed, axis=(1, 2)), maps=smoothed)

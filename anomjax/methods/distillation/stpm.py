@@ -40,7 +40,10 @@ validation loss; here every training image is used and the last epoch is kept. T
 Gaussian smoothing (``sigma``, 4 by default; 0 turns it off) is the library's shared
 post-processing, not in the paper; it also changes the image score (the maximum is taken
 after it). The authors multiply the level maps at 64 x 64 and then resize; here they are
-multiplied at the input size. On the CPU backend the Lite backbones' depthwise
+multiplied at the input size (the same at 64 px, where the parity test runs).
+``tests/parity/test_parity_stpm.py`` compares teacher and student features, loss, gradients,
+one SGD step, map (``sigma=0``) and image score with the authors' code (ResNet-18; see
+``experiments/parity/distillation.md``). On the CPU backend the Lite backbones' depthwise
 convolutions run as exact shifted sums (see ``anomjax.nn.depthwise``), only for speed.
 """
 

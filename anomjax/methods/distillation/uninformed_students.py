@@ -28,8 +28,12 @@ every patch (the paper's fast dense feature extraction), is computed by removing
 strides and dilating the following layers instead (a trous); the image is reflect-padded so
 that the maps have the input's size. The teacher is pretrained on single patches with the
 strided network (same parameters, same descriptor, a fraction of the cost). With floor pooling
-the 33 and 65 networks depend on 32 and 60 pixels of their patch, so those are the patch
-sizes used here.
+the 33 and 65 networks depend on 32 and 60 pixels of their patch (its first rows and
+columns): the dense maps describe the 33- and 65-pixel patches centred on each pixel, as the
+paper's patch-centred descriptors (images must be larger than ``(p - 1) / 2`` for the reflect
+padding). The students' loss, the teacher normalisation and the score are compared with an
+independent implementation of the paper (``tests/parity/test_parity_uninformed_students.py``;
+the teacher's pretraining is not).
 
 Deviations: the teacher is distilled from EfficientNet-Lite0 features of patches of the
 training images (ImageNet and ResNet-18 weights are not available offline) instead of
@@ -142,9 +146,12 @@ class DensePatchNet(nn.Module):
 
 
 def dense_descriptors(net: DensePatchNet, params: Any, images: jax.Array) -> jax.Array:
-    """Descriptors ``[B, H, W, dim]`` at every pixel (reflect padding keeps the size)."""
+    """Descriptors ``[B, H, W, dim]`` of the patch of side ``p`` centred on every pixel, as
+    the paper defines them (reflect padding keeps the size). The network sees the first
+    ``extent`` rows and columns of that patch (floor pooling drops the rest: 32 of 33, 60 of
+    65), so the window starts ``(p - 1) / 2`` pixels before the pixel."""
     extent = patch_extent(net.patch_size)
-    before = (extent - 1) // 2
+    before = (net.patch_size - 1) // 2
     after = extent - 1 - before
     x = jnp.pad(images, ((0, 0), (before, after), (before, after), (0, 0)), mode="reflect")
     return net.apply({"params": params}, x)
