@@ -137,11 +137,3 @@ def test_anogan_search_is_per_image_and_lowers_its_loss(trained):
     # Each row's search is its own: the first image alone ends where it ends in the batch.
     _, first = jax.jit(method.search)(state, images[:1])
     np.testing.assert_allclose(np.asarray(first)[0], np.asarray(full)[0], rtol=1e-4)
-
-
-def test_f_anogan_phases_split_the_steps():
-    opt = FAnoGAN(gan_fraction=0.25).optimizer(40)
-    assert [p.until for p in opt.phases] == [10, None]
-    assert [u.group for u in opt.phases[0].updates] == ["critic", "generator"]
-    assert opt.phases[0].updates[1].every == 5
-    assert [u.group for u in opt.phases[1].updates] == ["encoder"]
