@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from anomjax.backbones.convert import torch_to_flax
@@ -83,3 +84,11 @@ def from_reference(fixture: Any, group: str, template: Mapping[str, Any],
     every reference tensor used once, every shape checked."""
     return torch_to_flax(template, deconv_as_conv(fixture.group(group)), lookup(keys),
                          f"{fixture.path.name}:{group}")
+
+
+def update(after: Any, before: Any) -> Any:
+    """``after - before`` leaf by leaf: one optimiser step's update, which a comparison of the
+    stepped parameters alone would hide below the tolerance (an update of ``lr`` ~ 1e-4 is
+    far smaller than 1e-3 of the weights)."""
+    return jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64),
+                        after, before)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from parity_dcgan import decoder_keys, discriminator_keys, from_reference
+from parity_dcgan import decoder_keys, discriminator_keys, from_reference, update
 from parity_harness import GRADIENT_TOL, Fixture
 
 from anomjax.methods.generative import AnoGAN
@@ -61,6 +61,8 @@ def test_dcgan_losses_gradients_and_steps_match_the_reference(setup):
     new_d = _adam_step(optimizers["discriminator"], params["discriminator"], grads)
     fx.close("discriminator after one Adam(2e-4, 0.5) step", new_d,
              stepped["params"]["discriminator"], GRADIENT_TOL)
+    fx.close("discriminator one-step update", update(new_d, params["discriminator"]),
+             update(stepped["params"]["discriminator"], params["discriminator"]), GRADIENT_TOL)
 
     params = {**params, "discriminator": new_d}
     handed = {**variables, "batch_stats": aux["batch_stats"], "carry": aux["carry"]}
@@ -72,9 +74,11 @@ def test_dcgan_losses_gradients_and_steps_match_the_reference(setup):
     (loss, aux), grads = jax.value_and_grad(g_loss, has_aux=True)(params["generator"])
     fx.close("generator loss (non-saturating, same z)", loss, fx.output("g_loss"))
     fx.close("generator gradient", grads, ref_grads["generator"], GRADIENT_TOL)
-    fx.close("generator after one Adam step",
-             _adam_step(optimizers["generator"], params["generator"], grads),
-             stepped["params"]["generator"], GRADIENT_TOL)
+    new_g = _adam_step(optimizers["generator"], params["generator"], grads)
+    fx.close("generator after one Adam step", new_g, stepped["params"]["generator"],
+             GRADIENT_TOL)
+    fx.close("generator one-step update", update(new_g, params["generator"]),
+             update(stepped["params"]["generator"], params["generator"]), GRADIENT_TOL)
     fx.close("BatchNorm running means after both updates", _means(aux["batch_stats"]),
              _means(stepped["batch_stats"]))
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from parity_dcgan import decoder_keys, encoder_keys, from_reference
+from parity_dcgan import decoder_keys, encoder_keys, from_reference, update
 from parity_harness import GRADIENT_TOL, Fixture
 
 from anomjax.methods.generative import FAnoGAN
@@ -80,6 +80,8 @@ def test_wgan_gp_phase_matches_the_authors_equations(setup):
     new_critic = _step(optimizers["critic"], params["critic"], grads)
     fx.close("critic after one Adam(1e-4, 0, 0.9) step", new_critic,
              stepped["params"]["critic"], GRADIENT_TOL)
+    fx.close("critic one-step update", update(new_critic, params["critic"]),
+             update(stepped["params"]["critic"], params["critic"]), GRADIENT_TOL)
 
     params = {**params, "critic": stepped["params"]["critic"]}
 
@@ -90,8 +92,11 @@ def test_wgan_gp_phase_matches_the_authors_equations(setup):
     (loss, aux), grads = jax.value_and_grad(generator, has_aux=True)(params["generator"])
     fx.close("generator cost", loss, fx.output("gen_cost"))
     fx.close("generator gradient", grads, ref_grads["generator"], GRADIENT_TOL)
-    fx.close("generator after one Adam step", _step(optimizers["generator"],
-             params["generator"], grads), stepped["params"]["generator"], GRADIENT_TOL)
+    new_gen = _step(optimizers["generator"], params["generator"], grads)
+    fx.close("generator after one Adam step", new_gen, stepped["params"]["generator"],
+             GRADIENT_TOL)
+    fx.close("generator one-step update", update(new_gen, params["generator"]),
+             update(stepped["params"]["generator"], params["generator"]), GRADIENT_TOL)
     fx.close("generator BatchNorm running means after its step",
              _only(aux["batch_stats"]["generator"], "mean"),
              _only(stepped["batch_stats"]["generator"], "mean"))
@@ -133,6 +138,9 @@ def test_encoder_phase_and_score_match_the_authors_with_g_and_d_frozen(setup, ru
     fx.close("izi_f loss (train step)", metrics["loss_encoder"], fx.output("enc_cost"))
     fx.close("encoder after one TF1 RMSProp(5e-5) step", state["params"]["encoder"],
              stepped["params"]["encoder"], GRADIENT_TOL)
+    before = start["params"]["encoder"]
+    fx.close("encoder one-step update (TF1 RMSProp)", update(state["params"]["encoder"], before),
+             update(stepped["params"]["encoder"], before), GRADIENT_TOL)
     fx.close("encoder BatchNorm running means after its step",
              _only(state["batch_stats"]["encoder"], "mean"),
              _only(stepped["batch_stats"]["encoder"], "mean"))

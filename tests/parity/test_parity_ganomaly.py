@@ -19,6 +19,7 @@ from parity_dcgan import (
     encoder_keys,
     from_reference,
     lookup,
+    update,
 )
 from parity_harness import GRADIENT_TOL, Fixture, parameter_tree
 
@@ -106,12 +107,14 @@ def stepped(setup):
 
 
 def test_one_train_step_and_scores_match_the_authors(setup, stepped):
-    fx, method, _, template, _ = setup
+    fx, method, _, template, variables = setup
     state, metrics = stepped
     fx.close("train step loss_g, loss_d", (metrics["loss_g"], metrics["loss_d"]),
              (fx.output("loss_g"), fx.output("loss_d")))
     ref = from_reference(fx, "stepped", template, _keys(SIZE, WIDTH, LATENT))
     fx.close("params after one step (Adam)", state["params"], ref["params"], GRADIENT_TOL)
+    fx.close("one-step update (after - before)", update(state["params"], variables["params"]),
+             update(ref["params"], variables["params"]), GRADIENT_TOL)
     means = [jax.tree.map(lambda s: s["mean"], t, is_leaf=lambda s: "mean" in s)
              for t in (state["batch_stats"], ref["batch_stats"])]
     fx.close("BatchNorm running means after one step", *means)
