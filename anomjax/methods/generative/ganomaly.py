@@ -24,7 +24,9 @@ Authors' behaviour kept as defaults (``samet-akcay/ganomaly`` ``lib/model.py``):
 * ``test_statistics="batch"``: their ``test()`` never switches the generator to ``eval()``,
   so BatchNorm normalises with the statistics of the scored batch (a score then depends on
   the other images of its batch). ``"running"`` (this library's earlier default) uses the
-  running statistics, so an image's score is its own.
+  running statistics, so an image's score is its own. Measured on the tiny trained fabric
+  toy of ``tests/methods/test_recon_generative.py`` (32 px, width 8, 30 epochs, one trained
+  state, a 6-image test batch): pixel AUROC 0.451 with ``"batch"``, 0.671 with ``"running"``.
 * ``reinit_below=1e-5``: when the discriminator's loss falls below it after its update, the
   discriminator's weights are drawn again (DCGAN init: N(0, 0.02) kernels, BatchNorm scales
   N(1, 0.02), biases 0; their ``reinit_d``), its running statistics and Adam state kept, as
