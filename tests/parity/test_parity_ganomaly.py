@@ -1,8 +1,9 @@
 """GANomaly against the authors' code (samet-akcay/ganomaly, ``experiments/parity/ganomaly.py``):
 networks, the three generator loss terms and the discriminator loss, their gradients, one
 training step of our grouped step (generator then discriminator, Adam lr 2e-4, betas
-(0.5, 0.999)), and the scores of their ``test()`` (batch statistics); the discriminator's
-re-initialisation and the ``"running"`` option as behaviour."""
+(0.5, 0.999)), and the scores of their ``test()`` (batch statistics: our
+``test_statistics="batch"`` option); the discriminator's re-initialisation and the default
+``"running"`` statistics as behaviour."""
 
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ def test_one_train_step_and_scores_match_the_authors(setup, stepped):
     fx.close("BatchNorm running means after one step", *means)
 
     test = jnp.asarray(fx.input("test_images"))
-    scores = jax.jit(dataclasses.replace(method, sigma=0.0).score)(state, test)
+    authors = dataclasses.replace(method, sigma=0.0, test_statistics="batch")
+    scores = jax.jit(authors.score)(state, test)
     image = np.asarray(scores.image)
     scaled = (image - image.min()) / (image.max() - image.min())
     fx.close("test() scores, min-max scaled (batch statistics)", scaled,
