@@ -21,6 +21,9 @@ step as ``state["carry"]`` (e.g. GANomaly's discriminator update reuses the gene
 output from before the generator's update, as its authors' code does). ``Update.every = k``
 runs an update only on steps ``s`` with ``s % k == k - 1`` (e.g. one generator update per
 five critic updates in WGAN-GP); otherwise it is skipped without computing its loss.
+``Update.after(group_params, loss, key) -> group_params``, when given, rewrites the group's
+parameters after its optimiser step (GANomaly re-initialises a collapsed discriminator, as
+its authors' code does); the optimiser state is kept.
 
 The phase of a step is the number of phase boundaries (``Phase.until``, in steps) at or
 below it, a pure function of the checkpointed step, so a resumed run continues in the same
@@ -45,6 +48,7 @@ import jax.numpy as jnp
 import optax
 
 Loss = Callable[[Any, dict[str, Any], jax.Array, jax.Array], tuple[jax.Array, dict[str, Any]]]
+After = Callable[[Any, jax.Array, jax.Array], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +60,14 @@ class Update:
       group: the top-level key of ``params`` it trains.
       loss: ``(params, state, images, key) -> (scalar, aux)``.
       every: run on steps ``s`` with ``s % every == every - 1`` only.
+      after: ``(group params after the step, loss, key) -> group params`` (``None``: keep).
     """
 
     name: str
     group: str
     loss: Loss
     every: int = 1
+    after: After | None = None
 
 
 @dataclasses.dataclass(frozen=True)

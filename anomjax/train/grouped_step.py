@@ -34,7 +34,10 @@ def _run_update(u: Update, optimizer: optax.GradientTransformation, carry: tuple
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params[u.group])
     updates, group_state = optimizer.update(grads, opt_state[u.group], params[u.group])
-    params = {**params, u.group: optax.apply_updates(params[u.group], updates)}
+    stepped = optax.apply_updates(params[u.group], updates)
+    if u.after is not None:
+        stepped = u.after(stepped, loss, jax.random.fold_in(key, 1))
+    params = {**params, u.group: stepped}
     opt_state = {**opt_state, u.group: group_state}
     new_stats = aux.pop("batch_stats", batch_stats)
     if batch_stats is not None:

@@ -29,6 +29,8 @@ TINY = {
     # pixel AUROC swung between 0.37 and 0.70 with the epochs and with float rounding; at 1e-3
     # it is 0.669-0.685 with or without the adversarial term, and under both transposed
     # convolutions (lax's and anomjax.nn.subpixel's).
+    # Scored on running statistics (the default): with the authors' batch statistics
+    # (test_statistics="batch") this toy's pixel AUROC is 0.451 instead of 0.671.
     "ganomaly": GANomaly(width=8, latent=16, learning_rate=1e-3),
     "f_anogan": FAnoGAN(width=8, latent=16, gan_lr=1e-3, encoder_lr=2e-3),
     "anogan": AnoGAN(width=8, latent=16, search_steps=50),
@@ -137,25 +139,3 @@ def test_anogan_search_is_per_image_and_lowers_its_loss(trained):
     # Each row's search is its own: the first image alone ends where it ends in the batch.
     _, first = jax.jit(method.search)(state, images[:1])
     np.testing.assert_allclose(np.asarray(first)[0], np.asarray(full)[0], rtol=1e-4)
-
-
-def test_f_anogan_phases_split_the_steps():
-    opt = FAnoGAN(gan_fraction=0.25).optimizer(40)
-    assert [p.until for p in opt.phases] == [10, None]
-    assert [u.group for u in opt.phases[0].updates] == ["critic", "generator"]
-    assert opt.phases[0].updates[1].every == 5
-    assert [u.group for u in opt.phases[1].updates] == ["encoder"]
-
-
-def test_ganomaly_image_score_is_the_latent_distance(trained):
-    method, state, test, scores = trained("ganomaly")
-    from anomjax.methods.generative.ganomaly import GANomalyGenerator
-    from anomjax.methods.images import to_signed
-
-    gen = GANomalyGenerator(SIZE, method.width, method.latent)
-    _, z, z_hat = gen.apply({"params": state["params"]["generator"],
-                             "batch_stats": state["batch_stats"]["generator"]},
-                            to_signed(jnp.asarray(test.images)))
-    np.testing.assert_allclose(np.asarray(scores.image),
-                               np.mean((np.asarray(z) - np.asarray(z_hat)) ** 2, axis=1),
-                               rtol=1e-4, atol=1e-7)

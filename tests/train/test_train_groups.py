@@ -1,13 +1,16 @@
 """Several parameter groups in one jitted step: order of the updates, phases, ``every``,
-resume, divergence and bfloat16, against hand-computed SGD steps."""
+resume, divergence and bfloat16, against hand-computed SGD and Adam steps."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import ClassVar
 
 import chex
 import jax
 import numpy as np
+import optax
 import pytest
 from groups_toy import ToyGroups
 from train_toy import toy_split
@@ -58,15 +61,49 @@ def test_updates_run_in_order_and_phases_switch_at_their_step():
     assert int(ts.step) == 3
 
 
+@dataclasses.dataclass(frozen=True)
+class AdamGroups(ToyGroups):
+    """``ToyGroups`` with Adam (a stateful optimiser) for every group."""
+
+    name: ClassVar[str] = "toy_adam_groups"
+
+    def optimizer(self, total_steps):
+        grouped = super().optimizer(total_steps)
+        return dataclasses.replace(grouped, optimizers={g: optax.adam(self.lr)
+                                                        for g in grouped.optimizers})
+
+
+def _numpy_adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+    """Adam (Kingma & Ba, Algorithm 1) as a closure ``(params, grad) -> params``."""
+    moments = {"m": 0.0, "v": 0.0, "t": 0}
+
+    def step(p, g):
+        moments["t"] += 1
+        moments["m"] = b1 * moments["m"] + (1 - b1) * g
+        moments["v"] = b2 * moments["v"] + (1 - b2) * g * g
+        m_hat = moments["m"] / (1 - b1 ** moments["t"])
+        v_hat = moments["v"] / (1 - b2 ** moments["t"])
+        return p - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+    return step
+
+
 def test_every_skips_the_update_and_keeps_its_optimiser_state():
+    """With Adam, a skipped update must leave its moments and step count alone: ``b`` (every
+    2nd step) follows a two-step Adam over steps 1 and 3, not a four-step one."""
     lr = 0.1
-    start, params, metrics, m, _ = _steps(ToyGroups(lr=lr, switch=10, b_every=2), 2)
-    a, b = start["a"], start["b"]
-    a = a - lr * (2 * (a - b) + m)
-    np.testing.assert_array_equal(params[0]["b"], b)  # step 0: 0 % 2 != 1, skipped
-    assert metrics[0]["loss_b"] == 0 and metrics[0]["grad_norm_b"] == 0
-    a = a - lr * (2 * (a - b) + m)
-    np.testing.assert_allclose(params[1]["b"], b - lr * 2 * (b - 2 * a), rtol=1e-5)
+    start, params, metrics, m, ts = _steps(AdamGroups(lr=lr, switch=10, b_every=2), 4)
+    a, b = start["a"].astype(np.float64), start["b"].astype(np.float64)
+    adam_a, adam_b = _numpy_adam(lr), _numpy_adam(lr)
+    for s in range(4):
+        a = adam_a(a, 2 * (a - b) + m)
+        if s % 2 == 1:
+            b = adam_b(b, 2 * (b - 2 * a))
+        else:
+            assert metrics[s]["loss_b"] == 0 and metrics[s]["grad_norm_b"] == 0
+        np.testing.assert_allclose(params[s]["a"], a, rtol=1e-5)
+        np.testing.assert_allclose(params[s]["b"], b, rtol=1e-5)
+    assert int(ts.opt_state["b"][0].count) == 2 and int(ts.opt_state["a"][0].count) == 4
 
 
 def test_bad_declarations_are_refused():

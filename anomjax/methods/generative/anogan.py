@@ -107,10 +107,17 @@ class AnoGAN(TrainedMethod):
 
     def discriminator_loss(self, params: Any, state: State, images: jax.Array,
                            key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-        """BCE of real images against 1 and generated ones against 0; hands ``z`` on."""
+        """:meth:`discriminator_objective` with ``z ~ U(-1, 1)``."""
+        return self.discriminator_objective(
+            params, state, images,
+            jax.random.uniform(key, (images.shape[0], self.latent), jnp.float32, -1.0, 1.0))
+
+    def discriminator_objective(self, params: Any, state: State, images: jax.Array,
+                                z: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        """BCE of real images against 1 and ``G(z)`` (``z [B, latent]``) against 0; hands ``z``
+        on to the generator's update."""
         gen, disc = self._nets(images)
         stats = state["batch_stats"]
-        z = jax.random.uniform(key, (images.shape[0], self.latent), jnp.float32, -1.0, 1.0)
         fake, g_stats = self._generate(gen, jax.lax.stop_gradient(params["generator"]),
                                        stats["generator"], z, train=True)
         loss, d_stats = discriminator_bce(disc, params["discriminator"], stats["discriminator"],
@@ -133,6 +140,15 @@ class AnoGAN(TrainedMethod):
 
     def search(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The latent search: ``(G(z*) [B, S, S, 3] in [-1, 1], A(z*) [B])``."""
+        start = jax.random.PRNGKey(self.search_seed)  # row i starts from fold_in(start, i)
+        z0 = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(start, i), (self.latent,),
+                                                   jnp.float32, -1.0, 1.0))(
+            jnp.arange(images.shape[0]))
+        return self.search_from(state, images, z0)
+
+    def search_from(self, state: State, images: jax.Array,
+                    z0: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """:meth:`search` from the starting codes ``z0 [B, latent]``."""
         gen, disc = self._nets(images)
         check_trained_size(self.name, images,
                            dcgan_trained_size(state["params"]["discriminator"]["body"]))
@@ -152,10 +168,6 @@ class AnoGAN(TrainedMethod):
             return jnp.sum(per_image), (per_image, fake)
 
         opt = optax.adam(self.search_lr)
-        start = jax.random.PRNGKey(self.search_seed)  # row i starts from fold_in(start, i)
-        z0 = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(start, i), (self.latent,),
-                                                   jnp.float32, -1.0, 1.0))(
-            jnp.arange(images.shape[0]))
 
         def body(_: int, carry: tuple) -> tuple:
             z, opt_state = carry
