@@ -32,11 +32,10 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
-from anomjax.methods.protocol import TrainedMethod
+from anomjax.methods.reconstruction.constant_adam import ConstantAdamMethod
 from anomjax.methods.reconstruction.vae import GaussianVAE, elbo, vae_network
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
@@ -46,7 +45,7 @@ from anomjax.types import Batch, Scores
 
 @register
 @dataclasses.dataclass(frozen=True)
-class FAVAE(TrainedMethod):
+class FAVAE(ConstantAdamMethod):
     """Feature-augmented VAE (see the module docstring).
 
     Attributes:
@@ -80,11 +79,6 @@ class FAVAE(TrainedMethod):
         return {"params": variables["params"],
                 "frozen": {"teacher": teacher_variables(self.backbone, self.backbone_weights)},
                 "normalizer": {"feature": jnp.ones(()), "gradient": jnp.ones(())}}
-
-    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
-        """Adam, constant rate."""
-        del total_steps
-        return optax.adam(self.learning_rate)
 
     def _feature_errors(self, state: State, images: jax.Array,
                         recon: jax.Array) -> list[jax.Array]:

@@ -30,14 +30,13 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from anomjax._distrax import distrax
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images, check_trained_size
-from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.reconstruction.autoencoder import bergmann_layers
+from anomjax.methods.reconstruction.constant_adam import ConstantAdamMethod
 from anomjax.nn.conv_ae import ConvDecoder, ConvEncoder, Layer, conv_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import squared_error_map
@@ -103,7 +102,7 @@ def vae_network(method: str, width: int, latent: int, images: jax.Array,
 
 @register
 @dataclasses.dataclass(frozen=True)
-class VAE(TrainedMethod):
+class VAE(ConstantAdamMethod):
     """Gaussian VAE with distrax distributions (see the module docstring).
 
     Attributes:
@@ -131,11 +130,6 @@ class VAE(TrainedMethod):
         variables = init_variables(self._net(images), key, jnp.asarray(images[:1]),
                                    special={"log_scale": lambda shape, rng: 0.0})
         return {"params": variables["params"]}
-
-    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
-        """Adam, constant rate."""
-        del total_steps
-        return optax.adam(self.learning_rate)
 
     def loss(self, params: Any, state: State, images: jax.Array,
              key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
