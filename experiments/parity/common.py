@@ -33,9 +33,11 @@ def seed_everything(seed: int) -> None:
 
 
 def to_numpy(value: torch.Tensor | np.ndarray | float) -> np.ndarray:
+    """A copy: ``Tensor.numpy()`` shares the tensor's memory, so the weights taken before an
+    optimiser step would otherwise silently become the stepped ones."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
+        return value.detach().cpu().numpy().copy()
+    return np.array(value)
 
 
 def nhwc(value: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,70 @@
+"""Weight mapping of the parity tests of the Bergmann-network methods (``ae``, ``memae``,
+``vae``, ``favae``): the reference ``experiments/parity/bergmann_torch.py`` names its modules
+as ours (``encoder.conv0`` <-> ``("encoder", "conv0")``).
+
+PyTorch's ``ConvTranspose2d`` weight ``[C_in, C_out, k, k]`` is the spatially flipped kernel
+of ``lax.conv_transpose`` (which ``anomjax.nn.conv_ae.ConvDecoder`` computes); it is turned
+into the ``[C_out, C_in, k, k]`` layout of a convolution so that the harness's checked
+mapping (conv ``OIHW -> HWIO``) gives ``[k, k, C_in, C_out]``. Gradients and Adam steps map
+the same way (the map is a permutation of the entries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from parity_harness import Fixture
+
+from anomjax.backbones.convert import torch_to_flax
+
+
+def dotted(path: tuple[str, ...]) -> str:
+    """Flax module path -> PyTorch module name."""
+    return ".".join(path)
+
+
+def flax_layout(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Reference tensors with every decoder (transposed) convolution weight flipped and its
+    channel axes swapped (see the module docstring)."""
+    out = {}
+    for name, value in tensors.items():
+        if name.startswith("decoder.") and name.endswith(".weight") and value.ndim == 4:
+            value = np.ascontiguousarray(value.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        out[name] = value
+    return out
+
+
+def conv_ae_params(fixture: Fixture, template: Mapping[str, Any], group: str = "weights",
+                   extra: Mapping[tuple[str, ...], str] | None = None) -> dict[str, Any]:
+    """Our ``params`` tree (shaped like ``template``) filled from the reference tensors of
+    ``group`` by the harness's checked mapping.
+
+    ``extra`` maps the paths of our parameters that the harness's leaf names do not cover
+    (``("memory", "memory")``, ``("log_scale",)``) to their reference tensor names; each is
+    checked for its shape here, every other tensor by :func:`torch_to_flax`.
+    """
+    extra = dict(extra or {})
+    tensors = flax_layout(fixture.group(group))
+    rest = jax.tree.map(lambda x: x, dict(template))
+    taken = {}
+    for path, name in extra.items():
+        node = rest
+        for key in path[:-1]:
+            node[key] = dict(node[key])
+            node = node[key]
+        leaf = node.pop(path[-1])
+        value = np.asarray(tensors.pop(name), np.float32)
+        if value.shape != tuple(leaf.shape):
+            raise AssertionError(f"{name}: shape {value.shape} != our {path} {leaf.shape}")
+        taken[path] = value
+    params = torch_to_flax({"params": rest}, tensors, dotted,
+                           f"{fixture.path.name}:{group}")["params"]
+    for path, value in taken.items():
+        node = params
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return params

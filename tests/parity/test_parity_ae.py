@@ -1,0 +1,68 @@
+"""``ae`` against an independent PyTorch implementation of Bergmann et al. (no public authors'
+code; ``experiments/parity/ae.py``, SSIM pinned to scikit-image): forward, SSIM, losses,
+gradients, one Adam step through our train step, maps and scores."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conv_ae_parity import conv_ae_params
+from parity_harness import GRADIENT_TOL, Fixture
+
+from anomjax.methods.reconstruction import AE
+from anomjax.methods.reconstruction.autoencoder import Autoencoder, bergmann_layers
+from anomjax.nn.losses import ssim_map
+from anomjax.train import init_train_state, make_train_step
+
+METHOD = AE(width=8, latent=16)  # the fixture's reduced widths; paper's loss and optimiser
+
+
+@pytest.fixture(scope="module")
+def case():
+    fx = Fixture("ae")
+    images = jnp.asarray(fx.input("images"))
+    template = METHOD.init(jax.random.key(0), images)["params"]
+    return fx, images, template, {"params": conv_ae_params(fx, template)}
+
+
+def test_forward_and_ssim(case):
+    fx, images, _, state = case
+    recon = Autoencoder(bergmann_layers(8), 16).apply(state, images)
+    fx.close("forward", recon, fx.output("recon"))
+    ref_recon = jnp.asarray(fx.output("recon"))
+    fx.close("ssim map (scikit-image)", ssim_map(images, ref_recon), fx.output("ssim_skimage"))
+
+
+def test_losses_gradients_and_one_adam_step(case):
+    fx, images, template, state = case
+    key = jax.random.key(1)
+    l2 = dataclasses.replace(METHOD, loss_type="l2")
+    fx.close("loss (l2)", l2.loss(state["params"], state, images, key)[0], fx.output("loss_l2"))
+    grads = jax.grad(lambda p: METHOD.loss(p, state, images, key)[0])(state["params"])
+    fx.close("gradients", grads, conv_ae_params(fx, template, "grads"), GRADIENT_TOL)
+
+    optimizer = METHOD.optimizer(1)
+    step = make_train_step(METHOD, optimizer)
+    train_state = init_train_state(jax.tree.map(jnp.array, state), optimizer, key)
+    new, metrics = step(train_state, images, key)
+    fx.close("loss (ssim)", metrics["loss"], fx.output("loss_ssim"))
+    stepped = conv_ae_params(fx, template, "stepped")
+    fx.close("adam step", new.params, stepped, GRADIENT_TOL)
+    ours = jax.tree.map(lambda a, b: np.asarray(a) - b, new.params, state["params"])
+    ref = jax.tree.map(lambda a, b: a - b, stepped, state["params"])
+    fx.close("adam update", ours, ref, GRADIENT_TOL)
+
+
+@pytest.mark.parametrize("loss_type", ["ssim", "l2"])
+def test_maps_and_scores(case, loss_type):
+    fx, images, _, state = case
+    method = dataclasses.replace(METHOD, loss_type=loss_type)
+    raw = dataclasses.replace(method, sigma=0.0).score(state, images)
+    fx.close(f"map ({loss_type})", raw.maps, fx.output(f"map_{loss_type}"))
+    scores = method.score(state, images)  # sigma 4: the library's smoothing (scipy's)
+    fx.close(f"smoothed map ({loss_type})", scores.maps, fx.output(f"map_{loss_type}_smoothed"))
+    fx.close(f"image score ({loss_type})", scores.image, fx.output(f"score_{loss_type}"))
