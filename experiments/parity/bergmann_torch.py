@@ -61,7 +61,7 @@ class Decoder(nn.Module):
             self.bottleneck = nn.ConvTranspose2d(latent, layers[-1][0], image_size // 16)
         mirrored = list(reversed(layers))
         outs = [f for f, _, _ in mirrored[1:]] + [channels]
-        for i, ((f, k, s), out) in enumerate(zip(mirrored, outs)):
+        for i, ((f, k, s), out) in enumerate(zip(mirrored, outs, strict=True)):
             self.add_module(f"deconv{i}", nn.ConvTranspose2d(f, out, k, s, _padding(k, s)))
         self.count = len(layers)
 
