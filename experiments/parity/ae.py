@@ -33,6 +33,7 @@ from skimage.metrics import structural_similarity
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bergmann_torch import Autoencoder  # noqa: E402
 from common import gradients, nhwc, save_fixture, seed_everything, state  # noqa: E402
+from torch_step import one_step  # noqa: E402
 
 REFERENCE = ("independent PyTorch implementation of Bergmann et al. 2019 (no public code), "
              "SSIM pinned to scikit-image")
@@ -102,8 +103,8 @@ def main() -> None:
     loss = 1.0 - ssim.mean()
     loss.backward()
     grads = gradients(model.named_parameters())
-    torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY).step()
-    stepped = state(model)
+    stepped, updates = one_step(model, torch.optim.Adam(model.parameters(), lr=LEARNING_RATE,
+                                                        weight_decay=WEIGHT_DECAY))
 
     ssim_map = (1.0 - ssim.mean(1)).detach().numpy()
     l2_map = ((x - recon) ** 2).mean(1).detach().numpy()
@@ -114,7 +115,7 @@ def main() -> None:
                  "loss_ssim": loss.detach(), "loss_l2": ((x - recon) ** 2).mean().detach(),
                  "map_ssim": ssim_map, "map_l2": l2_map, "map_ssim_smoothed": ssim_smooth,
                  "score_ssim": ssim_smooth.max(axis=(1, 2)), "map_l2_smoothed": l2_smooth,
-                 "score_l2": l2_smooth.max(axis=(1, 2))},
+                 "score_l2": l2_smooth.max(axis=(1, 2)), **updates},
         grads=grads, stepped=stepped)
 
 

@@ -34,15 +34,18 @@ def _padding(kernel: int, stride: int) -> int:
 
 
 class Encoder(nn.Module):
-    """``[B, 3, S, S] -> [B, latent]`` (``spatial``: the ``[B, c, S/16, S/16]`` map)."""
+    """``[B, 3, S, S] -> [B, latent]`` (``spatial``: the ``[B, c, S/16, S/16]`` map; built
+    without the bottleneck when ``bottleneck`` is False)."""
 
-    def __init__(self, layers, latent: int, image_size: int, channels: int = 3):
+    def __init__(self, layers, latent: int, image_size: int, channels: int = 3,
+                 bottleneck: bool = True):
         super().__init__()
         widths = [channels] + [f for f, _, _ in layers]
         for i, (f, k, s) in enumerate(layers):
             self.add_module(f"conv{i}", nn.Conv2d(widths[i], f, k, s, _padding(k, s)))
         self.count = len(layers)
-        self.bottleneck = nn.Conv2d(widths[-1], latent, image_size // 16)
+        if bottleneck:
+            self.bottleneck = nn.Conv2d(widths[-1], latent, image_size // 16)
 
     def forward(self, x: torch.Tensor, spatial: bool = False) -> torch.Tensor:
         for i in range(self.count):

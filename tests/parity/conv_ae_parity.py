@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from parity_harness import Fixture
+from parity_harness import GRADIENT_TOL, Fixture
 
 from anomjax.backbones.convert import torch_to_flax
+from anomjax.train import init_train_state, make_train_step
 
 
 def dotted(path: tuple[str, ...]) -> str:
@@ -38,16 +40,17 @@ def flax_layout(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def conv_ae_params(fixture: Fixture, template: Mapping[str, Any], group: str = "weights",
-                   extra: Mapping[tuple[str, ...], str] | None = None) -> dict[str, Any]:
+                   extra: Mapping[tuple[str, ...], str] | None = None,
+                   prefix: str = "") -> dict[str, Any]:
     """Our ``params`` tree (shaped like ``template``) filled from the reference tensors of
-    ``group`` by the harness's checked mapping.
+    ``group`` (names under ``prefix``) by the harness's checked mapping.
 
     ``extra`` maps the paths of our parameters that the harness's leaf names do not cover
     (``("memory", "memory")``, ``("log_scale",)``) to their reference tensor names; each is
     checked for its shape here, every other tensor by :func:`torch_to_flax`.
     """
     extra = dict(extra or {})
-    tensors = flax_layout(fixture.group(group))
+    tensors = flax_layout(fixture.group(group, prefix))
     rest = jax.tree.map(lambda x: x, dict(template))
     taken = {}
     for path, name in extra.items():
@@ -61,10 +64,37 @@ def conv_ae_params(fixture: Fixture, template: Mapping[str, Any], group: str = "
             raise AssertionError(f"{name}: shape {value.shape} != our {path} {leaf.shape}")
         taken[path] = value
     params = torch_to_flax({"params": rest}, tensors, dotted,
-                           f"{fixture.path.name}:{group}")["params"]
+                           f"{fixture.path.name}:{group}/{prefix}")["params"]
     for path, value in taken.items():
         node = params
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = value
     return params
+
+
+def check_training_step(fixture: Fixture, method: Any, params: Any, images: jax.Array,
+                        template: Mapping[str, Any],
+                        extra: Mapping[tuple[str, ...], str] | None = None,
+                        loss: Any = None) -> None:
+    """Compare the gradient of the loss, the update of ``method.optimizer`` and the parameters
+    after one step of our jitted train step (``anomjax.train.make_train_step``) with the
+    reference's ``grads``, ``outputs/update/`` and ``stepped`` tensors (``GRADIENT_TOL``).
+
+    ``loss(params) -> scalar`` replaces ``method.loss`` for the gradient and the update when
+    the loss draws random numbers that the fixture fixes (the train step is then skipped).
+    """
+    key = jax.random.key(1)
+    state = {"params": params}
+    grads = jax.grad(loss or (lambda p: method.loss(p, state, images, key)[0]))(params)
+    fixture.close("gradients", grads, conv_ae_params(fixture, template, "grads", extra),
+                  GRADIENT_TOL)
+    optimizer = method.optimizer(1)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    fixture.close("optimiser update", updates,
+                  conv_ae_params(fixture, template, "outputs", extra, "update/"), GRADIENT_TOL)
+    if loss is None:
+        train_state = init_train_state(jax.tree.map(jnp.array, state), optimizer, key)
+        new, _ = make_train_step(method, optimizer)(train_state, images, key)
+        fixture.close("parameters after one train step", new.params,
+                      conv_ae_params(fixture, template, "stepped", extra), GRADIENT_TOL)
