@@ -89,11 +89,13 @@ class FAVAE(ConstantAdamMethod):
         n = images.shape[0]
         return [jnp.mean(jnp.square(f[:n].astype(jnp.float32) - f[n:]), axis=-1) for f in both]
 
-    def _objective(self, params: Any, state: State, images: jax.Array,
-                   key: jax.Array | None) -> tuple[jax.Array, dict[str, Any]]:
-        """Per-image loss ``[B]`` and the logged terms; ``key=None``: at ``z = mu``."""
+    def _objective(self, params: Any, state: State, images: jax.Array, key: jax.Array | None,
+                   noise: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any]]:
+        """Per-image loss ``[B]`` and the logged terms; the ELBO's sample is drawn from
+        ``key``, or given by the standard normal ``noise [B, latent]``, or ``z = mu`` when
+        neither is given (``vae.elbo``)."""
         net = self._net(images)
-        values, aux = elbo(net, params, images, key)
+        values, aux = elbo(net, params, images, key, noise)
         mu, _ = net.apply({"params": params}, images, method=GaussianVAE.encode)
         recon = net.apply({"params": params}, mu, method=GaussianVAE.decode)
         errors = self._feature_errors(state, images, recon)
