@@ -27,7 +27,6 @@ running statistics).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from collections import OrderedDict
@@ -39,11 +38,11 @@ import torchvision
 from sklearn.decomposition import PCA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkout import reference_checkout  # noqa: E402
 from common import REPO, gradients, nhwc, save_fixture, seed_everything, state  # noqa: E402
 from torch_step import one_step  # noqa: E402
 
-COMMIT = "f2e2d4ef5e542fb99aa41566cd9f662bec9ce771"
-REFERENCE = (f"YoungGod/DFR@{COMMIT[:12]} DFR-source/feature.py, feat_cae.py, anoseg_dfr.py "
+REFERENCE = ("YoungGod/DFR@f2e2d4ef5e54 DFR-source/feature.py, feat_cae.py, anoseg_dfr.py "
              "(ResNet-18 for VGG19)")
 SIZE, BATCH, TAPS, BACKBONE_SEED = 64, 4, ("layer1", "layer2"), 7
 LEARNING_RATE = 1e-4
@@ -91,10 +90,7 @@ class ResNetTaps(torch.nn.Module):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference-root", type=Path, default=Path("/tmp/refs"))
-    args = parser.parse_args()
-    sys.path.insert(0, str(args.reference_root / "dfr" / "DFR-source"))
+    reference_checkout("dfr/DFR-source", __doc__.splitlines()[0])
     import feature
     from feat_cae import FeatCAE
 

@@ -25,7 +25,6 @@ about 1e-8).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -35,11 +34,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ae import smoothed  # noqa: E402
 from bergmann_torch import Decoder, Encoder, scaled_layers  # noqa: E402
+from checkout import reference_checkout  # noqa: E402
 from common import gradients, nhwc, save_fixture, seed_everything, state  # noqa: E402
 from torch_step import one_step  # noqa: E402
 
-COMMIT = "ceece7714fb241e82ef3f3785d3d1ed86c28113e"
-REFERENCE = (f"donggong1/memae-anomaly-detection@{COMMIT[:12]} models/memory_module.py, "
+REFERENCE = ("donggong1/memae-anomaly-detection@ceece7714fb2 models/memory_module.py, "
              "entropy_loss.py, script_training.py (+ independent Bergmann nets)")
 SIZE, WIDTH, SLOTS, BATCH = 32, 8, 20, 2
 SEED = 0
@@ -65,10 +64,7 @@ class MemoryAutoencoder(nn.Module):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference-root", type=Path, default=Path("/tmp/refs"))
-    args = parser.parse_args()
-    sys.path.insert(0, str(args.reference_root / "memae"))
+    reference_checkout("memae", __doc__.splitlines()[0])
     from models.entropy_loss import EntropyLossEncap
     from models.memory_module import MemModule
 

@@ -11,6 +11,7 @@ the same way (the map is a permutation of the entries).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,3 +104,27 @@ def check_training_step(fixture: Fixture, method: Any, params: Any, images: jax.
         new, _ = make_train_step(method, optimizer)(train_state, images, key)
         fixture.close("parameters after one train step", new.params,
                       conv_ae_params(fixture, template, "stepped", extra), GRADIENT_TOL)
+
+
+def load_case(method: Any, extra: Mapping[tuple[str, ...], str] | None = None,
+              ) -> tuple[Fixture, jax.Array, dict[str, Any], dict[str, Any]]:
+    """``(fixture, images, params template, {"params": reference weights})`` of the fixture
+    named like ``method``, whose network ``method.init`` builds."""
+    fixture = Fixture(method.name)
+    images = jnp.asarray(fixture.input("images"))
+    template = method.init(jax.random.key(0), images)["params"]
+    return fixture, images, template, {"params": conv_ae_params(fixture, template,
+                                                                extra=extra)}
+
+
+def check_maps(fixture: Fixture, method: Any, state: Any, images: jax.Array,
+               variant: str = "") -> None:
+    """``method.score``'s raw map (``sigma=0``), its smoothed map (the method's ``sigma``) and
+    image score against the reference's ``map{_variant}``, ``map{_variant}_smoothed``,
+    ``score{_variant}``."""
+    suffix, label = (f"_{variant}", f" ({variant})") if variant else ("", "")
+    raw = dataclasses.replace(method, sigma=0.0).score(state, images)
+    fixture.close(f"map{label}", raw.maps, fixture.output(f"map{suffix}"))
+    scores = method.score(state, images)
+    fixture.close(f"smoothed map{label}", scores.maps, fixture.output(f"map{suffix}_smoothed"))
+    fixture.close(f"image score{label}", scores.image, fixture.output(f"score{suffix}"))

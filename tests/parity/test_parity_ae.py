@@ -9,8 +9,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import pytest
-from conv_ae_parity import check_training_step, conv_ae_params
-from parity_harness import Fixture
+from conv_ae_parity import check_maps, check_training_step, load_case
 
 from anomjax.methods.reconstruction import AE
 from anomjax.methods.reconstruction.autoencoder import Autoencoder, bergmann_layers
@@ -21,10 +20,7 @@ METHOD = AE(width=8, latent=16)  # the fixture's reduced widths; paper's loss an
 
 @pytest.fixture(scope="module")
 def case():
-    fx = Fixture("ae")
-    images = jnp.asarray(fx.input("images"))
-    template = METHOD.init(jax.random.key(0), images)["params"]
-    return fx, images, template, {"params": conv_ae_params(fx, template)}
+    return load_case(METHOD)
 
 
 def test_forward_and_ssim(case):
@@ -48,9 +44,4 @@ def test_losses_gradients_and_one_adam_step(case):
 @pytest.mark.parametrize("loss_type", ["ssim", "l2"])
 def test_maps_and_scores(case, loss_type):
     fx, images, _, state = case
-    method = dataclasses.replace(METHOD, loss_type=loss_type)
-    raw = dataclasses.replace(method, sigma=0.0).score(state, images)
-    fx.close(f"map ({loss_type})", raw.maps, fx.output(f"map_{loss_type}"))
-    scores = method.score(state, images)  # sigma 4: the library's smoothing (scipy's)
-    fx.close(f"smoothed map ({loss_type})", scores.maps, fx.output(f"map_{loss_type}_smoothed"))
-    fx.close(f"image score ({loss_type})", scores.image, fx.output(f"score_{loss_type}"))
+    check_maps(fx, dataclasses.replace(METHOD, loss_type=loss_type), state, images, loss_type)

@@ -5,13 +5,9 @@ through our train step, maps and scores, at the default threshold ``1 / slots``.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
-import jax.numpy as jnp
 import pytest
-from conv_ae_parity import check_training_step, conv_ae_params
-from parity_harness import Fixture
+from conv_ae_parity import check_maps, check_training_step, load_case
 
 from anomjax.methods.reconstruction import MemAE
 from anomjax.methods.reconstruction.autoencoder import bergmann_layers
@@ -23,10 +19,7 @@ MEMORY = {("memory", "memory"): "memory.memory.weight"}
 
 @pytest.fixture(scope="module")
 def case():
-    fx = Fixture("memae")
-    images = jnp.asarray(fx.input("images"))
-    template = METHOD.init(jax.random.key(0), images)["params"]
-    return fx, images, template, {"params": conv_ae_params(fx, template, extra=MEMORY)}
+    return load_case(METHOD, MEMORY)
 
 
 def test_forward_and_addressing(case):
@@ -48,8 +41,4 @@ def test_loss_gradients_and_one_adam_step(case):
 
 def test_maps_and_scores(case):
     fx, images, _, state = case
-    raw = dataclasses.replace(METHOD, sigma=0.0).score(state, images)
-    fx.close("map", raw.maps, fx.output("map"))
-    scores = METHOD.score(state, images)
-    fx.close("smoothed map", scores.maps, fx.output("map_smoothed"))
-    fx.close("image score", scores.image, fx.output("score"))
+    check_maps(fx, METHOD, state, images)

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import pytest
-from conv_ae_parity import check_training_step, conv_ae_params
-from parity_harness import Fixture
+from conv_ae_parity import check_maps, check_training_step, load_case
 
 from anomjax.methods.reconstruction import VAE
 from anomjax.methods.reconstruction.vae import negative_elbo, vae_network
@@ -21,10 +19,7 @@ SCALE = {("log_scale",): "log_scale"}
 
 @pytest.fixture(scope="module")
 def case():
-    fx = Fixture("vae")
-    images = jnp.asarray(fx.input("images"))
-    template = METHOD.init(jax.random.key(0), images)["params"]
-    return fx, images, template, {"params": conv_ae_params(fx, template, extra=SCALE)}
+    return load_case(METHOD, SCALE)
 
 
 def test_forward(case):
@@ -49,9 +44,4 @@ def test_loss_gradients_and_adam_update(case):
 @pytest.mark.parametrize("map_type", ["reconstruction", "gradient"])
 def test_maps_and_scores(case, map_type):
     fx, images, _, state = case
-    method = dataclasses.replace(METHOD, map_type=map_type)
-    raw = dataclasses.replace(method, sigma=0.0).score(state, images)
-    fx.close(f"map ({map_type})", raw.maps, fx.output(f"map_{map_type}"))
-    scores = method.score(state, images)
-    fx.close(f"smoothed map ({map_type})", scores.maps, fx.output(f"map_{map_type}_smoothed"))
-    fx.close(f"image score ({map_type})", scores.image, fx.output(f"score_{map_type}"))
+    check_maps(fx, dataclasses.replace(METHOD, map_type=map_type), state, images, map_type)
