@@ -15,7 +15,8 @@ anomjax's documented post-processing, a Gaussian of sigma 4 that is
 
 Reduced: width 8 (a quarter of the paper's widths), latent 16, two 32 x 32 RGB images. The
 weights and images are float32 values; the reference computes in float64 (stored as float32),
-so the measured errors are anomjax's float32 rounding.
+so the measured errors are anomjax's float32 rounding. The full-width network (the paper's
+128 px, latent 100) is compared by its parameter tree (``ae_tree.json``).
 
     /tmp/venv-ref/bin/python experiments/parity/ae.py   # needs scikit-image
 """
@@ -32,7 +33,14 @@ from skimage.metrics import structural_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bergmann_torch import Autoencoder  # noqa: E402
-from common import gradients, nhwc, save_fixture, seed_everything, state  # noqa: E402
+from common import (  # noqa: E402
+    gradients,
+    nhwc,
+    save_fixture,
+    save_parameter_tree,
+    seed_everything,
+    state,
+)
 from torch_step import one_step  # noqa: E402
 
 REFERENCE = ("independent PyTorch implementation of Bergmann et al. 2019 (no public code), "
@@ -91,6 +99,8 @@ def smoothed(maps: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
+    save_parameter_tree("ae", REFERENCE + ", full width at 128 px, latent 100",
+                        Autoencoder(32, 100, 128))
     seed_everything(0)
     model = Autoencoder(WIDTH, LATENT, SIZE)
     weights = state(model)

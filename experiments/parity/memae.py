@@ -17,7 +17,8 @@ score: its maximum.
 Reduced: width 8, 20 slots (threshold 0.05), two 32 x 32 RGB images; float32 weights and
 images, computed in float64. The script checks that no addressing weight lies within 1e-6 of
 the threshold (the hard shrinkage is discontinuous there; float32 rounding moves a weight by
-about 1e-8).
+about 1e-8). The full-width network (100 slots, 128 px) is compared by its parameter tree
+(``memae_tree.json``).
 
     git --git-dir=<fetched repo> archive HEAD | tar -x -C /tmp/refs/memae
     /tmp/venv-ref/bin/python experiments/parity/memae.py --reference-root /tmp/refs
@@ -35,7 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ae import smoothed  # noqa: E402
 from bergmann_torch import Decoder, Encoder, scaled_layers  # noqa: E402
 from checkout import reference_checkout  # noqa: E402
-from common import gradients, nhwc, save_fixture, seed_everything, state  # noqa: E402
+from common import (  # noqa: E402
+    gradients,
+    nhwc,
+    save_fixture,
+    save_parameter_tree,
+    seed_everything,
+    state,
+)
 from torch_step import one_step  # noqa: E402
 
 REFERENCE = ("donggong1/memae-anomaly-detection@ceece7714fb2 models/memory_module.py, "
@@ -67,6 +75,9 @@ def main() -> None:
     reference_checkout("memae", __doc__.splitlines()[0])
     from models.entropy_loss import EntropyLossEncap
     from models.memory_module import MemModule
+
+    save_parameter_tree("memae", REFERENCE + ", full width, 100 slots, 128 px",
+                        MemoryAutoencoder(MemModule, 32, 100, 128))
 
     seed_everything(SEED)
     model = MemoryAutoencoder(MemModule, WIDTH, SLOTS, SIZE)

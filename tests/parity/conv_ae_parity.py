@@ -18,9 +18,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from parity_harness import GRADIENT_TOL, Fixture
+from parity_harness import GRADIENT_TOL, Fixture, parameter_tree
 
-from anomjax.backbones.convert import torch_to_flax
+from anomjax.backbones.convert import TORCH_LEAF_NAMES, torch_to_flax
 from anomjax.train import init_train_state, make_train_step
 
 
@@ -128,3 +128,27 @@ def check_maps(fixture: Fixture, method: Any, state: Any, images: jax.Array,
     scores = method.score(state, images)
     fixture.close(f"smoothed map{label}", scores.maps, fixture.output(f"map{suffix}_smoothed"))
     fixture.close(f"image score{label}", scores.image, fixture.output(f"score{suffix}"))
+
+
+def check_parameter_tree(name: str, template: Mapping[str, Any],
+                         extra: Mapping[tuple[str, ...], str] | None = None) -> None:
+    """Our full-width ``params`` (``template``) have the reference's ``<name>_tree.json``
+    names, shapes (in the reference's layout: convolutions ``[O, I, k, k]``, the decoder's
+    transposed ones ``[I, O, k, k]``) and parameter count."""
+    extra = dict(extra or {})
+    shapes, count = {}, 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(dict(template))[0]:
+        names = tuple(p.key for p in path)
+        shape = tuple(leaf.shape)
+        if names in extra:
+            key = extra[names]
+        else:
+            key = f"{dotted(names[:-1])}.{TORCH_LEAF_NAMES[names[-1]]}"
+        if len(shape) == 4:
+            k1, k2, c_in, c_out = shape
+            shape = (c_in, c_out, k1, k2) if names[0] == "decoder" else (c_out, c_in, k1, k2)
+        shapes[key] = list(shape)
+        count += int(np.prod(leaf.shape))
+    tree = parameter_tree(name)
+    assert shapes == tree["shapes"], sorted(set(shapes.items()) ^ set(tree["shapes"].items()))
+    assert count == tree["parameter_count"]

@@ -9,7 +9,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import pytest
-from conv_ae_parity import check_maps, check_training_step, load_case
+from conv_ae_parity import check_maps, check_parameter_tree, check_training_step, load_case
 
 from anomjax.methods.reconstruction import AE
 from anomjax.methods.reconstruction.autoencoder import Autoencoder, bergmann_layers
@@ -45,3 +45,9 @@ def test_losses_gradients_and_one_adam_step(case):
 def test_maps_and_scores(case, loss_type):
     fx, images, _, state = case
     check_maps(fx, dataclasses.replace(METHOD, loss_type=loss_type), state, images, loss_type)
+
+
+def test_full_width_parameter_tree():
+    """The default (paper's widths, latent 100) at 128 px: names, shapes and count."""
+    template = AE().init(jax.random.key(0), jnp.zeros((1, 128, 128, 3)))["params"]
+    check_parameter_tree("ae", template)

@@ -6,8 +6,9 @@ through our train step, maps and scores, at the default threshold ``1 / slots``.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import pytest
-from conv_ae_parity import check_maps, check_training_step, load_case
+from conv_ae_parity import check_maps, check_parameter_tree, check_training_step, load_case
 
 from anomjax.methods.reconstruction import MemAE
 from anomjax.methods.reconstruction.autoencoder import bergmann_layers
@@ -42,3 +43,9 @@ def test_loss_gradients_and_one_adam_step(case):
 def test_maps_and_scores(case):
     fx, images, _, state = case
     check_maps(fx, METHOD, state, images)
+
+
+def test_full_width_parameter_tree():
+    """The default (paper's widths, 100 slots) at 128 px: names, shapes and count."""
+    template = MemAE().init(jax.random.key(0), jnp.zeros((1, 128, 128, 3)))["params"]
+    check_parameter_tree("memae", template, MEMORY)
