@@ -94,7 +94,7 @@ NOTES = {
     "ae": "Bergmann conv AE on whole images at the row's size (paper: 128 px patches), SSIM "
           "loss and 1-SSIM map by default, RGB, map smoothed sigma 4",
     "memae": "Bergmann conv AE with a 100-slot memory on its stride-16 map (paper: small "
-             "MNIST/CIFAR nets), dot addressing, shrink 0.0025, entropy 2e-4",
+             "MNIST/CIFAR nets), dot addressing, shrink 1/N (the paper's rule), entropy 2e-4",
     "vae": "Bergmann conv layout, distrax Gaussian posterior/likelihood (learned scale), map = "
            "reconstruction error at z = mu",
     "favae": "Lite0 stage2/3 features (paper: VGG); map = feature error + ELBO input "

@@ -33,9 +33,11 @@ def seed_everything(seed: int) -> None:
 
 
 def to_numpy(value: torch.Tensor | np.ndarray | float) -> np.ndarray:
+    """A copy: ``Tensor.numpy()`` shares the tensor's memory, so the weights taken before an
+    optimiser step would otherwise silently become the stepped ones."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy().copy()  # a copy: later steps change tensors in place
-    return np.asarray(value)
+        return value.detach().cpu().numpy().copy()
+    return np.array(value)
 
 
 def nhwc(value: torch.Tensor) -> np.ndarray:
@@ -86,6 +88,7 @@ def save_parameter_tree(name: str, reference: str, module: torch.nn.Module) -> P
     shapes = {k: list(v.shape) for k, v in module.state_dict().items()
               if not k.endswith("num_batches_tracked")}
     count = sum(p.numel() for p in module.parameters())
+    FIXTURES.mkdir(parents=True, exist_ok=True)
     path = FIXTURES / f"{name}_tree.json"
     path.write_text(json.dumps({"reference": reference, "parameter_count": count,
                                 "shapes": shapes}, indent=1, sort_keys=True) + "\n")

@@ -115,12 +115,13 @@ def test_autoencoder_shape_follows_pca_and_loss_is_the_mean_of_its_map(trained):
     assert f.shape == (2, 16, 16, channels)
     assert float(loss) == pytest.approx(np.mean((r - f) ** 2), rel=1e-4)
     # the score map (sigma 0) is the channel-mean squared error in eval mode (NumPy),
-    # upsampled by the shared bilinear resize (tested in tests/test_scoring.py)
-    from anomjax.scoring import upsample
+    # upsampled bilinearly with the corners aligned (the authors'; tests/parity/test_parity_dfr)
+    from anomjax.methods.reconstruction.dfr import resize
 
     feats, recon, _ = reconstruct(params, state, images, False)
     errors = np.mean((np.asarray(recon, np.float64) - np.asarray(feats, np.float64)) ** 2, -1)
     maps = np.asarray(scores.maps)[:2]
-    np.testing.assert_allclose(maps, upsample(jnp.asarray(errors, jnp.float32), (64, 64)),
-                               rtol=1e-4, atol=1e-7)
+    upsampled = resize(jnp.asarray(errors, jnp.float32)[..., None], (64, 64), "bilinear",
+                       method.align_corners)[..., 0]
+    np.testing.assert_allclose(maps, upsampled, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(scores.image[:2], maps.max(axis=(1, 2)), rtol=1e-6)

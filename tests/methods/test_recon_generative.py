@@ -75,7 +75,9 @@ def test_registry_defaults_and_round_trip():
     g = GANomaly()
     assert (g.w_adv, g.w_con, g.w_enc, g.learning_rate, g.beta1) == (1.0, 50.0, 1.0, 2e-4, 0.5)
     assert (AnoGAN().lam, AnoGAN().search_steps) == (0.1, 500)
-    assert (MemAE().shrink, MemAE().entropy_weight) == (0.0025, 0.0002)
+    assert (MemAE().threshold, MemAE(slots=40).threshold) == (1 / 100, 1 / 40)  # paper: 1/N
+    assert MemAE(slots=2000, shrink=0.0025).threshold == 0.0025  # the authors' fixed value
+    assert MemAE().entropy_weight == 0.0002
     assert (FAnoGAN().n_critic, FAnoGAN().gp_weight, FAnoGAN().kappa) == (5, 10.0, 1.0)
     for method in TINY.values():
         assert method_from_config(method_config(method)) == method

@@ -2,14 +2,17 @@
 deep feature reconstruction", Neurocomputing 2021).
 
 Regional multi-layer features: every chosen layer of a frozen pretrained CNN is resized to the
-input resolution (bilinear by default), replicate-padded and average-pooled with a
+input resolution (bilinear with ``align_corners=True`` by default, as the authors' code),
+replicate-padded and average-pooled with a
 ``pool_size x pool_size`` window at stride ``pool_stride`` (regional aggregation), and the
 layers are concatenated into ``[B, H/s, W/s, C]``. A 1x1-convolutional autoencoder
 ``C -> (C + 2d)/2 -> 2d -> d -> 2d -> (C + 2d)/2 -> C`` (BatchNorm + ReLU after every hidden
 layer) is trained with the mean squared reconstruction error; the latent size ``d`` is the
 number of principal components keeping 90 % of the variance of the training features. The
-anomaly map is the per-position mean squared error over channels, upsampled bilinearly to the
-input size; the image score is its maximum.
+anomaly map is the per-position mean squared error over channels (the autoencoder in eval
+mode), upsampled bilinearly to the input size (``align_corners=True`` by default, as the
+authors'); the image score is its maximum. BatchNorm trains as PyTorch's: batch statistics,
+running statistics with momentum 0.1 and the unbiased variance.
 
 Paper/authors' defaults kept: Adam lr 1e-4, 150 epochs (authors' script,
 ``default_epochs``), batch size 4 (``default_batch_size``), 256 x 256 images
@@ -19,8 +22,9 @@ the authors' code takes the first batch of 10 of an unshuffled loader), no smoot
 map (``sigma = 0``). The engine hands ``init`` the training images (``init_on_all_images``)
 as an array or a re-iterable of batches; only the first ``pca_images`` are read. Deviations:
 the paper uses the twelve VGG19 layers relu1_1 to relu4_4; the default here is
-EfficientNet-Lite0 ``stage1..stage4`` (strides 2-16); resizing uses half-pixel centres (the
-authors use ``align_corners=True``).
+EfficientNet-Lite0 ``stage1..stage4`` (strides 2-16). ``align_corners=False`` resizes the
+feature maps and the score map with half-pixel centres instead (this library's default before
+the parity check of ``tests/parity/test_parity_dfr.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from anomjax.backbones import backbone_names
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.protocol import TrainedMethod
+from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.nn.pointwise import PointwiseConv
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
 from anomjax.scoring import to_scores
@@ -46,20 +51,50 @@ from anomjax.types import Scores
 BACKBONES = tuple(backbone_names())
 
 
+def resize_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Bilinear resize of ``[B, h, w, C]`` to ``[B, *size, C]`` with the corner pixels' centres
+    aligned (PyTorch's ``interpolate(mode="bilinear", align_corners=True)``): output pixel
+    ``i`` samples input position ``i * (h - 1) / (H - 1)``."""
+
+    def weights(n_in: int, n_out: int) -> np.ndarray:
+        src = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+        low = np.clip(np.floor(src).astype(np.int64), 0, n_in - 1)
+        high = np.minimum(low + 1, n_in - 1)
+        frac = src - low
+        w = np.zeros((n_out, n_in), np.float32)
+        np.add.at(w, (np.arange(n_out), low), 1.0 - frac)
+        np.add.at(w, (np.arange(n_out), high), frac)
+        return w
+
+    x = jnp.einsum("Hh,bhwc->bHwc", weights(x.shape[1], size[0]), x.astype(jnp.float32),
+                   precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("Ww,bhwc->bhWc", weights(x.shape[2], size[1]), x,
+                      precision=jax.lax.Precision.HIGHEST)
+
+
+def resize(x: jax.Array, size: tuple[int, int], method: str = "bilinear",
+           align_corners: bool = False) -> jax.Array:
+    """``[B, h, w, C] -> [B, *size, C]``: ``"nearest"``, or ``"bilinear"`` with half-pixel
+    centres or (``align_corners``) :func:`resize_align_corners`."""
+    if method == "bilinear" and align_corners:
+        return resize_align_corners(x, size)
+    return jax.image.resize(x.astype(jnp.float32), (x.shape[0], *size, x.shape[-1]),
+                            method=method, antialias=False)
+
+
 def regional_features(feats: list[jax.Array], size: tuple[int, int], pool_size: int,
-                      pool_stride: int, method: str = "bilinear") -> jax.Array:
+                      pool_stride: int, method: str = "bilinear",
+                      align_corners: bool = False) -> jax.Array:
     """Multi-layer regional features ``[B, H', W', sum C_l]`` from maps ``[B, h_l, w_l, C_l]``.
 
-    Each map is resized (``method``: ``"bilinear"`` or ``"nearest"``) to ``size``,
-    replicate-padded by
-    ``(pool_size - pool_stride) // 2`` and average-pooled (window ``pool_size``, stride
-    ``pool_stride``).
+    Each map is resized (:func:`resize`: ``method`` ``"bilinear"`` or ``"nearest"``,
+    ``align_corners``) to ``size``, replicate-padded by ``(pool_size - pool_stride) // 2`` and
+    average-pooled (window ``pool_size``, stride ``pool_stride``).
     """
     pad = (pool_size - pool_stride) // 2
     out = []
     for f in feats:
-        f = jax.image.resize(f.astype(jnp.float32), (f.shape[0], *size, f.shape[-1]),
-                             method=method, antialias=False)
+        f = resize(f, size, method, align_corners)
         if pad:
             f = jnp.pad(f, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
         f = nn.avg_pool(f, (pool_size, pool_size), strides=(pool_stride, pool_stride))
@@ -126,6 +161,8 @@ class DFR(TrainedMethod):
       backbone, backbone_weights: the frozen feature extractor and optional weight file.
       taps: backbone layers whose regional features are concatenated.
       upsample: ``"bilinear"`` (authors' default) or ``"nearest"`` resizing of each layer.
+      align_corners: bilinear resizing (of the layers and of the score map) with the corner
+        pixels aligned, as the authors' code (``False``: half-pixel centres).
       pool_size, pool_stride: regional aggregation window and stride (input pixels).
       latent_dim: autoencoder code size; ``0`` chooses it by PCA (``variance_kept``) at init.
       variance_kept: variance share kept by the PCA choice of ``latent_dim`` (paper: 0.9).
@@ -145,6 +182,7 @@ class DFR(TrainedMethod):
     backbone_weights: str | None = hyper(None)
     taps: tuple[str, ...] = hyper(("stage1", "stage2", "stage3", "stage4"))  # checked by init
     upsample: str = hyper("bilinear", choices=("bilinear", "nearest"))
+    align_corners: bool = hyper(True)
     pool_size: int = hyper(4, low=1, high=64)
     pool_stride: int = hyper(4, low=1, high=64)
     latent_dim: int = hyper(0, low=0, high=100000)
@@ -161,7 +199,7 @@ class DFR(TrainedMethod):
         feats = frozen_features(backbone, state["frozen"]["teacher"], images, self.taps)
         return jax.lax.stop_gradient(
             regional_features(feats, images.shape[1:3], self.pool_size, self.pool_stride,
-                              self.upsample))
+                              self.upsample, self.align_corners))
 
     def init(self, key: jax.Array, images: Any) -> State:
         """Teacher variables and the autoencoder (latent size from PCA when ``latent_dim=0``).
@@ -196,8 +234,10 @@ class DFR(TrainedMethod):
         latent = params["conv2"]["kernel"].shape[-1]
         net = FeatureAutoencoder(feats.shape[-1], latent)
         variables = {"params": params, "batch_stats": state["batch_stats"]}
-        if train:
-            recon, updates = net.apply(variables, feats, train=True, mutable=["batch_stats"])
+        if train:  # PyTorch's train-mode BatchNorm (unbiased running variance)
+            recon, updates = apply_with(net, variables, feats, train=True,
+                                        mutable=["batch_stats"],
+                                        interceptors=[batch_norm_in_train_mode(0.9)])
             return feats, recon.astype(jnp.float32), updates["batch_stats"]
         recon = net.apply(variables, feats, train=False)
         return feats, recon.astype(jnp.float32), state["batch_stats"]
@@ -215,4 +255,7 @@ class DFR(TrainedMethod):
     def score(self, state: State, images: jax.Array) -> Scores:
         """Map = upsampled per-position reconstruction error; image score = its max."""
         feats, recon, _ = self._reconstruct(state["params"], state, images, train=False)
-        return to_scores(reconstruction_errors(feats, recon), images.shape[1:3], self.sigma)
+        errors = reconstruction_errors(feats, recon)
+        size = images.shape[1:3]
+        maps = resize(errors[..., None], size, "bilinear", self.align_corners)[..., 0]
+        return to_scores(maps, size, self.sigma)

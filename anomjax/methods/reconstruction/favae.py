@@ -32,11 +32,10 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
-from anomjax.methods.protocol import TrainedMethod
+from anomjax.methods.reconstruction.constant_adam import ConstantAdamMethod
 from anomjax.methods.reconstruction.vae import GaussianVAE, elbo, vae_network
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
@@ -46,7 +45,7 @@ from anomjax.types import Batch, Scores
 
 @register
 @dataclasses.dataclass(frozen=True)
-class FAVAE(TrainedMethod):
+class FAVAE(ConstantAdamMethod):
     """Feature-augmented VAE (see the module docstring).
 
     Attributes:
@@ -81,11 +80,6 @@ class FAVAE(TrainedMethod):
                 "frozen": {"teacher": teacher_variables(self.backbone, self.backbone_weights)},
                 "normalizer": {"feature": jnp.ones(()), "gradient": jnp.ones(())}}
 
-    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
-        """Adam, constant rate."""
-        del total_steps
-        return optax.adam(self.learning_rate)
-
     def _feature_errors(self, state: State, images: jax.Array,
                         recon: jax.Array) -> list[jax.Array]:
         """Per-position ``mean_c (phi_l(x) - phi_l(x_hat))^2`` ``[B, h_l, w_l]`` per tap."""
@@ -95,11 +89,13 @@ class FAVAE(TrainedMethod):
         n = images.shape[0]
         return [jnp.mean(jnp.square(f[:n].astype(jnp.float32) - f[n:]), axis=-1) for f in both]
 
-    def _objective(self, params: Any, state: State, images: jax.Array,
-                   key: jax.Array | None) -> tuple[jax.Array, dict[str, Any]]:
-        """Per-image loss ``[B]`` and the logged terms; ``key=None``: at ``z = mu``."""
+    def _objective(self, params: Any, state: State, images: jax.Array, key: jax.Array | None,
+                   noise: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any]]:
+        """Per-image loss ``[B]`` and the logged terms; the ELBO's sample is drawn from
+        ``key``, or given by the standard normal ``noise [B, latent]``, or ``z = mu`` when
+        neither is given (``vae.elbo``)."""
         net = self._net(images)
-        values, aux = elbo(net, params, images, key)
+        values, aux = elbo(net, params, images, key, noise)
         mu, _ = net.apply({"params": params}, images, method=GaussianVAE.encode)
         recon = net.apply({"params": params}, mu, method=GaussianVAE.decode)
         errors = self._feature_errors(state, images, recon)

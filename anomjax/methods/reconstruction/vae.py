@@ -30,14 +30,13 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from anomjax._distrax import distrax
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images, check_trained_size
-from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.reconstruction.autoencoder import bergmann_layers
+from anomjax.methods.reconstruction.constant_adam import ConstantAdamMethod
 from anomjax.nn.conv_ae import ConvDecoder, ConvEncoder, Layer, conv_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import squared_error_map
@@ -75,19 +74,32 @@ class GaussianVAE(nn.Module):
 
 
 def elbo(net: GaussianVAE, params: Any, images: jax.Array, key: jax.Array | None,
-         ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Per-image ELBO ``[B]`` (``key=None``: at ``z = mu``) and its two terms (batch means)."""
+         noise: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Per-image ELBO ``[B]`` and its two terms (batch means), with the reparameterised
+    sample ``z`` drawn from ``key``, or ``z = mu + sigma * noise`` for a given standard normal
+    draw ``noise [B, latent]``, or ``z = mu`` when neither is given."""
     variables = {"params": params}
     mu, log_sigma = net.apply(variables, images, method=GaussianVAE.encode)
     posterior = distrax.MultivariateNormalDiag(mu, jnp.exp(log_sigma))
     prior = distrax.MultivariateNormalDiag(jnp.zeros_like(mu), jnp.ones_like(mu))
-    z = mu if key is None else posterior.sample(seed=key)
+    if noise is not None:
+        z = mu + jnp.exp(log_sigma) * noise
+    else:
+        z = mu if key is None else posterior.sample(seed=key)
     mean = net.apply(variables, z, method=GaussianVAE.decode)
     likelihood = distrax.Independent(
         distrax.Normal(mean, jnp.exp(params["log_scale"]) * jnp.ones_like(mean)), 3)
     log_lik = likelihood.log_prob(images.astype(jnp.float32))
     kl = posterior.kl_divergence(prior)
     return log_lik - kl, {"log_likelihood": jnp.mean(log_lik), "kl": jnp.mean(kl)}
+
+
+def negative_elbo(net: GaussianVAE, params: Any, images: jax.Array, key: jax.Array | None,
+                  noise: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The training loss: ``-ELBO`` averaged over the batch and divided by the number of
+    values of an image (``S * S * 3``), and the ELBO's terms (see :func:`elbo`)."""
+    values, aux = elbo(net, params, images, key, noise)
+    return -jnp.mean(values) / images[0].size, aux
 
 
 def vae_network(method: str, width: int, latent: int, images: jax.Array,
@@ -103,7 +115,7 @@ def vae_network(method: str, width: int, latent: int, images: jax.Array,
 
 @register
 @dataclasses.dataclass(frozen=True)
-class VAE(TrainedMethod):
+class VAE(ConstantAdamMethod):
     """Gaussian VAE with distrax distributions (see the module docstring).
 
     Attributes:
@@ -132,17 +144,11 @@ class VAE(TrainedMethod):
                                    special={"log_scale": lambda shape, rng: 0.0})
         return {"params": variables["params"]}
 
-    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
-        """Adam, constant rate."""
-        del total_steps
-        return optax.adam(self.learning_rate)
-
     def loss(self, params: Any, state: State, images: jax.Array,
              key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """``-ELBO`` per value (one reparameterised sample per image)."""
         del state
-        values, aux = elbo(self._net(images), params, images, key)
-        return -jnp.mean(values) / images[0].size, aux
+        return negative_elbo(self._net(images), params, images, key)
 
     def score(self, state: State, images: jax.Array) -> Scores:
         """The chosen map (see the module docstring), smoothed; image score = its maximum."""
