@@ -80,3 +80,13 @@ def frozen_features(backbone: Any, variables: Any, images: jax.Array,
     teacher's variables (gradients with respect to ``images`` still flow)."""
     feats = backbone.features(jax.lax.stop_gradient(variables), images, taps=tuple(taps))
     return [feats[t] for t in taps]
+
+
+def post_relu_taps(choice: str, backbone: str) -> bool:
+    """Whether a network that reproduces ``backbone``'s taps should end them in a ReLU:
+    ``choice`` ``"on"`` / ``"off"``, or ``"auto"``: on for the ResNets (and VGG, the papers'
+    backbones), whose taps follow a ReLU; off for EfficientNet-Lite, whose taps can be
+    negative."""
+    if choice != "auto":
+        return choice == "on"
+    return backbone.startswith(("resnet", "wide_resnet"))

@@ -60,7 +60,13 @@ from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
-from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
+from anomjax.nn.teacher import (
+    check_taps,
+    frozen_features,
+    post_relu_taps,
+    teacher,
+    teacher_variables,
+)
 from anomjax.scoring import gaussian_blur
 from anomjax.types import Scores
 
@@ -207,9 +213,7 @@ class MKD(TrainedMethod):
     def tap_relu(self) -> bool:
         """Whether the cloner's tapped maps end in a ReLU (``cloner_tap_relu``, or by
         backbone: on for the ResNets, whose taps are post-ReLU as VGG16's)."""
-        if self.cloner_tap_relu != "auto":
-            return self.cloner_tap_relu == "on"
-        return self.backbone.startswith(("resnet", "wide_resnet"))
+        return post_relu_taps(self.cloner_tap_relu, self.backbone)
 
     def _teacher(self) -> Any:
         check_taps(self.name, self.backbone, self.taps)

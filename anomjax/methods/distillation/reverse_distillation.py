@@ -69,7 +69,13 @@ from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.resnet_blocks import ResidualStage, batch_norm, conv
-from anomjax.nn.teacher import check_taps, frozen_features, teacher, teacher_variables
+from anomjax.nn.teacher import (
+    check_taps,
+    frozen_features,
+    post_relu_taps,
+    teacher,
+    teacher_variables,
+)
 from anomjax.scoring import gaussian_blur, upsample
 from anomjax.types import Scores
 
@@ -191,9 +197,7 @@ class ReverseDistillation(TrainedMethod):
     @property
     def final_relu(self) -> bool:
         """Whether decoder stages end in a ReLU (``decoder_final_relu``, or by backbone)."""
-        if self.decoder_final_relu != "auto":
-            return self.decoder_final_relu == "on"
-        return self.backbone.startswith(("resnet", "wide_resnet"))
+        return post_relu_taps(self.decoder_final_relu, self.backbone)
 
     def _teacher(self) -> Any:
         check_taps(self.name, self.backbone, self.taps)
