@@ -80,7 +80,7 @@ def main() -> None:
                     # copied: to_numpy shares the tensor's memory, which Adam steps below
                     weights[f"level{lv}/block{k}/{name}"] = to_numpy(value).copy().reshape(
                         value.shape[1:] if name.startswith("global") else value.shape)
-    feats = [torch.randn(BATCH, c, s, s) * 2 + 0.5 for c, s in zip(CHANNELS, SIDES)]
+    feats = [torch.randn(BATCH, c, s, s) * 2 + 0.5 for c, s in zip(CHANNELS, SIDES, strict=True)]
     for lv, f in enumerate(feats):
         inputs[f"level{lv}/features"] = nhwc(f)
         outputs[f"level{lv}/positional_encoding"] = to_numpy(
@@ -95,7 +95,7 @@ def main() -> None:
 
     # log p / C per fibre, the loss over every fibre (summed over levels), its gradients
     total = 0.0
-    for lv, (d, f) in enumerate(zip(decoders, feats)):
+    for lv, (d, f) in enumerate(zip(decoders, feats, strict=True)):
         lp = log_prob(utils, d, *fibres(model, f))
         outputs[f"level{lv}/log_prob"] = lp
         loss = torch.nn.LogSigmoid()(lp).neg().mean()
@@ -115,7 +115,7 @@ def main() -> None:
     # epoch): per-level maximum over the set in float64, exp, align_corners upsampling, sum
     with torch.no_grad():
         score_map = 0.0
-        for lv, (d, f) in enumerate(zip(decoders, feats)):
+        for lv, (d, f) in enumerate(zip(decoders, feats, strict=True)):
             test_norm = log_prob(utils, d, *fibres(model, f)).double()
             outputs[f"level{lv}/test_max"] = test_norm.max()
             prob = torch.exp(test_norm - test_norm.max()).reshape(-1, SIDES[lv], SIDES[lv])
@@ -130,7 +130,7 @@ def main() -> None:
     # so a decoder is untouched by the other levels' steps)
     params = [p for d in decoders for p in d.parameters()]
     optimizer = torch.optim.Adam(params, lr=LR)
-    for lv, (d, f) in enumerate(zip(decoders, feats)):
+    for lv, (d, f) in enumerate(zip(decoders, feats, strict=True)):
         e_r, c_r = fibres(model, f)
         perm = torch.randperm(e_r.shape[0])
         inputs[f"level{lv}/fibre_perm"] = to_numpy(perm).astype(np.int32)

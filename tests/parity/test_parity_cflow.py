@@ -62,10 +62,9 @@ def decoder_params(fx: Fixture, group: str) -> dict:
     """Our ``params`` tree filled from the reference group (checked: every tensor once)."""
     out = {}
     for lv, c in enumerate(CHANNELS):
-        subnets = METHOD._subnets(c)
-        template = jax.eval_shape(
-            lambda: {f"block{k}": subnets[k].init(jax.random.key(0), jnp.zeros(
-                (1, c - c // 2 + 16)))["params"] for k in range(BLOCKS)})
+        sample = jnp.zeros((1, c - c // 2 + 16))
+        template = {f"block{k}": jax.eval_shape(net.init, jax.random.key(0), sample)["params"]
+                    for k, net in enumerate(METHOD._subnets(c))}
         level = {}
         for k in range(BLOCKS):
             ref = fx.group(group, f"level{lv}/block{k}/")
