@@ -77,6 +77,7 @@ class FastFlow(TrainedMethod):
 
     name: ClassVar[str] = "fastflow"
     default_epochs: ClassVar[int] = 500  # the paper's
+    default_batch_size: ClassVar[int] = 32  # the paper's
 
     backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None
