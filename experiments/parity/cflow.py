@@ -33,7 +33,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import nhwc, save_fixture, seed_everything, to_numpy  # noqa: E402
+from common import (  # noqa: E402
+    nhwc,
+    save_fixture,
+    save_parameter_tree,
+    seed_everything,
+    to_numpy,
+)
 
 COMMIT = "b2ebf9e673a0aa46992a3b18367ec066a57bba89"
 REFERENCE = f"gudovskiy/cflow-ad@{COMMIT[:7]} model.py, train.py (FrEIA 0.2)"
@@ -151,6 +157,13 @@ def main() -> None:
     save_fixture("cflow", REFERENCE, weights=weights, inputs=inputs,
                  outputs={k: to_numpy(v) for k, v in outputs.items()}, grads=grads,
                  stepped=stepped)
+
+    # the paper's decoders (WRN50 layer2..4: 512/1024/2048 channels, condition 128, 8 blocks);
+    # the rotations are replaced by identities for speed (their values are not written)
+    model.Fm.all_in_one_block.special_ortho_group = SimpleNamespace(rvs=np.eye)
+    paper = SimpleNamespace(condition_vec=128, coupling_blocks=8, clamp_alpha=1.9)
+    save_parameter_tree("cflow", REFERENCE + ", WRN50 decoders", torch.nn.ModuleList(
+        model.freia_cflow_head(paper, c) for c in (512, 1024, 2048)))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from anomjax.methods.flows.cflow import CFlow
 from anomjax.methods.flows.common import all_in_one_flow
 from anomjax.nn.flows import positional_encoding_2d
 from anomjax.types import Batch
-from tests.parity.parity_harness import GRADIENT_TOL, Fixture
+from tests.parity.parity_harness import GRADIENT_TOL, Fixture, parameter_tree
 
 CHANNELS, SIDES, BLOCKS, IMAGE = (12, 9), (6, 3), 3, 24
 
@@ -166,3 +166,28 @@ def test_test_set_normalised_map_and_score(fx):
     fx.close("image score", scores.image + probability_sum.max(), fx.output("image_score"))
     fx.close("map (authors' offset)", scores.maps + probability_sum.max(),
              fx.output("super_mask"))
+
+
+def test_full_width_parameter_tree():
+    """The paper's decoders (WRN50 ``layer2..layer4``, condition 128, 8 blocks): every tensor
+    of the authors' three FrEIA decoders has our counterpart of the same shape, and the
+    trainable counts agree."""
+    tree = parameter_tree("cflow")
+    method = CFlow(condition_dim=128, coupling_blocks=8)
+    mapped, count = {}, 0
+    for lv, c in enumerate((512, 1024, 2048)):
+        sample = jnp.zeros((1, c - c // 2 + 128))
+        for k, net in enumerate(method._subnets(c)):
+            prefix = f"{lv}.module_list.{k}."
+            shapes = jax.eval_shape(net.init, jax.random.key(0), sample)["params"]
+            for layer, torch_layer in (("fc0", "subnet.0"), ("out", "subnet.2")):
+                kernel, bias = shapes[layer]["kernel"].shape, shapes[layer]["bias"].shape
+                mapped[f"{prefix}{torch_layer}.weight"] = [kernel[1], kernel[0]]
+                mapped[f"{prefix}{torch_layer}.bias"] = list(bias)
+                count += int(np.prod(kernel)) + int(np.prod(bias))
+            mapped[f"{prefix}global_scale"] = mapped[f"{prefix}global_offset"] = [1, c]
+            count += 2 * c  # our scale and offset [C]
+    reference = {k: v for k, v in tree["shapes"].items() if "w_perm" not in k}
+    assert mapped == reference
+    fixed = sum(int(np.prod(v)) for k, v in tree["shapes"].items() if "w_perm" in k)
+    assert count == tree["parameter_count"] - fixed
