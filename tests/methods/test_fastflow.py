@@ -43,6 +43,28 @@ def test_layer_norm_is_over_positions_and_channels():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_plain_layer_norm_option_is_the_affine_one_at_its_initial_value(trained):
+    """``norm_affine=False``: no LayerNorm parameters to train, and the same latents as the
+    affine LayerNorm at scale 1, bias 0."""
+    import dataclasses
+
+    import jax
+
+    state, test, _ = trained
+    plain = dataclasses.replace(TINY, norm_affine=False)
+    images = jnp.asarray(test.images[:2])
+    params = {level: {"flow": p["flow"]} for level, p in state["params"].items()}
+    assert plain.init(jax.random.key(0), images)["params"].keys() == params.keys()
+    assert all("norm" not in p for p in plain.init(jax.random.key(0), images)["params"].values())
+    reset = {level: {"flow": p["flow"], "norm": jax.tree.map(jnp.ones_like, p["norm"]) | {
+        "bias": jnp.zeros_like(p["norm"]["bias"])}} for level, p in state["params"].items()}
+    got = jax.jit(plain._latents)(params, state, images)
+    want = jax.jit(TINY._latents)(reset, state, images)
+    for (z, log_det), (z_ref, log_det_ref) in zip(got, want, strict=True):
+        np.testing.assert_allclose(z, z_ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(log_det, log_det_ref, rtol=1e-5)
+
+
 def test_scoring_another_size_is_a_clear_error(trained):
     state, _, _ = trained
     with pytest.raises(ValueError, match="training size"):
