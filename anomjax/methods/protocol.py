@@ -154,8 +154,8 @@ class TrainedMethod(_MethodBase):
         (``state["params"]`` current), the batch ``images [B, H, W, 3]``, the step's ``key``
         and, as ``frozen=``, the cached frozen features, returns ``(params, opt_state, loss,
         aux)`` with an aux ``"grad_norm"`` (the other aux scalars are logged). The engine
-        then makes no update of its own. Not overridden: the engine's one update per batch
-        of :meth:`loss`.
+        then makes no update of its own. Not overridden, or in a population
+        (:attr:`member_count`): the engine's one update per batch of :meth:`loss`.
         """
         raise NotImplementedError(f"{self.name} makes one update per batch (no train_update)")
 
@@ -221,6 +221,10 @@ class MethodWrapper(TrainedMethod, FittedMethod):
     def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
              **frozen: Any) -> tuple[jax.Array, dict[str, Any]]:
         return self.method.loss(params, state, images, key, **frozen)
+
+    def train_update(self, optimizer: Any, opt_state: Any, state: State, images: jax.Array,
+                     key: jax.Array, **frozen: Any) -> tuple[Any, Any, jax.Array, dict[str, Any]]:
+        return self.method.train_update(optimizer, opt_state, state, images, key, **frozen)
 
     def fit(self, key: jax.Array, batches: Iterable[Batch]) -> State:
         return self.method.fit(key, batches)

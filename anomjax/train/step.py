@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from anomjax.methods.optimization import GroupedOptimizer
-from anomjax.methods.protocol import MethodWrapper, overrides
+from anomjax.methods.protocol import overrides
 from anomjax.train.grouped_step import make_grouped_step
 from anomjax.train.state import TrainState, method_state
 
@@ -134,7 +134,9 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
     ``state_sharding`` (a prefix of the train state, default ``replicated``) pins the
     updated state instead where it is not replicated (a population's member axis).
     A :class:`~anomjax.methods.optimization.GroupedOptimizer` gets the step of several parameter
-    groups (its ``loss`` metric is the sum of the groups' losses, checked the same way).
+    groups (its ``loss`` metric is the sum of the groups' losses, checked the same way). A
+    method that overrides ``train_update`` (several updates per batch, e.g. CFLOW-AD's fibre
+    mini-batches) makes its own updates in the step (float32; not in a population).
     """
     dtype = None if compute_dtype in (None, "float32") else jnp.dtype(compute_dtype)
     if isinstance(optimizer, GroupedOptimizer):  # several groups (anomjax.train.grouped_step)
@@ -153,7 +155,7 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
                 return new, metrics  # checked per member by _members_step
             finite = all_finite((metrics["loss"], new.params, new.opt_state, new.batch_stats))
             return new, {**metrics, "finite": finite.astype(jnp.float32)}
-    elif overrides(method, "train_update") and not isinstance(method, MethodWrapper):
+    elif overrides(method, "train_update") and not method.member_count:
         train_step = _own_update_step(method, optimizer, dtype)
     else:
         train_step = _single_step(method, optimizer, dtype)
