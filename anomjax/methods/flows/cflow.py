@@ -46,8 +46,8 @@ per training image.
 Deviations: WRN50 ``layer2..layer4`` become EfficientNet-Lite0 ``stage3, stage5, stage7``
 (strides 8/16/32, channels 40/112/320; anomalib's mapping in the reference script);
 ``backbone="wide_resnet50_2", taps=("layer2", "layer3", "layer4")`` with the user's weights
-is the paper's setting. The authors upsample with ``align_corners=True``
-(``align_corners=True`` here); the default is half-pixel centres (the library's shared
+is the paper's setting. The authors upsample with ``align_corners=True`` (the option of
+that name); the default is half-pixel centres (the library's shared
 upsampling). Parity with the authors' code: ``tests/parity/test_parity_cflow.py``.
 """
 
