@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from anomjax.methods.protocol import overrides
 from anomjax.metrics import f1_adaptive_threshold, quantile_threshold, subset_metrics
 from anomjax.types import Batch, Scores, State
 from anomjax.visualize import overlay_panel
@@ -71,6 +72,8 @@ def predict_split(method: Any, state: State, split: Any, *, batch_size: int = 16
     """Score every image of ``split`` (an ``anomjax.data`` split) with ``method`` (its
     jitted ``score``, or ``score_fn``, e.g. a tiled scorer)."""
     score_fn = score_fn or jax.jit(method.score)
+    if overrides(method, "calibrate_test"):  # a normaliser taken over the split itself
+        state = method.calibrate_test(state, split.batches(batch_size))
     paths, labels, types, image_scores, maps, masks = [], [], [], [], [], []
     with tqdm(total=len(split), desc=f"scoring {method.name}", unit="img",
               disable=not progress) as bar:  # closed before any error is printed

@@ -40,7 +40,8 @@ from anomjax.methods.optimization import GroupedOptimizer
 from anomjax.types import Batch, Scores, State
 
 #: The optional hooks of :class:`TrainedMethod`, each with a default there.
-TRAIN_HOOKS = ("calibrate", "frozen_features", "train_state_sharding")
+TRAIN_HOOKS = ("calibrate", "calibrate_test", "frozen_features", "train_state_sharding",
+               "train_update")
 #: The optional class settings (defaults used by the engine and the command line).
 SETTINGS = ("default_epochs", "default_batch_size", "default_image_size", "init_on_all_images",
             "uses_caller_mesh")
@@ -136,6 +137,28 @@ class TrainedMethod(_MethodBase):
         del batches
         return state
 
+    def calibrate_test(self, state: State, batches: Iterable[Batch]) -> State:
+        """Called by evaluation (:func:`anomjax.evaluate.predict_split` and the training
+        engine's validation) with the batches of the split about to be scored, before scoring
+        it: a transductive normaliser, a statistic of the test set itself (CFLOW-AD's
+        authors normalise by the test set's maximum). Default: ``state`` unchanged."""
+        del batches
+        return state
+
+    def train_update(self, optimizer: Any, opt_state: Any, state: State, images: jax.Array,
+                     key: jax.Array, **frozen: Any) -> tuple[Any, Any, jax.Array, dict[str, Any]]:
+        """Optional: the method's own training step, for a method that makes several
+        optimiser updates per image batch (CFLOW-AD's fibre mini-batches); pure and jittable.
+
+        Given ``optimizer`` (what :meth:`optimizer` returned), its state, the method state
+        (``state["params"]`` current), the batch ``images [B, H, W, 3]``, the step's ``key``
+        and, as ``frozen=``, the cached frozen features, returns ``(params, opt_state, loss,
+        aux)`` with an aux ``"grad_norm"`` (the other aux scalars are logged). The engine
+        then makes no update of its own. Not overridden, or in a population
+        (:attr:`member_count`): the engine's one update per batch of :meth:`loss`.
+        """
+        raise NotImplementedError(f"{self.name} makes one update per batch (no train_update)")
+
     @property
     def uses_frozen_features(self) -> bool:
         """Whether :meth:`frozen_features` is defined (overridden) for this method."""
@@ -199,6 +222,10 @@ class MethodWrapper(TrainedMethod, FittedMethod):
              **frozen: Any) -> tuple[jax.Array, dict[str, Any]]:
         return self.method.loss(params, state, images, key, **frozen)
 
+    def train_update(self, optimizer: Any, opt_state: Any, state: State, images: jax.Array,
+                     key: jax.Array, **frozen: Any) -> tuple[Any, Any, jax.Array, dict[str, Any]]:
+        return self.method.train_update(optimizer, opt_state, state, images, key, **frozen)
+
     def fit(self, key: jax.Array, batches: Iterable[Batch]) -> State:
         return self.method.fit(key, batches)
 
@@ -207,6 +234,10 @@ class MethodWrapper(TrainedMethod, FittedMethod):
 
     def calibrate(self, state: State, batches: Iterable[Batch]) -> State:
         return self.method.calibrate(state, batches) if self.calibrates else state
+
+    def calibrate_test(self, state: State, batches: Iterable[Batch]) -> State:
+        return (self.method.calibrate_test(state, batches)
+                if overrides(self.method, "calibrate_test") else state)
 
     @property
     def calibrates(self) -> bool:

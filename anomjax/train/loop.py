@@ -170,6 +170,9 @@ def _validate(method: Any, state: State, split: Any, batch_size: int, mesh: Data
     from anomjax.metrics import compute_metrics
 
     score = _jitted_score(method)
+    if overrides(method, "calibrate_test"):  # a normaliser taken over the split itself
+        state = method.calibrate_test(state, split.batches(batch_size=batch_size,
+                                                           num_workers=num_workers))
     images, labels, maps, masks = [], [], [], []
     for batch in split.batches(batch_size=batch_size, num_workers=num_workers):
         out = score(state, mesh.replicate(np.asarray(batch.images, np.float32)))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from anomjax.methods.optimization import GroupedOptimizer
+from anomjax.methods.protocol import overrides
 from anomjax.train.grouped_step import make_grouped_step
 from anomjax.train.state import TrainState, method_state
 
@@ -133,7 +134,9 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
     ``state_sharding`` (a prefix of the train state, default ``replicated``) pins the
     updated state instead where it is not replicated (a population's member axis).
     A :class:`~anomjax.methods.optimization.GroupedOptimizer` gets the step of several parameter
-    groups (its ``loss`` metric is the sum of the groups' losses, checked the same way).
+    groups (its ``loss`` metric is the sum of the groups' losses, checked the same way). A
+    method that overrides ``train_update`` (several updates per batch, e.g. CFLOW-AD's fibre
+    mini-batches) makes its own updates in the step (float32; not in a population).
     """
     dtype = None if compute_dtype in (None, "float32") else jnp.dtype(compute_dtype)
     if isinstance(optimizer, GroupedOptimizer):  # several groups (anomjax.train.grouped_step)
@@ -152,6 +155,8 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
                 return new, metrics  # checked per member by _members_step
             finite = all_finite((metrics["loss"], new.params, new.opt_state, new.batch_stats))
             return new, {**metrics, "finite": finite.astype(jnp.float32)}
+    elif overrides(method, "train_update") and not method.member_count:
+        train_step = _own_update_step(method, optimizer, dtype)
     else:
         train_step = _single_step(method, optimizer, dtype)
     if method.member_count:
@@ -204,5 +209,29 @@ def _single_step(method: Any, optimizer: optax.GradientTransformation,
         finite = all_finite((loss, grad_norm, params, opt_state, batch_stats))
         metrics["finite"] = finite.astype(jnp.float32)
         return new, metrics
+
+    return train_step
+
+
+def _own_update_step(method: Any, optimizer: Any, dtype: jnp.dtype | None) -> Callable:
+    """The step of a method that makes its own updates (``method.train_update``, e.g.
+    several per batch); float32 only. Metrics as :func:`_single_step`'s."""
+    if dtype is not None:
+        raise ValueError(f"{method.name} makes its own updates (train_update), which run in "
+                         f"float32: train it without compute_dtype={dtype}")
+
+    def train_step(ts: TrainState, images: jax.Array, key: jax.Array,
+                   frozen: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+        extra = {} if frozen is None else {"frozen": frozen}
+        params, opt_state, loss, aux = method.train_update(optimizer, ts.opt_state,
+                                                           method_state(ts), images, key,
+                                                           **extra)
+        aux = dict(aux)
+        grad_norm = aux.pop("grad_norm")
+        metrics = {"loss": loss.astype(jnp.float32), "grad_norm": grad_norm}
+        metrics.update({k: jnp.asarray(v, jnp.float32) for k, v in aux.items()})
+        new = ts.replace(params=params, opt_state=opt_state, step=ts.step + 1)
+        finite = all_finite((loss, grad_norm, params, opt_state))
+        return new, {**metrics, "finite": finite.astype(jnp.float32)}
 
     return train_step

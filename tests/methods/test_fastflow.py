@@ -1,9 +1,9 @@
-"""FastFlow: the paper's defaults, LayerNorm, the map formula, and a trained model that
-localises synthetic defects."""
+"""FastFlow: the paper's defaults, LayerNorm, and a trained model that localises synthetic
+defects (the flows, loss, optimiser step and map against anomalib:
+``tests/parity/test_parity_fastflow.py``)."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ def trained():
 def test_paper_defaults_and_registry():
     m = FastFlow()
     assert (m.flow_steps, m.hidden_ratio, m.conv3x3_only, m.clamp) == (8, 1.0, False, 2.0)
-    assert (m.learning_rate, m.weight_decay) == (1e-3, 1e-5)
+    assert (m.learning_rate, m.weight_decay, FastFlow.default_batch_size) == (1e-3, 1e-5, 32)
     assert [s.kernel_size for s in m._subnets(24)] == [3, 1] * 4
     assert [s.hidden for s in m._subnets(24)] == [12] * 8
     assert make_method("fastflow", {"taps": "stage2,stage3", "flow_steps": "4"}) == TINY
@@ -43,21 +43,26 @@ def test_layer_norm_is_over_positions_and_channels():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_map_is_the_mean_negative_probability_and_loss_the_nll(trained):
-    state, test, scores = trained
+def test_plain_layer_norm_option_is_the_affine_one_at_its_initial_value(trained):
+    """``norm_affine=False``: no LayerNorm parameters to train, and the same latents as the
+    affine LayerNorm at scale 1, bias 0."""
+    import dataclasses
+
+    import jax
+
+    state, test, _ = trained
+    plain = dataclasses.replace(TINY, norm_affine=False)
     images = jnp.asarray(test.images[:2])
-    latents = jax.jit(TINY._latents)(state["params"], state, images)
-    maps = []
-    for z, _ in latents:
-        prob = np.exp(-0.5 * np.mean(np.asarray(z) ** 2, axis=-1))
-        maps.append(np.asarray(jax.image.resize(jnp.asarray(-prob), (2, 64, 64), "bilinear")))
-    np.testing.assert_allclose(scores.maps[:2], np.mean(maps, axis=0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(scores.image[:2], np.mean(maps, axis=0).max(axis=(1, 2)),
-                               rtol=1e-5)
-    loss, _ = jax.jit(TINY.loss)(state["params"], state, images, jax.random.key(0))
-    want = sum(np.mean(0.5 * np.sum(np.asarray(z) ** 2, axis=(1, 2, 3)) - np.asarray(ld))
-               for z, ld in latents)
-    assert float(loss) == pytest.approx(want, rel=1e-5)
+    params = {level: {"flow": p["flow"]} for level, p in state["params"].items()}
+    assert plain.init(jax.random.key(0), images)["params"].keys() == params.keys()
+    assert all("norm" not in p for p in plain.init(jax.random.key(0), images)["params"].values())
+    reset = {level: {"flow": p["flow"], "norm": jax.tree.map(jnp.ones_like, p["norm"]) | {
+        "bias": jnp.zeros_like(p["norm"]["bias"])}} for level, p in state["params"].items()}
+    got = jax.jit(plain._latents)(params, state, images)
+    want = jax.jit(TINY._latents)(reset, state, images)
+    for (z, log_det), (z_ref, log_det_ref) in zip(got, want, strict=True):
+        np.testing.assert_allclose(z, z_ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(log_det, log_det_ref, rtol=1e-5)
 
 
 def test_scoring_another_size_is_a_clear_error(trained):
