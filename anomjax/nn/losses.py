@@ -65,20 +65,25 @@ def _gaussian_taps(size: int, sigma: float) -> jax.Array:
     return k / jnp.sum(k)
 
 
-def _gaussian_filter(x: jax.Array, size: int, sigma: float) -> jax.Array:
-    """Separable Gaussian of ``[N, 1, H, W]`` with reflect (``scipy`` "reflect") padding."""
+def _gaussian_filter(x: jax.Array, size: int, sigma: float,
+                     padding: str = "reflect") -> jax.Array:
+    """Separable Gaussian of ``[N, 1, H, W]`` with reflect (``scipy`` "reflect") or zero
+    (``padding="zeros"``) padding."""
     r = (size - 1) // 2
     taps = _gaussian_taps(size, sigma)
-    x = jnp.pad(x, ((0, 0), (0, 0), (r, r), (r, r)), mode="symmetric")
+    mode = {"reflect": "symmetric", "zeros": "constant"}[padding]
+    x = jnp.pad(x, ((0, 0), (0, 0), (r, r), (r, r)), mode=mode)
     return _conv(_conv(x, taps[:, None]), taps[None, :])
 
 
 def ssim_map(x: jax.Array, y: jax.Array, *, data_range: float = 1.0, window: int = 11,
-             sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> jax.Array:
+             sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03,
+             padding: str = "reflect") -> jax.Array:
     """Per-pixel SSIM of ``x`` and ``y`` ``[B, H, W, C]``, averaged over channels: ``[B, H, W]``.
 
     Local means, variances and covariance are Gaussian-weighted (``window`` taps, ``sigma``),
-    population estimates; ``C1 = (k1 * data_range)^2``, ``C2 = (k2 * data_range)^2``.
+    population estimates; ``C1 = (k1 * data_range)^2``, ``C2 = (k2 * data_range)^2``;
+    ``padding``: ``"reflect"`` (scipy, scikit-image) or ``"zeros"`` at the border.
     """
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"ssim_map needs two [B, H, W, C] images of one shape, got {x.shape} "
@@ -86,7 +91,7 @@ def ssim_map(x: jax.Array, y: jax.Array, *, data_range: float = 1.0, window: int
     b, h, w, c = x.shape
     px, py = _per_channel(x), _per_channel(y)
     stats = _gaussian_filter(jnp.concatenate([px, py, px * px, py * py, px * py]),
-                             window, sigma)  # filter all five moments in one pass
+                             window, sigma, padding)  # all five moments in one pass
     ux, uy, uxx, uyy, uxy = jnp.split(stats[:, 0], 5)
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
@@ -94,9 +99,10 @@ def ssim_map(x: jax.Array, y: jax.Array, *, data_range: float = 1.0, window: int
     return jnp.mean(s.reshape(b, c, h, w), axis=1)
 
 
-def ssim_loss(x: jax.Array, y: jax.Array, *, data_range: float = 1.0) -> jax.Array:
+def ssim_loss(x: jax.Array, y: jax.Array, *, data_range: float = 1.0,
+              padding: str = "reflect") -> jax.Array:
     """``1 - mean SSIM`` over all pixels of the batch (a scalar to minimise)."""
-    return 1.0 - jnp.mean(ssim_map(x, y, data_range=data_range))
+    return 1.0 - jnp.mean(ssim_map(x, y, data_range=data_range, padding=padding))
 
 
 _PREWITT_X = np.asarray([[1.0, 0.0, -1.0]] * 3, np.float32) / 3.0
