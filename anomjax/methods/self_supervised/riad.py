@@ -136,14 +136,13 @@ class RIAD(TrainedMethod):
 
     def masked_loss(self, params: Any, batch_stats: Any, images: jax.Array,
                     masks: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-        """The training loss for given masks ``[B, n, H, W]``; aux: the three terms, the
-        reconstruction and the new ``batch_stats``."""
+        """The training loss for given masks ``[B, n, H, W]``; aux: the three terms and the
+        new ``batch_stats``."""
         rec, stats = self.inpaint_passes(params, batch_stats, images, masks)
         l2, gms = l2_loss(rec, images), msgms_loss(rec, images)
         ssim = ssim_loss(rec, images, padding=self.ssim_padding)
         total = l2 + self.lambda_gms * gms + self.lambda_ssim * ssim
-        return total, {"l2": l2, "msgms": gms, "ssim": ssim, "reconstruction": rec,
-                       "batch_stats": stats}
+        return total, {"l2": l2, "msgms": gms, "ssim": ssim, "batch_stats": stats}
 
     def test_masks(self, shape: tuple[int, int]) -> list[jax.Array]:
         """The fixed ``[n_masks, H, W]`` partitions of every cell size."""
