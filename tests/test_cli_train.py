@@ -39,7 +39,7 @@ TINY_SETTINGS = {
     "draem+sspcab": (64, ["rec_width=4", "seg_width=4", "sspcab=true"]),
     "riad": (64, ["width=4", "depth=2", "cell_sizes=4,8"]),
     "cutpaste": (64, ["tap=stage2", "head_widths=8", "patch_size=32", "patch_stride=32"]),
-    "patch_svdd": (64, ["dim=8", "pairs_per_image=1", "stride_32=16"]),
+    "patch_svdd": (64, ["dim=8", "updates_per_step=1", "pair_batch=4", "stride_32=16"]),
     "deep_svdd": (64, ["widths=4,4", "rep_dim=8", "pretrain_steps=2"]),
     "fcdd": (64, ["head_widths=8"]),
 }

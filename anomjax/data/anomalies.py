@@ -376,21 +376,38 @@ def _blob_masks(key: Array, shape: tuple[int, int], count: int, side: tuple[floa
     return ((jnp.abs(v) < sides / 2) & (jnp.abs(u) < sides / 2)).astype(jnp.float32)
 
 
+def malformed_normal(image: Array, noise: Array, invert_threshold: float = 0.025 / 255
+                     ) -> Array:
+    """FCDD's "malformed normal" image ``clip(image + noise, 0, 1)`` ``[H, W, C]``, with the
+    code's invert rule (``online_supervisor.py`` ``__malformed_normal``): when the mean change
+    ``|mean(clip(image + noise) - image)|`` is below ``invert_threshold`` (the code's 0.025 grey
+    levels of 255) and subtracting the noise would change more, the noise is subtracted."""
+    def change(sign: float) -> Array:
+        return jnp.abs(jnp.mean(jnp.clip(image + sign * noise, 0.0, 1.0) - image))
+
+    forward, inverted = change(1.0), change(-1.0)
+    sign = jnp.where((forward < invert_threshold) & (inverted > forward), -1.0, 1.0)
+    return jnp.clip(image + sign * noise, 0.0, 1.0).astype(image.dtype)
+
+
 def confetti_noise(key: Array, image: Array, max_blobs: int = 4, p_extra: float = 0.3,
                    side: tuple[float, float] = (8, 54), rotation: float = 45.0,
                    blur_sigma: float = 5.0, reference_size: int = 224
                    ) -> tuple[Array, Array]:
     """FCDD's confetti noise (Liznerski et al., ICLR 2021), as a "malformed normal" image:
-    ``(image + smoothed noise, clipped [H, W, C], mask [H, W])``.
+    ``(malformed_normal(image, smoothed noise) [H, W, C], mask [H, W])``.
 
-    Bright blobs of a random colour (added, up to ``+1`` per channel) and dark blobs
-    (``-1``) are rotated squares of side ``side`` pixels (at ``reference_size``, scaled to this
-    image); the noise image is smoothed with a Gaussian of ``blur_sigma`` (scaled) and added.
-    The mask is the union of the blobs' footprints. FCDD draws blob centres as Bernoulli
-    pixels (``p = 1.8e-5`` coloured and ``1.2e-5`` dark at 224 px: about one blob per image,
-    at least one); here the first coloured blob is always there and each of the other
-    ``max_blobs - 1`` (alternately coloured and dark) appears with probability ``p_extra``,
-    so that shapes stay static.
+    As in the code (``noise_modes.py``, mode ``confetti``) every blob darkens: coloured blobs
+    take a random colour per channel from ``{-256, ..., -1} / 255`` (``colorrange=(-256,
+    0)``), the others ``-1`` (``fillval=-255``); :func:`malformed_normal` inverts the noise of
+    an image it would barely change (a dark one). Blobs are rotated squares of side ``side``
+    pixels (at ``reference_size``, scaled to this image); the noise image is smoothed with a
+    Gaussian of ``blur_sigma`` (scaled). The mask is the union of the blobs' footprints. FCDD
+    draws blob centres as Bernoulli pixels (``p = 1.8e-5`` coloured and ``1.2e-5`` dark at
+    224 px: about one blob per image, at least one); here the first coloured blob is always
+    there and each of the other ``max_blobs - 1`` (alternately coloured and dark) appears
+    with probability ``p_extra``, so that shapes stay static, and later blobs paint over
+    earlier ones where the code adds its two noise images.
     """
     from anomjax.scoring import gaussian_blur
 
@@ -402,15 +419,13 @@ def confetti_noise(key: Array, image: Array, max_blobs: int = 4, p_extra: float 
         k_keep, p_extra, (max_blobs - 1,)).astype(jnp.float32)])
     blobs = blobs * keep[:, None, None]
     coloured = jnp.arange(max_blobs) % 2 == 0
-    colours = jnp.where(coloured[:, None],
-                        jax.random.uniform(k_colour, (max_blobs, image.shape[-1])), -1.0)
-    # Later blobs paint over earlier ones, as index assignment does in FCDD's code.
+    colours = jax.random.randint(k_colour, (max_blobs, image.shape[-1]), -256, 0) / 255.0
+    colours = jnp.where(coloured[:, None], colours, -1.0)
     noise = jnp.zeros(image.shape, jnp.float32)
     for i in range(max_blobs):
         noise = jnp.where(blobs[i][..., None] > 0, colours[i], noise)
     noise = jnp.moveaxis(gaussian_blur(jnp.moveaxis(noise, -1, 0), blur_sigma * scale), 0, -1)
-    out = jnp.clip(image + noise, 0.0, 1.0).astype(image.dtype)
-    return out, jnp.max(blobs, axis=0)
+    return malformed_normal(image, noise), jnp.max(blobs, axis=0)
 
 
 def riad_masks(key: Array, shape: tuple[int, int], cell_size: int, n_masks: int = 3) -> Array:

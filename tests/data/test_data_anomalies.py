@@ -192,3 +192,29 @@ def test_textures_from_a_folder_and_procedural(tmp_path):
         anomalies.load_textures(tmp_path / "missing", (8, 8))
     procedural = anomalies.synthetic_textures((16, 24), per_category=1)
     assert procedural.shape == (3, 16, 24, 3) and procedural.std() > 5
+
+
+def test_confetti_noise_darkens_and_inverts_on_dark_images():
+    """FCDD's confetti darkens (``colorrange=(-256, 0)``, ``fillval=-255``); on a black image,
+    where darkening changes nothing, the invert rule brightens instead."""
+    keys = jax.random.split(jax.random.key(5), 8)
+    make = jax.jit(jax.vmap(anomalies.confetti_noise, in_axes=(0, None)))
+    grey = jnp.full((H, W, 3), 0.5, jnp.float32)
+    out, mask = make(keys, grey)
+    assert np.all(np.asarray(out) <= 0.5 + 1e-6)
+    assert np.all([(0.5 - np.asarray(out[i]))[np.asarray(mask[i]) > 0].mean() > 0.05
+                   for i in range(8)])
+    black = jnp.zeros((H, W, 3), jnp.float32)
+    out, mask = make(keys, black)
+    assert np.all([np.asarray(out[i])[np.asarray(mask[i]) > 0].mean() > 0.05 for i in range(8)])
+
+
+def test_malformed_normal_inverts_only_small_changes():
+    image = jnp.full((4, 4, 3), 0.5, jnp.float32)
+    noise = jnp.zeros((4, 4, 3)).at[0, 0].set(-0.25)
+    np.testing.assert_allclose(anomalies.malformed_normal(image, noise), image + noise)
+    black = jnp.zeros((4, 4, 3), jnp.float32)
+    np.testing.assert_allclose(anomalies.malformed_normal(black, noise), -noise)
+    # A change just above the threshold (0.025 grey levels of 255 on average) is kept.
+    dim = black.at[0, 0].set(0.01)
+    np.testing.assert_allclose(anomalies.malformed_normal(dim, noise), jnp.clip(dim + noise, 0, 1))

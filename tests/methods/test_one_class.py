@@ -54,7 +54,7 @@ def test_patch_pairs_follow_the_code_s_sampling():
 def test_patch_svdd_dense_embeddings_equal_those_of_cropped_patches():
     method = PatchSVDD(dim=8)
     images = jax.random.uniform(jax.random.key(0), (1, 96, 96, 3))
-    params = method.init(jax.random.key(1), images)["params"]
+    params = method.init(jax.random.key(1), images)["params"]["net"]
     dense64 = method.embed(params, images, 64)
     dense32 = method.embed(params, images, 32)
     for y, x in ((0, 0), (16, 32), (32, 10)):
@@ -82,6 +82,7 @@ def test_deep_svdd_centre_and_bias_free_network():
         DeepSVDD(objective="hard")
 
 
-@pytest.mark.parametrize("method", [TINY_FCDD, PatchSVDD(dim=8)], ids=lambda m: m.name)
+@pytest.mark.parametrize("method", [TINY_FCDD, PatchSVDD(dim=8, updates_per_step=2, pair_batch=4)],
+                         ids=lambda m: m.name)
 def test_outliers_and_pairs_are_made_inside_the_jitted_step(method):
     assert_generation_in_step(method)

@@ -31,7 +31,8 @@ CASES = {
     "cutpaste": (CutPaste(tap="stage3", head_widths=(64,), patch_size=32, patch_stride=8),
                  "metal", 10, 0.7),
     # 128 px: at 64 px the 64 px patch scale is the whole image.
-    "patch_svdd": (PatchSVDD(dim=16, learning_rate=1e-3), "metal", 6, 0.65, 128),
+    "patch_svdd": (PatchSVDD(dim=16, learning_rate=1e-3, updates_per_step=1, pair_batch=32),
+                   "metal", 6, 0.65, 128),
 }
 
 

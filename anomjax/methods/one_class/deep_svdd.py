@@ -13,8 +13,9 @@ As in ``lukasruff/Deep-SVDD-PyTorch`` (its CIFAR-10 LeNet, widened to the image 
 (slope 0.01), 2x2 max pooling, a bias-free linear layer to ``rep_dim = 128``; every bias is
 absent so that the trivial constant solution is not available. The centre comes from an
 autoencoder pretraining phase: a decoder mirroring the encoder (nearest 2x upsampling, bias-free
-``5x5`` convolutions, sigmoid output) is trained with the mean squared error, then ``c`` is the
-mean of the pretrained encoder's features over the training images, with coordinates of
+``5x5`` convolutions, sigmoid output) is trained with the code's reconstruction loss (squared
+error summed over each image, averaged over the batch), then ``c`` is the mean of the
+pretrained encoder's features (eval mode) over the training images, with coordinates of
 magnitude below ``eps = 0.1`` pushed to ``+-eps``. Adam at 1e-4 with L2 weight decay 1e-6
 for both phases.
 
@@ -29,7 +30,13 @@ does not localise; the map here is the magnitude of the score's gradient with re
 input pixels (summed over channels), smoothed with a Gaussian of ``sigma``, a saliency map
 that is not in the paper. Deviations: the code's learning-rate milestone is not used
 (constant rate); ``default_epochs = 150`` is our choice; the widths and depth are set for
-64-256 px images (``widths``, one pooling each; the paper's networks are for 28-32 px).
+64-256 px images (``widths``, one pooling each; the paper's networks are for 28-32 px). The
+decoder lifts the features with a bias-free linear layer to the coarsest grid and upsamples
+before each convolution, where the code's LeNet autoencoders normalise the features (an
+affine-free BatchNorm1d), reshape them to ``rep_dim / (h w)`` channels and convolve
+(transposed, stride 1) before each upsampling: the reshape needs ``rep_dim`` to be a multiple
+of the coarsest grid, which 128 is not at 256 px. The soft-boundary warm-up counts steps
+(``warmup_steps``) where the code counts 10 epochs.
 """
 
 from __future__ import annotations
@@ -146,7 +153,8 @@ class DeepSVDD(TrainedMethod):
         return out, new["batch_stats"]
 
     def pretrain(self, key: jax.Array, images: np.ndarray) -> tuple[Any, Any]:
-        """Autoencoder pretraining on ``images [N, H, W, 3]``: ``(encoder params, stats)``."""
+        """Autoencoder pretraining on ``images [N, H, W, 3]``: ``(encoder params, encoder
+        batch_stats, reconstruction loss of every step [pretrain_steps])``."""
         size = tuple(images.shape[1:3])
         enc, dec = Encoder(tuple(self.widths), self.rep_dim), Decoder(tuple(self.widths), size)
         k_e, k_d, k_data = jax.random.split(key, 3)
@@ -163,22 +171,32 @@ class DeepSVDD(TrainedMethod):
                                  interceptors=train, mutable=["batch_stats"])
             y, ns_d = apply_with(dec, {"params": p["dec"], "batch_stats": s["dec"]}, z,
                                  interceptors=train, mutable=["batch_stats"])
-            return jnp.mean(jnp.square(y - x)), {"enc": ns_e["batch_stats"],
-                                                 "dec": ns_d["batch_stats"]}
+            error = jnp.mean(jnp.sum(jnp.square(y - x), axis=(1, 2, 3)))
+            return error, {"enc": ns_e["batch_stats"], "dec": ns_d["batch_stats"]}
 
         @jax.jit
-        def step(p: Any, s: Any, o: Any, x: jax.Array) -> tuple[Any, Any, Any]:
-            (_, s), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s, x)
+        def step(p: Any, s: Any, o: Any, x: jax.Array) -> tuple[Any, Any, Any, jax.Array]:
+            (value, s), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s, x)
             updates, o = opt.update(g, o, p)
-            return optax.apply_updates(p, updates), s, o
+            return optax.apply_updates(p, updates), s, o, value
 
         data = jnp.asarray(images, jnp.float32)
         n, batch = data.shape[0], min(self.pretrain_batch, data.shape[0])
         opt_state = opt.init(params)
+        losses = []
         for i in range(self.pretrain_steps):
             idx = jax.random.choice(jax.random.fold_in(k_data, i), n, (batch,), replace=False)
-            params, stats, opt_state = step(params, stats, opt_state, data[idx])
-        return params["enc"], stats["enc"]
+            params, stats, opt_state, value = step(params, stats, opt_state, data[idx])
+            losses.append(value)
+        return params["enc"], stats["enc"], np.asarray(losses, np.float32)
+
+    def centre(self, params: Any, stats: Any, images: np.ndarray) -> jax.Array:
+        """``c [rep_dim]``: the mean eval-mode feature of ``images [N, H, W, 3]``, small
+        coordinates pushed to ``+-eps`` (:func:`fix_centre`)."""
+        encode = jax.jit(lambda x: self._encode(params, stats, x, False)[0])
+        feats = jnp.concatenate([encode(jnp.asarray(images[i:i + 64], jnp.float32))
+                                 for i in range(0, len(images), 64)])
+        return fix_centre(jnp.mean(feats, axis=0))
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Pretrained encoder (autoencoder phase), centre ``c`` and radius ``R = 0``.
@@ -187,11 +205,8 @@ class DeepSVDD(TrainedMethod):
         batches (stacked here: the pretraining phase samples from all of them)."""
         images = np.asarray(images, np.float32)
         self._check(images)
-        params, stats = self.pretrain(key, images)
-        encode = jax.jit(lambda x: self._encode(params, stats, x, False)[0])
-        feats = jnp.concatenate([encode(jnp.asarray(images[i:i + 64], jnp.float32))
-                                 for i in range(0, len(images), 64)])
-        centre = fix_centre(jnp.mean(feats, axis=0))
+        params, stats, _ = self.pretrain(key, images)
+        centre = self.centre(params, stats, images)
         return {"params": params,
                 "batch_stats": {"net": stats, "radius": jnp.zeros((), jnp.float32),
                                 "steps": jnp.zeros((), jnp.int32)},

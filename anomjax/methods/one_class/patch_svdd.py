@@ -2,8 +2,8 @@
 
 A hierarchical encoder embeds 64 px patches from the 32 px embeddings of their four quadrants
 (``EncoderHier(64)`` around ``EncoderDeep(32)`` in ``nuclearboy95/Anomaly-Detection-
-PatchSVDD-PyTorch``). Both scales are trained with two losses on patch pairs sampled inside
-the jitted step from every image of the batch (``pairs_per_image`` pairs per task and scale):
+PatchSVDD-PyTorch``; in training a 64 px patch is split into its quadrants, ``forward_hier``).
+Both scales are trained with two losses on patch pairs sampled inside the jitted step:
 
 * SVDD': ``|| f(p1) - f(p2) ||_2`` for a patch and a neighbour shifted by at most ``K/32``
   pixels (never 0), pulling nearby embeddings together;
@@ -11,11 +11,16 @@ the jitted step from every image of the batch (``pairs_per_image`` pairs per tas
   ``p1`` (offset ``3K/4 + U{0..K/4-1}`` along each axis of one of 8 directions; both patches
   shifted by a random RGB offset and Gaussian noise of std 0.02), cross-entropy.
 
-Loss ``= pos_64 + pos_32 + lambda (svdd_64 + svdd_32)``, ``lambda = 1`` (the code's default),
-Adam lr 1e-4, 300 epochs, embedding size 64, LeakyReLU 0.1 and tanh outputs, the position
-classifier's last layer with column-normalised weights that get no gradient (``torch.no_grad``
-in the code). Images are standardised by subtracting the training images' per-channel mean
-(/255 scale as in the code; here the mean of the first training batch).
+Loss ``= pos_64 + pos_32 + lambda (svdd_64 + svdd_32)``, ``lambda = 1`` (the code's default;
+the README's example uses 1e-3), Adam lr 1e-4, 300 epochs, embedding size 64, LeakyReLU 0.1
+and tanh outputs, the position classifier's last layer with column-normalised weights that
+get no gradient (``torch.no_grad`` in the code). As in the code's ``main_train.py``, every
+optimiser update sees ``pair_batch = 64`` pairs per task and scale, each from an image drawn
+at random, and an epoch holds 100 pairs per image: with the default batch of 16 images
+(``default_batch_size``) a training step makes ``updates_per_step = 25`` updates (a
+:class:`~anomjax.methods.optimization.GroupedOptimizer` phase; the parameters are its one
+group ``net``). Images are standardised by subtracting the per-pixel mean image of all
+training images (``mvtecad.py`` ``get_mean``; /255 scale as in the code).
 
 Test: embeddings of every 64 px patch at stride 16 and every 32 px patch at stride 4 (computed
 densely and exactly: the 32 px encoder is fully convolutional with stride 2, the 64 px head a
@@ -24,8 +29,9 @@ training-patch embedding of the same scale (from any position), spread to pixels
 over the patches covering them, and the two scales' maps are multiplied (the paper's
 aggregation; ``aggregate="sum"`` is the code's other variant). Image score: the maximum.
 
-Deviations: the code samples 100 pairs per image and epoch; here ``pairs_per_image`` per
-image and step; patch coordinates at other image sizes than 256 follow the same rules.
+Deviations: patch coordinates at other image sizes than 256 follow the same rules; a pair's
+image is drawn with replacement from the batch (the code's shuffled epoch uses each image
+exactly 100 times).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import optax
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images
+from anomjax.methods.optimization import GroupedOptimizer, Phase, Update
 from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.knn import nearest_neighbours
 from anomjax.nn.receptive_upsample import receptive_upsample
@@ -61,10 +68,11 @@ class SmallEncoder(nn.Module):
 
     dim: int = 64
     precision: Any = None
+    hidden: tuple[int, ...] = (32, 64, 128, 128, 64, 32, 32)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        widths = (32, 64, 128, 128, 64, 32, 32, self.dim)
+        widths = (*self.hidden, self.dim)
         for i, w in enumerate(widths):
             x = nn.Conv(w, (3, 3), strides=2 if i == 0 else 1, padding="VALID",
                         precision=self.precision)(x)
@@ -79,10 +87,11 @@ class HierarchicalHead(nn.Module):
     dim: int = 64
     dilation: int = 16
     precision: Any = None
+    width: int = 128
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
-        h = nn.Conv(128, (2, 2), kernel_dilation=self.dilation, padding="VALID",
+        h = nn.Conv(self.width, (2, 2), kernel_dilation=self.dilation, padding="VALID",
                     precision=self.precision)(h)
         return jnp.tanh(nn.Conv(self.dim, (1, 1), precision=self.precision)(_lrelu(h)))
 
@@ -145,20 +154,28 @@ class PatchSVDD(TrainedMethod):
 
     Attributes:
       dim: embedding size D.
+      encoder_widths, head_width: the code's ``EncoderDeep`` and ``EncoderHier`` widths.
       lambda_svdd: weight of the SVDD' losses.
       learning_rate: Adam's rate.
-      pairs_per_image: pairs drawn per image, task and scale at every step.
+      pair_batch: pairs per task and scale in one optimiser update (the code's batch 64).
+      updates_per_step: optimiser updates per training step (25: 100 pairs per image and
+        epoch at batch 16, as the code's ``repeat=100``).
       stride_64, stride_32: test-time patch strides of the two scales.
       aggregate: ``"multiply"`` (paper) or ``"sum"`` of the two scales' maps.
     """
 
     name: ClassVar[str] = "patch_svdd"
     default_epochs: ClassVar[int] = 300
+    default_batch_size: ClassVar[int] = 16
+    init_on_all_images: ClassVar[bool] = True
 
     dim: int = hyper(64, low=1)
+    encoder_widths: tuple[int, ...] = (32, 64, 128, 128, 64, 32, 32)
+    head_width: int = hyper(128, low=1)
     lambda_svdd: float = hyper(1.0, low=0.0)
     learning_rate: float = hyper(1e-4, low=0.0, low_open=True)
-    pairs_per_image: int = hyper(4, low=1)
+    pair_batch: int = hyper(64, low=1)
+    updates_per_step: int = hyper(25, low=1)
     stride_64: int = hyper(16, low=2)
     stride_32: int = hyper(4, low=2)
     aggregate: str = hyper("multiply", choices=("multiply", "sum"))
@@ -170,63 +187,93 @@ class PatchSVDD(TrainedMethod):
                              "encoder has stride 2)")
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
-        """Encoder, 64 px head and the two position classifiers; the channel mean."""
-        self._check(images)
+        """Encoder, 64 px head and the two position classifiers (group ``net``); the
+        per-pixel mean image ``[H, W, 3]`` of ``images``: every training image, as one array
+        or the engine's re-iterable of batches (summed batch by batch)."""
+        if hasattr(images, "shape"):
+            self._check(images)
+            mean = jnp.mean(jnp.asarray(images, jnp.float32), axis=0)
+        else:
+            total, count = None, 0
+            for batch in images:
+                self._check(batch)
+                part = np.sum(np.asarray(batch, np.float64), axis=0)
+                total, count = part if total is None else total + part, count + len(batch)
+            mean = jnp.asarray(total / count, jnp.float32)
         ks = jax.random.split(key, 4)
         x = jnp.zeros((1, 64, 64, 3), jnp.float32)
-        enc = SmallEncoder(self.dim).init(ks[0], x)["params"]
-        h = SmallEncoder(self.dim).apply({"params": enc}, x)
-        head = HierarchicalHead(self.dim).init(ks[1], h)["params"]
+        enc = self._encoder().init(ks[0], x)["params"]
+        h = self._encoder().apply({"params": enc}, x)
+        head = self._head().init(ks[1], h)["params"]
         cls = {f"cls_{k}": PositionClassifier().init(ks[2 + i], jnp.zeros((1, self.dim)))[
             "params"] for i, k in enumerate((64, 32))}
-        mean = jnp.mean(jnp.asarray(images, jnp.float32), axis=(0, 1, 2))
-        return {"params": {"encoder": enc, "head": head, **cls},
-                "frozen": {"channel_mean": mean}}
+        return {"params": {"net": {"encoder": enc, "head": head, **cls}},
+                "frozen": {"mean_image": mean}}
 
-    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
+    def optimizer(self, total_steps: int) -> GroupedOptimizer:
+        """Adam; ``updates_per_step`` updates of the group ``net`` per step."""
         del total_steps
-        return optax.adam(self.learning_rate)
+        updates = tuple(Update(f"pairs_{i}", "net", self.loss)
+                        for i in range(self.updates_per_step))
+        return GroupedOptimizer({"net": optax.adam(self.learning_rate)}, (Phase(updates),))
 
     def embed(self, params: Any, x: jax.Array, k: int, precision: Any = None) -> jax.Array:
         """Dense embeddings of standardised images: ``[B, h, w, D]`` of every ``k`` window
-        (k = 32 or 64) at stride 2."""
-        h = SmallEncoder(self.dim, precision).apply({"params": params["encoder"]}, x)
+        (k = 32 or 64) at stride 2; ``params`` is the group ``net``."""
+        h = self._encoder(precision).apply({"params": params["encoder"]}, x)
         if k == 32:
             return h
-        return HierarchicalHead(self.dim, 16, precision).apply({"params": params["head"]}, h)
+        return self._head(16, precision).apply({"params": params["head"]}, h)
+
+    def _encoder(self, precision: Any = None) -> SmallEncoder:
+        return SmallEncoder(self.dim, precision, tuple(self.encoder_widths))
+
+    def _head(self, dilation: int = 16, precision: Any = None) -> HierarchicalHead:
+        return HierarchicalHead(self.dim, dilation, precision, self.head_width)
+
+    def embed_patches(self, params: Any, patches: jax.Array, k: int) -> jax.Array:
+        """``[N, k, k, 3] -> [N, D]``; a 64 px patch from the 32 px embeddings of its four
+        quadrants (the code's ``forward_hier``: a quarter of the dense encoder's work)."""
+        if k == 32:
+            return self.embed(params, patches, 32)[:, 0, 0]
+        n = patches.shape[0]
+        quads = patches.reshape(n, 2, 32, 2, 32, 3).transpose(0, 1, 3, 2, 4, 5)
+        h = self.embed(params, quads.reshape(4 * n, 32, 32, 3), 32).reshape(n, 2, 2, -1)
+        return self._head(1).apply({"params": params["head"]}, h)[:, 0, 0]
 
     def pairs(self, key: jax.Array, x: jax.Array) -> dict[str, Any]:
         """Patch pairs of standardised images ``x [B, H, W, 3]``: ``{"pos_K": (p1, p2,
-        labels), "svdd_K": (p1, p2)}``, ``[B * pairs_per_image, K, K, 3]`` each (jittable)."""
-        b, shape, n = x.shape[0], x.shape[1:3], self.pairs_per_image
-        images = jnp.repeat(x, n, axis=0)
+        labels), "svdd_K": (p1, p2)}``, ``[pair_batch, K, K, 3]`` each, every pair from an
+        image drawn at random (jittable)."""
+        b, shape, n = x.shape[0], x.shape[1:3], self.pair_batch
         out: dict[str, Any] = {}
         for i, k in enumerate((64, 32)):
-            kp, ks, kn = jax.random.split(jax.random.fold_in(key, i), 3)
+            kp, ks, kn, ki, kj = jax.random.split(jax.random.fold_in(key, i), 5)
+            images = x[jax.random.randint(ki, (n,), 0, b)]
             c1, c2, labels = jax.vmap(lambda kk, kk_=k: position_pair(kk, shape, kk_))(
-                jax.random.split(kp, b * n))
+                jax.random.split(kp, n))
             p1 = jax.vmap(lambda im, c, kk=k: crop(im, c, kk))(images, c1)
             p2 = jax.vmap(lambda im, c, kk=k: crop(im, c, kk))(images, c2)
             k_shift, k_noise = jax.random.split(kn)
-            shift = 0.02 * jax.random.normal(k_shift, (2, b * n, 1, 1, 3))
+            shift = 0.02 * jax.random.normal(k_shift, (2, n, 1, 1, 3))
             noise = 0.02 * jax.random.normal(k_noise, (2, *p1.shape))
             out[f"pos_{k}"] = (p1 + shift[0] + noise[0], p2 + shift[1] + noise[1], labels)
+            images = x[jax.random.randint(kj, (n,), 0, b)]
             s1, s2 = jax.vmap(lambda kk, kk_=k: svdd_pair(kk, shape, kk_))(
-                jax.random.split(ks, b * n))
+                jax.random.split(ks, n))
             out[f"svdd_{k}"] = (jax.vmap(lambda im, c, kk=k: crop(im, c, kk))(images, s1),
                                 jax.vmap(lambda im, c, kk=k: crop(im, c, kk))(images, s2))
         return out
 
-    def loss(self, params: Any, state: State, images: jax.Array,
-             key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-        """``pos_64 + pos_32 + lambda (svdd_64 + svdd_32)`` on freshly sampled pairs."""
-        x = images - state["frozen"]["channel_mean"]
+    def pair_loss(self, params: Any, pairs: dict[str, Any]) -> tuple[jax.Array, dict[str, Any]]:
+        """``pos_64 + pos_32 + lambda (svdd_64 + svdd_32)`` of given pairs (see :meth:`pairs`);
+        ``params`` is the group ``net``."""
         aux: dict[str, Any] = {}
         total = jnp.zeros((), jnp.float32)
-        for k, (task, pair) in ((int(name.split("_")[1]), (name.split("_")[0], v))
-                                for name, v in self.pairs(key, x).items()):
-            e1 = self.embed(params, pair[0], k)[:, 0, 0]
-            e2 = self.embed(params, pair[1], k)[:, 0, 0]
+        for name, pair in pairs.items():
+            task, k = name.split("_")[0], int(name.split("_")[1])
+            e1 = self.embed_patches(params, pair[0], k)
+            e2 = self.embed_patches(params, pair[1], k)
             if task == "pos":
                 logits = PositionClassifier().apply({"params": params[f"cls_{k}"]}, e1 - e2)
                 value = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits,
@@ -235,15 +282,22 @@ class PatchSVDD(TrainedMethod):
             else:
                 value = jnp.mean(jnp.sqrt(jnp.sum(jnp.square(e1 - e2), axis=-1) + 1e-12))
                 total = total + self.lambda_svdd * value
-            aux[f"{task}_{k}"] = value
+            aux[name] = value
         return total, aux
+
+    def loss(self, params: Any, state: State, images: jax.Array,
+             key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        """:meth:`pair_loss` of freshly sampled pairs of the standardised batch (``params``:
+        every group, as the grouped step passes them)."""
+        x = images - state["frozen"]["mean_image"]
+        return self.pair_loss(params["net"], self.pairs(key, x))
 
     def _grid_embeddings(self, state: State, images: jax.Array) -> dict[int, jax.Array]:
         """``{K: [B, ny, nx, D]}`` of the test-time patch grids of both scales."""
-        x = images - state["frozen"]["channel_mean"]
+        x = images - state["frozen"]["mean_image"]
         out = {}
         for k, stride in ((64, self.stride_64), (32, self.stride_32)):
-            dense = self.embed(state["params"], x, k, HIGHEST)
+            dense = self.embed(state["params"]["net"], x, k, HIGHEST)
             out[k] = dense[:, ::stride // 2, ::stride // 2]
         return out
 
@@ -260,6 +314,9 @@ class PatchSVDD(TrainedMethod):
     def score(self, state: State, images: jax.Array) -> Scores:
         """Nearest-training-patch distance maps of both scales, multiplied (or summed)."""
         self._check(images)
+        if images.shape[1:3] != state["frozen"]["mean_image"].shape[:2]:
+            raise ValueError(f"patch_svdd: images of {images.shape[1:3]} px, trained at "
+                             f"{state['frozen']['mean_image'].shape[:2]} (the mean image)")
         if "banks" not in state["frozen"]:
             raise ValueError("patch_svdd: the state has no training-patch banks; train it with "
                              "anomjax.train.train_method (which calls calibrate)")

@@ -13,11 +13,12 @@ partitions, drawn from ``mask_seed``), the error map at that scale is ``1 - MSGM
 (per pixel), the maps are averaged over the scales and smoothed with a Gaussian (``sigma``
 4); the image score is its maximum.
 
-Adam at 1e-4, 300 epochs (the paper's). The authors did not publish RIAD's code; the U-Net is
-the same group's DRAEM discriminative network (:class:`~anomjax.methods.self_supervised.
-unet.UNet`, ``depth`` 4 poolings, base width ``width`` = 64, 3 output channels), our choice,
-as is the cell layout at image sizes other than the paper's 256 px (``cell_sizes`` stay in
-pixels).
+Adam at 1e-4, 300 epochs (the paper's). In training the U-Net runs once per mask, each pass
+of ``B`` images with its own BatchNorm statistics (as the unofficial ``taikiinoue45/RIAD``
+runner does). The authors did not publish RIAD's code; the U-Net is the same group's DRAEM
+discriminative network (:class:`~anomjax.methods.self_supervised.unet.UNet`, ``depth`` 4
+poolings, base width ``width`` = 64, 3 output channels), our choice, as is the cell layout at
+image sizes other than the paper's 256 px (``cell_sizes`` stay in pixels).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.self_supervised.unet import UNet
 from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
-from anomjax.nn.losses import l2_loss, msgms_loss, msgms_map, ssim_loss
+from anomjax.nn.losses import SSIM_PADDINGS, l2_loss, msgms_loss, msgms_map, ssim_loss
 from anomjax.scoring import gaussian_blur
 from anomjax.types import Scores
 
@@ -51,6 +52,8 @@ class RIAD(TrainedMethod):
       cell_sizes: mask cell sizes ``k`` in pixels.
       n_masks: disjoint masks per scale.
       lambda_gms, lambda_ssim: loss weights.
+      ssim_padding: the SSIM windows' padding at the border: ``"reflect"`` (scipy and
+        scikit-image) or ``"zero"`` (the unofficial ``taikiinoue45/RIAD`` code).
       learning_rate: Adam's rate.
       mask_seed: seed of the fixed test-time partitions.
       sigma: Gaussian smoothing of the final map.
@@ -66,6 +69,7 @@ class RIAD(TrainedMethod):
     lambda_gms: float = hyper(1.0, low=0.0)
     lambda_ssim: float = hyper(1.0, low=0.0)
     learning_rate: float = hyper(1e-4, low=0.0, low_open=True)
+    ssim_padding: str = hyper("reflect", choices=SSIM_PADDINGS)
     mask_seed: int = 0
     sigma: float = hyper(4.0, low=0.0, high=64.0)
 
@@ -107,20 +111,36 @@ class RIAD(TrainedMethod):
         out = out.reshape(b, n, *images.shape[1:])
         return jnp.sum(out * hidden, axis=1), extra
 
-    def loss(self, params: Any, state: State, images: jax.Array,
-             key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-        """``L2 + lambda_g MSGMS + lambda_s SSIM`` of the combined inpainting."""
-        masks = self.training_masks(key, images.shape[0], images.shape[1:3])
-
-        def inpaint(x: jax.Array) -> tuple[jax.Array, Any]:
-            out, new = apply_with(self._net(), {"params": params,
-                                                "batch_stats": state["batch_stats"]}, x,
+    def inpaint_passes(self, params: Any, batch_stats: Any, images: jax.Array,
+                       masks: jax.Array) -> tuple[jax.Array, Any]:
+        """Training reconstruction ``sum_i M_i f(I (1 - M_i))`` ``[B, H, W, 3]`` (masks ``[B,
+        n, H, W]``) as the reference runs it: one train-mode pass of the ``B`` images per
+        mask, each normalised with its own batch statistics and updating the running ones in
+        turn. Returns the reconstruction and the new ``batch_stats``."""
+        rec = jnp.zeros(images.shape, jnp.float32)
+        for i in range(masks.shape[1]):
+            hidden = masks[:, i, ..., None]
+            out, new = apply_with(self._net(), {"params": params, "batch_stats": batch_stats},
+                                  images * (1.0 - hidden),
                                   interceptors=[batch_norm_in_train_mode(0.9)],
                                   mutable=["batch_stats"])
-            return out, new["batch_stats"]
+            rec, batch_stats = rec + out * hidden, new["batch_stats"]
+        return rec, batch_stats
 
-        rec, stats = self.combine(images, masks, inpaint)
-        l2, gms, ssim = l2_loss(rec, images), msgms_loss(rec, images), ssim_loss(rec, images)
+    def loss(self, params: Any, state: State, images: jax.Array,
+             key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        """``L2 + lambda_g MSGMS + lambda_s SSIM`` of the combined inpainting (masks drawn
+        from ``key``, see :meth:`masked_loss`)."""
+        masks = self.training_masks(key, images.shape[0], images.shape[1:3])
+        return self.masked_loss(params, state["batch_stats"], images, masks)
+
+    def masked_loss(self, params: Any, batch_stats: Any, images: jax.Array,
+                    masks: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        """The training loss for given masks ``[B, n, H, W]``; aux: the three terms and the
+        new ``batch_stats``."""
+        rec, stats = self.inpaint_passes(params, batch_stats, images, masks)
+        l2, gms = l2_loss(rec, images), msgms_loss(rec, images)
+        ssim = ssim_loss(rec, images, padding=self.ssim_padding)
         total = l2 + self.lambda_gms * gms + self.lambda_ssim * ssim
         return total, {"l2": l2, "msgms": gms, "ssim": ssim, "batch_stats": stats}
 
