@@ -26,7 +26,9 @@ pytestmark = pytest.mark.slow
 CASES = {
     "deep_svdd": (DeepSVDD(widths=(8, 16), rep_dim=16, pretrain_steps=20), "fabric", 4, 0.6),
     "fcdd": (FCDD(head_widths=(16,), learning_rate=1e-2), "fabric", 6, 0.6),
-    "draem": (DRAEM(rec_width=8, seg_width=8, learning_rate=1e-3), "metal", 40, 0.7),
+    # 60 epochs (120 steps): with the authors' zero-filled Perlin masks and zero-padded SSIM
+    # the toy reaches 0.61 after 80 steps and 0.95 after 120 (0.88 after 80 before them).
+    "draem": (DRAEM(rec_width=8, seg_width=8, learning_rate=1e-3), "metal", 60, 0.7),
     "riad": (RIAD(width=8, depth=3, cell_sizes=(4, 8), learning_rate=1e-3), "metal", 40, 0.8),
     "cutpaste": (CutPaste(tap="stage3", head_widths=(64,), patch_size=32, patch_stride=8),
                  "metal", 10, 0.7),
