@@ -386,7 +386,16 @@ def write_markdown(rows: list[dict], path: Path, command: str) -> None:
         "runs in front of what is trained, its features are computed once per training "
         "image (`anomjax.train.frozen_cache`) from code e681cf6 on for STPM, c9b40c8 for "
         "Reverse Distillation and MKD, 68a16f9 for CFLOW, FastFlow and CS-Flow, edd2697 for "
-        "DFR: fit seconds of later rows are lower; metrics change only by float rounding.",
+        "DFR: fit seconds of later rows are lower; metrics change only by float rounding. "
+        "The parity work (commit 64f57dd, `experiments/PARITY.md`) changed the defaults of "
+        "CFLOW-AD (fibre mini-batches, batch 32), FastFlow (batch 32), DifferNet (batch 24), "
+        "CS-Flow (map of the finest scale), Reverse Distillation and DFR (aligned-corner "
+        "upsampling), MKD (per-image map normalisation, cloner ReLUs), Uninformed Students "
+        "(centred patches), MemAE (shrink 1/N), f-AnoGAN (the authors' encoder training), "
+        "GANomaly (discriminator re-initialisation), Patch SVDD (mean image, 25 updates per "
+        "step), FCDD (darkening confetti, weight decay 1e-4, batch 128), DRAEM (the authors' "
+        "synthesis, SSIM padding, scaled score filter) and RIAD (BatchNorm per pass): their "
+        "rows with an older `code` were measured with the earlier defaults.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
