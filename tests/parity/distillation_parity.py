@@ -114,3 +114,17 @@ def close_optimizer_trace(fx: Fixture, optimizer: optax.GradientTransformation) 
         after.append(param)
     return fx.close("optimiser settings (3 steps of fixed gradients)", jnp.stack(after),
                     fx.output("optimizer_trace"))
+
+
+def close_adam_step_and_running_means(fx: Fixture, ours: Mapping[str, np.ndarray],
+                                      stepped: Mapping[str, np.ndarray],
+                                      optimizer: optax.GradientTransformation) -> None:
+    """After one train step: the parameters (:func:`close_adam_step`), the BatchNorm running
+    means (first rows; the running variances are biased in Flax, unbiased in PyTorch) and the
+    optimiser's settings (:func:`close_optimizer_trace`), against the reference's ``stepped``."""
+    params = {k: v for k, v in stepped.items()
+              if not k.endswith(("running_mean", "running_var"))}
+    close_adam_step(fx, "Adam step (params)", ours, params)
+    means = {k: v for k, v in stepped.items() if k.endswith("running_mean")}
+    fx.close("running means after the step", {k: ours[k][:ROWS] for k in means}, means)
+    close_optimizer_trace(fx, optimizer)

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from distillation_parity import (
-    close_adam_step,
-    close_optimizer_trace,
+    close_adam_step_and_running_means,
     close_rows,
     save_npz,
     seeded,
@@ -108,12 +107,7 @@ def test_cloner_loss_gradients_and_step(setup):
     fx.close("loss (train step, ours / 2)", metrics["loss"] / 2, fx.output("loss"))
     ours = to_torch({"params": train_state.params, "batch_stats": train_state.batch_stats},
                     module_key)
-    stepped = fx.group("stepped")
-    params = {k: v for k, v in stepped.items() if not k.endswith(("running_mean", "running_var"))}
-    close_adam_step(fx, "Adam step (params)", ours, params)
-    means = {k: v for k, v in stepped.items() if k.endswith("running_mean")}
-    fx.close("running means after the step", {k: ours[k][:4] for k in means}, means)
-    close_optimizer_trace(fx, method.optimizer(3))
+    close_adam_step_and_running_means(fx, ours, fx.group("stepped"), method.optimizer(3))
 
 
 def test_image_scores_attribution_and_map(setup):

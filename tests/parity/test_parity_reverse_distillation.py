@@ -9,15 +9,12 @@ the map and image score of the initial state."""
 
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from distillation_parity import (
-    close_adam_step,
-    close_optimizer_trace,
+    close_adam_step_and_running_means,
     close_rows,
     save_npz,
     seeded,
@@ -110,11 +107,7 @@ def test_teacher_decoder_loss_gradients_and_step(setup):
     ours = to_torch({"params": train_state.params, "batch_stats": train_state.batch_stats},
                     module_key, TRANSPOSED)
     ref = {k: v for k, v in fx.group("stepped").items() if not k.startswith(UNUSED)}
-    params = {k: v for k, v in ref.items() if not re.search(r"running_(mean|var)$", k)}
-    close_adam_step(fx, "Adam step (params)", ours, params)
-    means = {k: v for k, v in ref.items() if k.endswith("running_mean")}
-    fx.close("running means after the step", {k: ours[k][:4] for k in means}, means)
-    close_optimizer_trace(fx, method.optimizer(3))
+    close_adam_step_and_running_means(fx, ours, ref, method.optimizer(3))
 
 
 def test_map_and_image_score(setup):
