@@ -109,8 +109,8 @@ class SPADE(FittedMethod):
     """SPADE hyper-parameters (see the module docstring for the backbone mapping).
 
     Attributes:
-      backbone: backbone name (:func:`anomjax.backbones.backbone_names`).
-      backbone_weights: path of user weights, or ``None`` for the bundled/pretrained ones.
+      backbone, backbone_weights: backbone name (:func:`anomjax.backbones.backbone_names`)
+        and a path of user weights (``None``: the bundled or pretrained ones).
       taps: pyramid stages, fine to coarse; ``()`` = strides 4/8/16 of the backbone.
       image_tap: stage pooled into the image descriptor; ``""`` = :func:`default_image_tap`.
       pyramid: ``"per_layer"`` (reference code) or ``"concatenated"`` (one joint descriptor).

@@ -158,7 +158,8 @@ class DFR(TrainedMethod):
     """Deep feature reconstruction with a 1x1-conv autoencoder on regional features.
 
     Attributes:
-      backbone, backbone_weights: the frozen feature extractor and optional weight file.
+      backbone, backbone_weights: frozen feature extractor; its weight file (``None``: the
+        bundled or pretrained weights).
       taps: backbone layers whose regional features are concatenated.
       upsample: ``"bilinear"`` (authors' default) or ``"nearest"`` resizing of each layer.
       align_corners: bilinear resizing (of the layers and of the score map) with the corner
