@@ -23,13 +23,25 @@ def gaussian_kernel_1d(sigma: float, truncate: float = 4.0) -> jax.Array:
     return k / jnp.sum(k)
 
 
-def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
+def scaled_sigma(sigma: float, size: tuple[int, int], sigma_side: int) -> float:
+    """The blur's standard deviation in pixels of an image of ``size`` (H, W) when ``sigma``
+    was set for images of side ``sigma_side``: ``sigma * min(H, W) / sigma_side``, so that a
+    map blurs the same share of the object at every resolution. ``sigma_side=0`` keeps
+    ``sigma`` in pixels at every size."""
+    if sigma_side < 0:
+        raise ValueError(f"sigma_side must be >= 0, got {sigma_side}")
+    return sigma if sigma_side == 0 else sigma * min(size) / sigma_side
+
+
+def gaussian_blur(maps: jax.Array, sigma: float, sigma_side: int = 0) -> jax.Array:
     """Separable Gaussian smoothing of ``[B, H, W]`` maps with reflect padding.
 
-    Matches ``scipy.ndimage.gaussian_filter(mode="reflect", truncate=4)`` per image. The two
+    Matches ``scipy.ndimage.gaussian_filter(mode="reflect", truncate=4)`` per image with the
+    standard deviation :func:`scaled_sigma` ``(sigma, (H, W), sigma_side)``. The two
     convolutions run at ``Precision.HIGHEST`` (full float32 on GPU/TPU, not TF32/bfloat16).
     ``sigma <= 0`` returns the maps unchanged.
     """
+    sigma = scaled_sigma(sigma, maps.shape[1:3], sigma_side)
     if sigma <= 0:
         return maps
     k = gaussian_kernel_1d(sigma)
@@ -73,13 +85,14 @@ def upsample(maps: jax.Array, size: tuple[int, int], align_corners: bool = False
 
 
 def to_scores(patch_maps: jax.Array, size: tuple[int, int], sigma: float,
-              image_score: jax.Array | None = None) -> Scores:
-    """Upsample ``[B, h, w]`` patch scores to ``size``, smooth them, and build ``Scores``.
+              image_score: jax.Array | None = None, sigma_side: int = 0) -> Scores:
+    """Upsample ``[B, h, w]`` patch scores to ``size``, smooth them (:func:`gaussian_blur`
+    with ``sigma`` set at ``sigma_side``), and build ``Scores``.
 
     The image score defaults to the maximum of the smoothed map; methods whose paper defines
     another image score pass it as ``image_score`` ``[B]``.
     """
-    maps = gaussian_blur(upsample(patch_maps, size), sigma)
+    maps = gaussian_blur(upsample(patch_maps, size), sigma, sigma_side)
     if image_score is None:
         image_score = jnp.max(maps, axis=(1, 2))
     return Scores(image=image_score.astype(jnp.float32), maps=maps)

@@ -91,10 +91,21 @@ def method_config(method: Any) -> dict[str, Any]:
     return {"method": method.name, "params": params}
 
 
+#: Hyper-parameters added after run folders were first written, each with the value that
+#: reproduces a run recorded without it (``sigma_side``: ``sigma`` was in pixels at every
+#: image size before it).
+VALUES_BEFORE_FIELD_EXISTED: dict[str, Any] = {"sigma_side": 0}
+
+
 def method_from_config(config: dict[str, Any]) -> Any:
-    """Inverse of :func:`method_config` (lists become tuples, as fields declare them)."""
+    """Inverse of :func:`method_config` (lists become tuples, as fields declare them); a
+    field missing from an older record takes :data:`VALUES_BEFORE_FIELD_EXISTED`'s value."""
     cls = method_class(config["method"])
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in config["params"].items()}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name, value in VALUES_BEFORE_FIELD_EXISTED.items():
+        if name in names and name not in params:
+            params[name] = value
     return cls(**params)
 
 

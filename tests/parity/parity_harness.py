@@ -8,6 +8,10 @@ compares an output with the reference by the relative error
 ``max |ours - ref| / max |ref|`` (a scale-free bound over the whole array, so a zero entry
 cannot inflate it) and records it: with ``ANOMJAX_PARITY_REPORT=<file.jsonl>`` set, every
 comparison is appended there, which is where ``experiments/PARITY.md``'s errors come from.
+
+Methods whose maps are smoothed are built with ``sigma_side=0`` here: the references blur
+with their sigma in pixels of the fixture's small images, which is our ``sigma`` held fixed
+at every size (the default scales it from the authors' image side).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from anomjax.methods.flows.differnet import DifferNet
 from anomjax.nn.teacher import teacher
 from tests.parity.parity_harness import GRADIENT_TOL, Fixture, parameter_tree
 
-METHOD = DifferNet(backbone="resnet18", taps=("layer1",), coupling_blocks=2, fc_internal=32,
-                   n_transforms=4, n_transforms_test=4)
+METHOD = DifferNet(sigma_side=0, backbone="resnet18", taps=("layer1",), coupling_blocks=2,
+                   fc_internal=32, n_transforms=4, n_transforms_test=4)
 LAYERS = {"fc0": "fc1", "fc1": "fc2", "fc2": "fc2b", "out": "fc3"}
 
 

@@ -18,7 +18,7 @@ from anomjax.methods.reconstruction import FAVAE
 from anomjax.nn.teacher import teacher
 from anomjax.types import Batch
 
-METHOD = FAVAE(backbone="resnet18", taps=("layer1", "layer2"), width=8, latent=16)
+METHOD = FAVAE(sigma_side=0, backbone="resnet18", taps=("layer1", "layer2"), width=8, latent=16)
 BACKBONE_SEED = 7  # experiments/parity/dfr.py, used by favae.py
 SCALE = {("log_scale",): "log_scale"}
 

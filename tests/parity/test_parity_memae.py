@@ -14,7 +14,7 @@ from anomjax.methods.reconstruction import MemAE
 from anomjax.methods.reconstruction.autoencoder import bergmann_layers
 from anomjax.methods.reconstruction.memae import MemoryAutoencoder
 
-METHOD = MemAE(width=8, slots=20)  # default shrink: the paper's rule, 1 / 20
+METHOD = MemAE(width=8, slots=20, sigma_side=0)  # default shrink: the paper's rule, 1 / 20
 MEMORY = {("memory", "memory"): "memory.memory.weight"}
 
 

@@ -45,7 +45,7 @@ def ref() -> Fixture:
 def test_padim_matches_anomalib(ref, tmp_path, monkeypatch):
     monkeypatch.setenv("ANOMJAX_CACHE", str(tmp_path / "cache"))
     index = ref.input("channel_index")
-    method = FedPaDiM(backbone="resnet18", backbone_weights=seeded_weights_file(
+    method = FedPaDiM(sigma_side=0, backbone="resnet18", backbone_weights=seeded_weights_file(
         tmp_path, ref.input("weight_seed")), n_features=len(index), epsilon=0.01 + 1e-5,
         channel_index=tuple(int(i) for i in index))
     train, test = ref.input("train"), ref.input("test")

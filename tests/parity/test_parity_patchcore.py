@@ -63,7 +63,7 @@ def ref() -> Fixture:
 
 def test_patchcore_matches_authors_code(ref, tmp_path, monkeypatch):
     monkeypatch.setenv("ANOMJAX_CACHE", str(tmp_path / "cache"))
-    plain = PatchCore(backbone="resnet18", backbone_weights=seeded_weights_file(
+    plain = PatchCore(sigma_side=0, backbone="resnet18", backbone_weights=seeded_weights_file(
         tmp_path, ref.input("weight_seed")), coreset_ratio=0.1, coreset_start="authors",
         scoring="authors", num_neighbours=1, progress=False)
     rotation = feature_rotation(plain)

@@ -54,7 +54,7 @@ def setup(tmp_path_factory):
     images = jnp.asarray(fx.input("images"))
     teacher = seeded(torch_state_dict_shapes("resnet18"), int(fx.input("teacher_seed")))
     weights = save_npz(teacher, tmp_path_factory.mktemp("rd"), "resnet18")
-    method = make_method("reverse_distillation", backbone="resnet18", taps=TAPS,
+    method = make_method("reverse_distillation", sigma_side=0, backbone="resnet18", taps=TAPS,
                          backbone_weights=weights)
     state = method.init(jax.random.key(0), images)
     tree = parameter_tree("reverse_distillation")

@@ -31,7 +31,7 @@ def ref() -> Fixture:
 
 def test_spade_matches_reference_code(ref, tmp_path, monkeypatch):
     monkeypatch.setenv("ANOMJAX_CACHE", str(tmp_path / "cache"))
-    method = SPADE(backbone="resnet18", backbone_weights=seeded_weights_file(
+    method = SPADE(sigma_side=0, backbone="resnet18", backbone_weights=seeded_weights_file(
         tmp_path, ref.input("weight_seed")), image_neighbours=int(ref.input("top_k")),
         pyramid="per_layer", storage_dtype="float32")
     train = ref.input("train_u8").astype(np.float32) / np.float32(255)

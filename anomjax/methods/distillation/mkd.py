@@ -184,6 +184,8 @@ class MKD(TrainedMethod):
       smooth_grad_samples, smooth_grad_noise: SmoothGrad sample count and the authors'
         sigma multiplier (noise std ``(smooth_grad_noise / range) ** 2``, see above).
       sigma: Gaussian smoothing of the attribution map (paper: 4).
+      sigma_side: image side at which the smoothing sigma holds (the authors' 128 px localisation
+        images); other sizes scale it with their shorter side (0: pixels at every size).
       cloner_tap_relu: ``"on"``: a ReLU after the conv that produces each tapped map (authors;
         right for post-ReLU source taps), ``"off"``: linear tapped maps, ``"auto"``: on for the
         ResNet sources, off for the others.
@@ -206,6 +208,7 @@ class MKD(TrainedMethod):
     smooth_grad_samples: int = hyper(50, low=1, high=1000)
     smooth_grad_noise: float = hyper(0.05, low=0.0, high=1.0)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(128, low=0)
     cloner_tap_relu: str = hyper("auto", choices=("auto", "on", "off"))
     normalize_maps: bool = hyper(True)
 
@@ -317,5 +320,5 @@ class MKD(TrainedMethod):
         attribution = self.attribution(state, images)
         if self.normalize_maps:
             attribution = normalize_attribution(attribution)
-        maps = gaussian_blur(attribution, self.sigma)
+        maps = gaussian_blur(attribution, self.sigma, self.sigma_side)
         return Scores(image=losses.astype(jnp.float32), maps=maps)

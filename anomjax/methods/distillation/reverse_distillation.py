@@ -173,6 +173,8 @@ class ReverseDistillation(TrainedMethod):
       loss_cosine: ``"flattened"`` (official code) or ``"per_position"`` (paper), see above.
       learning_rate, beta1, beta2: Adam settings (paper: 0.005, 0.5, 0.999).
       sigma: Gaussian smoothing of the map, in input pixels (paper: 4).
+      sigma_side: image side at which the smoothing sigma holds (the authors' 256 px); other sizes
+        scale it with their shorter side (0: pixels at every size).
       align_corners: bilinear upsampling of the map with aligned corners (official code)
         or half-pixel centres (``False``).
     """
@@ -192,6 +194,7 @@ class ReverseDistillation(TrainedMethod):
     beta1: float = hyper(0.5, low=0.0, high=1.0, high_open=True)
     beta2: float = hyper(0.999, low=0.0, high=1.0, high_open=True)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
     align_corners: bool = hyper(True)
 
     @property
@@ -274,5 +277,5 @@ class ReverseDistillation(TrainedMethod):
         size = images.shape[1:3]
         total = sum(upsample(cosine_distance_map(t, s), size, self.align_corners)
                     for t, s in zip(feats, recon, strict=True))
-        smoothed = gaussian_blur(total, self.sigma)
+        smoothed = gaussian_blur(total, self.sigma, self.sigma_side)
         return Scores(image=jnp.max(smoothed, axis=(1, 2)), maps=smoothed)

@@ -106,6 +106,8 @@ class STPM(TrainedMethod):
       bn_momentum: Flax momentum of the student's BatchNorm running statistics.
       precise_bn: recompute the student's running statistics after training (see above).
       sigma: Gaussian smoothing of the final map, in input pixels.
+      sigma_side: image side at which the smoothing sigma holds (the authors' 256 px); other sizes
+        scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "stpm"
@@ -122,6 +124,7 @@ class STPM(TrainedMethod):
     bn_momentum: float = hyper(0.9, low=0.0, high=1.0)
     precise_bn: bool = hyper(True)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
         """Teacher variables (pretrained, pruned to the taps) and a random student.
@@ -210,5 +213,5 @@ class STPM(TrainedMethod):
         maps = jnp.ones((images.shape[0], *size), jnp.float32)
         for tap in self.taps:
             maps = maps * upsample(level_distance(t_feats[tap], s_feats[tap]), size)
-        maps = gaussian_blur(maps, self.sigma)
+        maps = gaussian_blur(maps, self.sigma, self.sigma_side)
         return Scores(image=jnp.max(maps, axis=(1, 2)), maps=maps)

@@ -245,6 +245,8 @@ class UninformedStudents(TrainedMethod):
       compactness_weight: weight of the teacher's compactness loss (paper: 1).
       learning_rate, weight_decay: students' Adam (paper: 1e-4, 1e-5).
       sigma: Gaussian smoothing of the map (paper: none, 0).
+      sigma_side: image side at which the smoothing sigma holds (the paper's 256 px); other sizes
+        scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "uninformed_students"
@@ -265,6 +267,7 @@ class UninformedStudents(TrainedMethod):
     learning_rate: float = 1e-4
     weight_decay: float = 1e-5
     sigma: float = hyper(0.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def _net(self, p: int) -> DensePatchNet:
         return DensePatchNet(p, self.width, self.descriptor_dim)
@@ -474,5 +477,5 @@ class UninformedStudents(TrainedMethod):
             error, variance = self._raw_scores(state, images.astype(jnp.float32), p)
             maps.append((error - frozen["error_mean"][s]) / frozen["error_std"][s]
                         + (variance - frozen["variance_mean"][s]) / frozen["variance_std"][s])
-        maps = gaussian_blur(sum(maps) / len(maps), self.sigma)
+        maps = gaussian_blur(sum(maps) / len(maps), self.sigma, self.sigma_side)
         return Scores(image=jnp.max(maps, axis=(1, 2)), maps=maps)

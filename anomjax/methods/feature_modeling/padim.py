@@ -183,12 +183,14 @@ def embed_padded(embed, images: np.ndarray, batch_size: int) -> jax.Array:
 
 
 def gaussian_scores(fitted: gaussian.Gaussian, features: jax.Array, size: tuple[int, int],
-                    sigma: float) -> Scores:
-    """Mahalanobis maps of ``features`` ``[B, h, w, d]`` upsampled to ``size`` and smoothed."""
+                    sigma: float, sigma_side: int) -> Scores:
+    """Mahalanobis maps of ``features`` ``[B, h, w, d]`` upsampled to ``size`` and smoothed
+    (``sigma`` set at ``sigma_side``, :func:`anomjax.scoring.scaled_sigma`)."""
     if features.shape[1:3] != fitted["mean"].shape[:2]:
         raise ValueError(f"test images give a {features.shape[1:3]} feature grid but the model "
                          f"was fitted on {fitted['mean'].shape[:2]}: use the fit image size")
-    return to_scores(gaussian.mahalanobis(fitted, features), size, sigma)
+    return to_scores(gaussian.mahalanobis(fitted, features), size, sigma,
+                     sigma_side=sigma_side)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +203,8 @@ class _PatchGaussians(FittedMethod):
       taps: stages to concatenate, fine to coarse; ``()`` = :func:`default_taps`.
       epsilon: ridge added to every covariance (0.01 in the paper).
       sigma: Gaussian smoothing of the upsampled map, in pixels (4 in the paper).
+      sigma_side: image side at which the smoothing sigma holds (the 224 px crops of the paper);
+        other sizes scale it with their shorter side (0: pixels at every size).
     """
 
     projection_key: ClassVar[str]
@@ -210,6 +214,7 @@ class _PatchGaussians(FittedMethod):
     taps: tuple[str, ...] = ()
     epsilon: float = hyper(0.01, low=0.0, high=1e6)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(224, low=0)
 
     def __post_init__(self) -> None:
         if self.taps:
@@ -247,7 +252,8 @@ class _PatchGaussians(FittedMethod):
         """Anomaly maps ``[B, H, W]`` and image scores ``[B]`` (max of the map)."""
         features = self.embed(state["backbone"], state[self.projection_key], images)
         fitted = {k: state[k] for k in ("mean", "inv_chol", "chol") if k in state}
-        return gaussian_scores(fitted, features, images.shape[1:3], self.sigma)
+        return gaussian_scores(fitted, features, images.shape[1:3], self.sigma,
+                               self.sigma_side)
 
 
 @register

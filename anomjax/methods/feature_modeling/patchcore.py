@@ -160,6 +160,8 @@ class PatchCore(FittedMethod):
       num_neighbours: ``b`` of the image-score re-weighting (9; 1 = the plain maximum); with
         ``scoring="authors"`` the bank entries averaged per patch.
       sigma: Gaussian smoothing of the upsampled map, in pixels (4).
+      sigma_side: image side at which the smoothing sigma holds (the authors' 224 px crops); other
+        sizes scale it with their shorter side (0: pixels at every size).
       bank_dtype: ``"float32"`` or ``"bfloat16"`` (half the bank memory).
       knn_block_mb: bound, in MiB, on each distance block of the nearest-neighbour search.
       progress: show a progress bar during coreset selection.
@@ -181,6 +183,7 @@ class PatchCore(FittedMethod):
     scoring: str = hyper("paper", choices=SCORINGS)
     num_neighbours: int = hyper(9, low=1, high=1024)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(224, low=0)
     bank_dtype: str = hyper("float32", choices=("float32", "bfloat16"))
     knn_block_mb: int = hyper(256, low=1, high=65536)
     progress: bool = hyper(True, choices=(True, False))
@@ -278,14 +281,16 @@ class PatchCore(FittedMethod):
             k_bank = min(self.num_neighbours, bank.shape[0])
             dist, _ = nearest_neighbours(flat, bank, k_bank, max_block_bytes=block, mesh=mesh)
             patch = jnp.mean(jnp.square(dist), axis=1).reshape(b, h, w)
-            return to_scores(patch, images.shape[1:3], self.sigma,
+            return to_scores(patch, images.shape[1:3], self.sigma, sigma_side=self.sigma_side,
                              image_score=jnp.max(patch, axis=(1, 2)))
         dist, index = nearest_neighbours(flat, bank, 1, max_block_bytes=block, mesh=mesh)
         dist = dist.reshape(b, h * w)
         image = reweighted_image_score(dist, index.reshape(b, h * w), z.reshape(b, h * w, k),
                                        bank, self.num_neighbours, max_block_bytes=block,
                                        mesh=mesh)
-        return to_scores(dist.reshape(b, h, w), images.shape[1:3], self.sigma, image_score=image)
+        return to_scores(dist.reshape(b, h, w), images.shape[1:3], self.sigma,
+                         sigma_side=self.sigma_side,
+                         image_score=image)
 
 
 def _gather_rows(chunks: list[np.ndarray], indices: np.ndarray) -> np.ndarray:

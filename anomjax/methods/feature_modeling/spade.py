@@ -121,6 +121,8 @@ class SPADE(FittedMethod):
         finest, as in the paper). A coarser grid (e.g. 8) stores and searches less.
       storage_dtype: dtype of the stored training pyramid (float16, bfloat16 or float32).
       sigma: Gaussian smoothing of the upsampled map, in pixels (4 in the paper).
+      sigma_side: image side at which the smoothing sigma holds (the reference's 224 px crops);
+        other sizes scale it with their shorter side (0: pixels at every size).
       max_block_mb: bound on one float32 distance block of the pixel search, in MiB.
     """
 
@@ -136,6 +138,7 @@ class SPADE(FittedMethod):
     grid_stride: int = hyper(0, low=0, high=256)
     storage_dtype: str = hyper("float16", choices=("float16", "bfloat16", "float32"))
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(224, low=0)
     max_block_mb: int = hyper(256, low=1, high=65536)
 
     def __post_init__(self) -> None:
@@ -210,11 +213,13 @@ class SPADE(FittedMethod):
         size = images.shape[1:3]
         if self.pyramid == "concatenated":
             maps = gallery_distances(pyramid, train, neighbours, self.pixel_neighbours, block)
-            return to_scores(maps, size, self.sigma, image_score=image_score)
+            return to_scores(maps, size, self.sigma, sigma_side=self.sigma_side,
+                         image_score=image_score)
         maps = [upsample(gallery_distances(pyramid[t], train[t], neighbours,
                                            self.pixel_neighbours, block), size)
                 for t in self.pyramid_taps]
         return to_scores(jnp.mean(jnp.stack(maps), axis=0), size, self.sigma,
+                         sigma_side=self.sigma_side,
                          image_score=image_score)
 
 

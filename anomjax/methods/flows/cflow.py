@@ -172,6 +172,8 @@ class CFlow(TrainedMethod):
       learning_rate: Adam (authors: 2e-4); ``lr_schedule``: ``"cosine"`` (authors) or
         ``"constant"`` (anomalib).
       sigma: Gaussian smoothing of the map in input pixels (authors: none).
+      sigma_side: image side at which the smoothing sigma holds (the authors' 256 px); other sizes
+        scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "cflow"
@@ -191,6 +193,7 @@ class CFlow(TrainedMethod):
     learning_rate: float = hyper(2e-4, low=0.0, high=1.0, low_open=True)
     lr_schedule: str = hyper("cosine", choices=("cosine", "constant"))
     sigma: float = hyper(0.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def _subnets(self, channels: int) -> list[FullyConnected]:
         d = all_in_one_split(channels) + self.condition_dim
@@ -393,4 +396,4 @@ class CFlow(TrainedMethod):
         for level, log_p in enumerate(self._log_prob_maps(state["params"], state, images)):
             prob = jnp.exp(jnp.minimum(log_p - state["reference"][level], 0.0))
             total = total + resize(prob, size)
-        return to_scores(-total, size, self.sigma)
+        return to_scores(-total, size, self.sigma, sigma_side=self.sigma_side)

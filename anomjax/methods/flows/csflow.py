@@ -89,6 +89,8 @@ class CSFlow(TrainedMethod):
       clamp: ``alpha`` of the atan soft clamp (authors: 3).
       learning_rate, weight_decay, max_grad_norm: Adam (authors: 2e-4, 1e-5, clip 1).
       sigma: Gaussian smoothing of the map in input pixels (authors: none).
+      sigma_side: image side at which the smoothing sigma holds (the authors' 768 px); other sizes
+        scale it with their shorter side (0: pixels at every size).
       map_mode: how the three scales' latents form the map (see the module docstring):
         ``"finest"`` (authors), ``"product"`` (anomalib) or ``"mean"`` (ours).
     """
@@ -108,6 +110,7 @@ class CSFlow(TrainedMethod):
     weight_decay: float = hyper(1e-5, low=0.0, high=1.0)
     max_grad_norm: float = hyper(1.0, low=0.0, high=1e6, low_open=True)
     sigma: float = hyper(0.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(768, low=0)
     map_mode: str = hyper("finest", choices=MAP_MODES)
 
     def _stride(self) -> int:
@@ -211,5 +214,5 @@ class CSFlow(TrainedMethod):
             anomaly_map = jnp.prod(jnp.stack(maps), axis=0)
         else:
             anomaly_map = 0.5 * jnp.mean(jnp.stack(maps), axis=0)
-        return to_scores(anomaly_map, size, self.sigma,
+        return to_scores(anomaly_map, size, self.sigma, sigma_side=self.sigma_side,
                          image_score=0.5 * jnp.mean(squared, axis=-1))

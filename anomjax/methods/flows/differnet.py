@@ -88,6 +88,8 @@ class DifferNet(TrainedMethod):
       learning_rate, weight_decay: Adam (authors: 2e-4, 1e-5; betas 0.8, eps 1e-4).
       grad_sigma: Gaussian smoothing of the gradients (authors: 3), ``sigma`` of the final
         map (authors: none).
+      sigma_side: image side at which the smoothing sigma holds (the authors' 448 px); other sizes
+        scale it with their shorter side (0: pixels at every size).
       score_chunk: images scored per step (each with ``n_transforms_test`` copies run forward
         and backward together); the results do not depend on it, the memory does.
     """
@@ -110,6 +112,7 @@ class DifferNet(TrainedMethod):
     weight_decay: float = hyper(1e-5, low=0.0, high=1.0)
     grad_sigma: float = hyper(3.0, low=0.0, high=64.0)
     sigma: float = hyper(0.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(448, low=0)
     score_chunk: int = hyper(1, low=1, high=4096)
 
     def _subnets(self, dim: int) -> tuple[FullyConnected, FullyConnected]:
@@ -186,7 +189,7 @@ class DifferNet(TrainedMethod):
         padded = jnp.concatenate([images, jnp.zeros((n * chunk - b, h, w, c), images.dtype)])
         maps, image = jax.lax.map(lambda x: self._score_chunk(state, x),
                                   padded.reshape(n, chunk, h, w, c))
-        return to_scores(maps.reshape(-1, h, w)[:b], (h, w), self.sigma,
+        return to_scores(maps.reshape(-1, h, w)[:b], (h, w), self.sigma, sigma_side=self.sigma_side,
                          image_score=image.reshape(-1)[:b])
 
     def _score_chunk(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -204,6 +207,6 @@ class DifferNet(TrainedMethod):
         grads, z2 = jax.grad(total_nll, has_aux=True)(copies)
         grads = rotate(grads.astype(jnp.float32), -angles, method="bilinear")  # [B T, H, W, 3]
         channels = jnp.moveaxis(grads, -1, 1).reshape(-1, h, w)
-        smooth = gaussian_blur(channels, self.grad_sigma).reshape(b, t * 3, h, w)
+        smooth = gaussian_blur(channels, self.grad_sigma, self.sigma_side).reshape(b, t * 3, h, w)
         maps = jnp.square(jnp.mean(jnp.abs(smooth), axis=1))
         return maps, jnp.mean(z2.reshape(b, t), axis=1)

@@ -88,6 +88,8 @@ class FastFlow(TrainedMethod):
       clamp: coupling log-scale bound (anomalib: 2.0).
       learning_rate, weight_decay: Adam (paper: 1e-3, 1e-5).
       sigma: Gaussian smoothing of the map in input pixels (paper: none).
+      sigma_side: image side at which the smoothing sigma holds (anomalib's 256 px); other sizes
+        scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "fastflow"
@@ -105,6 +107,7 @@ class FastFlow(TrainedMethod):
     learning_rate: float = hyper(1e-3, low=0.0, high=1.0, low_open=True)
     weight_decay: float = hyper(1e-5, low=0.0, high=1.0)
     sigma: float = hyper(0.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def _subnets(self, channels: int) -> list[ConvSubnet]:
         split = all_in_one_split(channels)
@@ -185,4 +188,5 @@ class FastFlow(TrainedMethod):
         for z, _ in self._latents(state["params"], state, images):
             prob = jnp.exp(-0.5 * jnp.mean(jnp.square(z), axis=-1))  # [B, h, w]
             maps.append(upsample(-prob, size))
-        return to_scores(jnp.mean(jnp.stack(maps), axis=0), size, self.sigma)
+        return to_scores(jnp.mean(jnp.stack(maps), axis=0), size, self.sigma,
+                         sigma_side=self.sigma_side)

@@ -59,6 +59,8 @@ class AnoGAN(TrainedMethod):
       search_steps, search_lr: the test-time latent search.
       search_seed: seed of the starting ``z`` of the search.
       sigma: Gaussian smoothing of the residual map, in pixels.
+      sigma_side: image side at which the smoothing sigma holds (the library's convention); other
+        sizes scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "anogan"
@@ -72,6 +74,7 @@ class AnoGAN(TrainedMethod):
     search_lr: float = hyper(0.05, low=0.0, high=10.0, low_open=True)
     search_seed: int = hyper(0, low=0)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def _nets(self, images: jax.Array) -> tuple[DCGANDecoder, DCGANCritic]:
         check_images(self.name, images, power_of_two=True)
@@ -183,4 +186,5 @@ class AnoGAN(TrainedMethod):
         """Image score = ``A(z*)``; map = smoothed residual ``mean_c |x - G(z*)|``."""
         fake, score = self.search(state, images)
         residual = jnp.mean(jnp.abs(to_signed(images) - fake), axis=-1) / 2.0
-        return to_scores(residual, images.shape[1:3], self.sigma, image_score=score)
+        return to_scores(residual, images.shape[1:3], self.sigma, sigma_side=self.sigma_side,
+                         image_score=score)

@@ -102,6 +102,8 @@ class FAnoGAN(TrainedMethod):
       encoder_norm: ``"batch"`` (authors) or ``"layer"``.
       encoder_output: ``"tanh"`` (authors' default) or ``"linear"``.
       sigma: Gaussian smoothing of the residual map, in pixels.
+      sigma_side: image side at which the smoothing sigma holds (the library's convention); other
+        sizes scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "f_anogan"
@@ -119,6 +121,7 @@ class FAnoGAN(TrainedMethod):
     encoder_norm: str = hyper("batch", choices=("batch", "layer"))
     encoder_output: str = hyper("tanh", choices=("tanh", "linear"))
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def _nets(self, images: jax.Array) -> tuple[DCGANDecoder, DCGANCritic, LatentEncoder]:
         check_images(self.name, images, power_of_two=True)
@@ -250,5 +253,5 @@ class FAnoGAN(TrainedMethod):
                            dcgan_trained_size(state["params"]["critic"]["body"]))
         a_r, a_d, recon, _ = self._izi_f(state["params"], state, images, train=False)
         residual = jnp.mean(jnp.square(to_signed(images) - recon), axis=-1) / 4.0
-        return to_scores(residual, images.shape[1:3], self.sigma,
+        return to_scores(residual, images.shape[1:3], self.sigma, sigma_side=self.sigma_side,
                          image_score=a_r + self.kappa * a_d)

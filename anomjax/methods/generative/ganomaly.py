@@ -130,6 +130,8 @@ class GANomaly(TrainedMethod):
       reinit_below: re-initialise the discriminator when its loss falls below this (authors:
         1e-5; 0: never).
       sigma: Gaussian smoothing of the residual map, in pixels.
+      sigma_side: image side at which the smoothing sigma holds (the library's convention); other
+        sizes scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "ganomaly"
@@ -145,6 +147,7 @@ class GANomaly(TrainedMethod):
     test_statistics: str = hyper("running", choices=("running", "batch"))
     reinit_below: float = hyper(1e-5, low=0.0)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def _nets(self, images: jax.Array) -> tuple[GANomalyGenerator, DCGANCritic]:
         check_images(self.name, images, power_of_two=True)
@@ -224,4 +227,5 @@ class GANomaly(TrainedMethod):
             x_hat, z, z_hat = gen.apply(variables, to_signed(images), train=False)
         residual = jnp.mean(jnp.abs(to_signed(images) - x_hat), axis=-1) / 2.0
         image = jnp.mean(jnp.square(z - z_hat), axis=-1)
-        return to_scores(residual, images.shape[1:3], self.sigma, image_score=image)
+        return to_scores(residual, images.shape[1:3], self.sigma, sigma_side=self.sigma_side,
+                         image_score=image)

@@ -117,6 +117,8 @@ class DeepSVDD(TrainedMethod):
       pretrain_steps, pretrain_batch: the autoencoder pretraining in ``init``.
       warmup_steps: soft-boundary steps before the radius is first set.
       sigma: smoothing of the input-gradient map.
+      sigma_side: image side at which the smoothing sigma holds (the library's convention); other
+        sizes scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "deep_svdd"
@@ -133,6 +135,7 @@ class DeepSVDD(TrainedMethod):
     pretrain_batch: int = hyper(32, low=1)
     warmup_steps: int = hyper(100, low=0)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def _check(self, images: Any) -> None:
         check_images(self.name, images, multiple=2 ** len(self.widths))
@@ -243,5 +246,5 @@ class DeepSVDD(TrainedMethod):
         with jax.default_matmul_precision("highest"):
             image, grad = jax.vmap(jax.value_and_grad(
                 lambda x: self.distance(state, x[None])[0]))(images)
-        maps = gaussian_blur(jnp.sum(jnp.abs(grad), axis=-1), self.sigma)
+        maps = gaussian_blur(jnp.sum(jnp.abs(grad), axis=-1), self.sigma, self.sigma_side)
         return Scores(image=image, maps=maps)

@@ -96,6 +96,8 @@ class AE(TrainedMethod):
       width: width of the first layers (paper: 32; all widths scale with it).
       learning_rate, weight_decay: Adam (coupled L2 weight decay, as PyTorch's Adam).
       sigma: Gaussian smoothing of the map, in pixels.
+      sigma_side: image side at which the smoothing sigma holds (the library's convention); other
+        sizes scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "ae"
@@ -106,6 +108,7 @@ class AE(TrainedMethod):
     learning_rate: float = hyper(2e-4, low=0.0, high=1.0, low_open=True)
     weight_decay: float = hyper(1e-5, low=0.0, high=1.0)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def _net(self, images: jax.Array) -> Autoencoder:
         check_images(self.name, images, multiple=16, square=True)
@@ -135,4 +138,5 @@ class AE(TrainedMethod):
         check_trained_size(self.name, images,
                            conv_trained_size(state["params"]["encoder"], net.layers))
         recon = net.apply({"params": state["params"]}, images)
-        return to_scores(residual_map(self.loss_type, images, recon), images.shape[1:3], self.sigma)
+        return to_scores(residual_map(self.loss_type, images, recon), images.shape[1:3], self.sigma,
+                         sigma_side=self.sigma_side)

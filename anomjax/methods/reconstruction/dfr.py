@@ -171,6 +171,8 @@ class DFR(TrainedMethod):
         (authors: 10).
       learning_rate: Adam learning rate (paper: 1e-4).
       sigma: Gaussian smoothing of the map in input pixels (paper: none, 0).
+      sigma_side: image side at which the smoothing sigma holds (the authors' 256 px); other sizes
+        scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "dfr"
@@ -191,6 +193,7 @@ class DFR(TrainedMethod):
     pca_images: int = hyper(10, low=1, high=100000)
     learning_rate: float = hyper(1e-4, low=0.0, high=1.0, low_open=True)
     sigma: float = hyper(0.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def frozen_features(self, state: State, images: jax.Array) -> jax.Array:
         """Regional features ``[B, H / pool_stride, W / pool_stride, C]`` of the frozen
@@ -259,4 +262,4 @@ class DFR(TrainedMethod):
         errors = reconstruction_errors(feats, recon)
         size = images.shape[1:3]
         maps = resize(errors[..., None], size, "bilinear", self.align_corners)[..., 0]
-        return to_scores(maps, size, self.sigma)
+        return to_scores(maps, size, self.sigma, sigma_side=self.sigma_side)

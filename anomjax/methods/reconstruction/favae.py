@@ -54,6 +54,8 @@ class FAVAE(ConstantAdamMethod):
       feature_weight: weight of the feature reconstruction error in the loss.
       learning_rate: Adam.
       sigma: Gaussian smoothing of the map, in pixels.
+      sigma_side: image side at which the smoothing sigma holds (the library's convention); other
+        sizes scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "favae"
@@ -66,6 +68,7 @@ class FAVAE(ConstantAdamMethod):
     feature_weight: float = hyper(1.0, low=0.0)
     learning_rate: float = hyper(5e-4, low=0.0, high=1.0, low_open=True)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def _net(self, images: jax.Array, params: Any = None) -> GaussianVAE:
         """The network for ``images`` (and, given ``params``, checked to fit them)."""
@@ -137,4 +140,4 @@ class FAVAE(ConstantAdamMethod):
         feature, gradient = self._maps(state, images)
         norm = state["normalizer"]
         maps = feature / norm["feature"] + gradient / norm["gradient"]
-        return to_scores(maps, images.shape[1:3], self.sigma)
+        return to_scores(maps, images.shape[1:3], self.sigma, sigma_side=self.sigma_side)

@@ -80,6 +80,8 @@ class MemAE(ConstantAdamMethod):
       width: autoencoder width (see ``ae``).
       learning_rate: Adam.
       sigma: Gaussian smoothing of the map, in pixels.
+      sigma_side: image side at which the smoothing sigma holds (the library's convention); other
+        sizes scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "memae"
@@ -91,6 +93,7 @@ class MemAE(ConstantAdamMethod):
     width: int = hyper(32, low=1, high=1024)
     learning_rate: float = hyper(1e-4, low=0.0, high=1.0, low_open=True)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     @property
     def threshold(self) -> float:
@@ -119,4 +122,5 @@ class MemAE(ConstantAdamMethod):
     def score(self, state: State, images: jax.Array) -> Scores:
         """Map = squared residual, smoothed; image score = its maximum."""
         x_hat, _ = self._net(images).apply({"params": state["params"]}, images)
-        return to_scores(squared_error_map(images, x_hat), images.shape[1:3], self.sigma)
+        return to_scores(squared_error_map(images, x_hat), images.shape[1:3], self.sigma,
+                         sigma_side=self.sigma_side)

@@ -124,6 +124,8 @@ class VAE(ConstantAdamMethod):
       map_type: ``"reconstruction"`` or ``"gradient"``.
       learning_rate: Adam.
       sigma: Gaussian smoothing of the map, in pixels.
+      sigma_side: image side at which the smoothing sigma holds (the library's convention); other
+        sizes scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "vae"
@@ -133,6 +135,7 @@ class VAE(ConstantAdamMethod):
     map_type: str = hyper("reconstruction", choices=MAPS)
     learning_rate: float = hyper(5e-4, low=0.0, high=1.0, low_open=True)
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def _net(self, images: jax.Array, params: Any = None) -> GaussianVAE:
         """The network for ``images`` (and, given ``params``, checked to fit them)."""
@@ -158,4 +161,4 @@ class VAE(ConstantAdamMethod):
             maps = jnp.mean(jnp.abs(grads), axis=-1)
         else:
             maps = squared_error_map(images, net.apply({"params": state["params"]}, images))
-        return to_scores(maps, images.shape[1:3], self.sigma)
+        return to_scores(maps, images.shape[1:3], self.sigma, sigma_side=self.sigma_side)

@@ -95,6 +95,8 @@ class DRAEM(TrainedMethod):
         it scales with the image size (:meth:`score_filter`).
       ssim_padding: ``"zero"`` (the authors') or ``"reflect"`` padding of the SSIM loss.
       sigma: optional Gaussian smoothing of the pixel map (0, as in the paper).
+      sigma_side: image side at which the smoothing sigma holds (the authors' 256 px); other sizes
+        scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "draem"
@@ -114,6 +116,7 @@ class DRAEM(TrainedMethod):
     scale_filter: bool = True
     ssim_padding: str = hyper("zero", choices=SSIM_PADDINGS)
     sigma: float = hyper(0.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def _nets(self, precision: Any = None) -> tuple[ReconstructiveNet, UNet]:
         return (ReconstructiveNet(self.rec_width, 3, self.sspcab, precision),
@@ -220,4 +223,4 @@ class DRAEM(TrainedMethod):
         _, probs = self.reconstruct_and_segment(state, images)
         size = self.score_filter(tuple(images.shape[1:3]))
         image = jnp.max(mean_filter(probs, size), axis=(1, 2))
-        return Scores(image=image, maps=gaussian_blur(probs, self.sigma))
+        return Scores(image=image, maps=gaussian_blur(probs, self.sigma, self.sigma_side))

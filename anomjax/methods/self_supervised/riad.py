@@ -57,6 +57,8 @@ class RIAD(TrainedMethod):
       learning_rate: Adam's rate.
       mask_seed: seed of the fixed test-time partitions.
       sigma: Gaussian smoothing of the final map.
+      sigma_side: image side at which the smoothing sigma holds (the library's convention); other
+        sizes scale it with their shorter side (0: pixels at every size).
     """
 
     name: ClassVar[str] = "riad"
@@ -72,6 +74,7 @@ class RIAD(TrainedMethod):
     ssim_padding: str = hyper("reflect", choices=SSIM_PADDINGS)
     mask_seed: int = 0
     sigma: float = hyper(4.0, low=0.0, high=64.0)
+    sigma_side: int = hyper(256, low=0)
 
     def _net(self, precision: Any = None) -> UNet:
         return UNet(self.width, 3, self.depth, precision)
@@ -161,5 +164,5 @@ class RIAD(TrainedMethod):
             rec, _ = self.combine(images, jnp.broadcast_to(masks, (b, *masks.shape)),
                                   lambda x: (net.apply(variables, x), None))
             total = total + msgms_map(images, rec)
-        maps = gaussian_blur(total / len(self.cell_sizes), self.sigma)
+        maps = gaussian_blur(total / len(self.cell_sizes), self.sigma, self.sigma_side)
         return Scores(image=jnp.max(maps, axis=(1, 2)), maps=maps)
