@@ -16,7 +16,8 @@ from train_toy import ToyConvAE, toy_split
 
 from anomjax.methods.population import Population, member_state
 from anomjax.methods.self_supervised.draem import DRAEM
-from anomjax.train import CheckpointStore, init_train_state, train_method
+from anomjax.run_folder import load_run, save_run
+from anomjax.train import CheckpointStore, init_train_state, method_state, train_method
 from anomjax.train.loop import _run_keys
 
 KEY, BATCH = 5, 4
@@ -106,9 +107,10 @@ def test_a_population_forwards_the_hook_and_shares_each_draw():
 
 
 def test_draem_checkpoints_hold_no_textures_and_old_ones_are_refused(tmp_path):
-    """DRAEM's train state (as the engine builds and checkpoints it) holds no texture, and
+    """DRAEM's train state (as the engine builds and checkpoints it) holds no texture;
     resuming a checkpoint whose state still holds ``frozen["textures"]`` (written before the
-    textures moved to the host) is refused, saying to train again."""
+    textures moved to the host) is refused, saying to train again; a run folder saved with
+    them still scores (the entry is never read)."""
     method = DRAEM(rec_width=4, seg_width=4)
     images = toy_split(n=2, size=32).images
     ts = init_train_state(method.init(jax.random.key(0), images), method.optimizer(2),
@@ -129,3 +131,9 @@ def test_draem_checkpoints_hold_no_textures_and_old_ones_are_refused(tmp_path):
         train_method(method, jax.random.key(0), toy_split(n=4, size=32), epochs=None,
                      steps=2, batch_size=2, run_dir=tmp_path / "old", resume=True,
                      num_workers=0, disable=True)
+    # A run folder whose fitted state still holds the textures scores as before.
+    state = {**method_state(ts), "frozen": {"textures": textures}}
+    save_run(tmp_path / "old_run", method, state, {"image_size": 32})
+    _, loaded, _ = load_run(tmp_path / "old_run")
+    want = method.score(method_state(ts), images)
+    chex.assert_trees_all_close(method.score(loaded, images), want)
