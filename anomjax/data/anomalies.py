@@ -22,11 +22,13 @@ than dynamic slices.
   at scales ``k in {2, 4, 8, 16}``.
 
 :func:`load_textures` and :func:`synthetic_textures` (host side, NumPy) give the anomaly-source
-images DRAEM blends in.
+images DRAEM blends in; :class:`TextureSource` holds them on the host and draws each training
+step's sources.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -490,3 +492,17 @@ def synthetic_textures(size: tuple[int, int], per_category: int = 4,
             pixels = Image.fromarray(np.round(image * 255).astype(np.uint8))
             out.append(np.asarray(pixels.resize((size[1], size[0]), Image.BILINEAR)))
     return np.stack(out)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TextureSource:
+    """Anomaly-source textures ``[T, H, W, 3]`` uint8 held on the host (never in a train
+    state); a training step's host inputs (:meth:`anomjax.methods.protocol.TrainedMethod.
+    host_inputs`)."""
+
+    textures: np.ndarray
+
+    def draw(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+        """``{"sources": [batch_size, H, W, 3]}`` uint8: textures picked uniformly with
+        replacement by ``rng.integers(0, T, batch_size)``."""
+        return {"sources": self.textures[rng.integers(0, len(self.textures), batch_size)]}

@@ -14,7 +14,9 @@ pass) is done once per step for all K members, not K times.
 
 Member ``i`` is initialised with ``jax.random.split(key, K)[i]`` and its loss gets the key
 ``fold_in(step key, i)``; every member sees the same batches (one data order for the
-population), so members differ in initialisation and in per-step randomness. The loss is
+population), so members differ in initialisation and in per-step randomness. Likewise a
+method's per-batch host inputs (the hook ``host_inputs``, e.g. DRAEM's anomaly sources) are
+drawn once per step for the population and shared by every member, as the images are. The loss is
 the sum of the members' losses, whose gradient with respect to member ``i``'s parameters is
 member ``i``'s own gradient; the optimiser is the method's, vmapped over members, so each
 member's update is exactly the one a separate run would make (tested).
@@ -285,15 +287,17 @@ class Population(MethodWrapper):
             return {"per_member": jax.vmap(one, out_axes=1, axis_size=self.size)(batched)}
 
     def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
-             **frozen: Any) -> tuple[jax.Array, dict[str, Any]]:
+             **inputs: Any) -> tuple[jax.Array, dict[str, Any]]:
         """Sum of the members' losses on ``images``; aux entries are the members' mean
         (``loss_member<i>`` each member's loss) and their stacked ``batch_stats``.
         ``frozen`` (from :meth:`frozen_features`, cached by the engine) reaches every
-        member's loss: the shared features unbatched, per-member ones by member."""
-        return self._members_loss(self.method.loss, params, state, images, key, **frozen)
+        member's loss: the shared features unbatched, per-member ones by member; ``host``
+        (the step's host inputs) reaches every member unbatched, like ``images``."""
+        return self._members_loss(self.method.loss, params, state, images, key, **inputs)
 
     def _members_loss(self, member_loss: Any, params: Any, state: State, images: jax.Array,
-                      key: jax.Array, frozen: dict[str, Any] | None = None
+                      key: jax.Array, frozen: dict[str, Any] | None = None,
+                      host: dict[str, jax.Array] | None = None
                       ) -> tuple[jax.Array, dict[str, Any]]:
         """``member_loss`` (the method's loss, or one update's of a GAN) of every member,
         vmapped and summed (see :meth:`loss`); a GAN update's ``carry`` stays per member."""
@@ -311,6 +315,8 @@ class Population(MethodWrapper):
                 full["carry"] = handed
             cached = own_frozen if member_frozen is not None else shared_frozen
             extra = {} if frozen is None else {"frozen": cached}
+            if host is not None:
+                extra["host"] = host
             return member_loss(full["params"], full, images, k, **extra)
 
         losses, aux = self.over_members(one, batched, keys, carry, member_frozen,

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import jax
+import numpy as np
 import optax
 from jax.sharding import Mesh, Sharding
 
@@ -40,11 +41,21 @@ from anomjax.methods.optimization import GroupedOptimizer
 from anomjax.types import Batch, Scores, State
 
 #: The optional hooks of :class:`TrainedMethod`, each with a default there.
-TRAIN_HOOKS = ("calibrate", "calibrate_test", "frozen_features", "train_state_sharding",
-               "train_update")
+TRAIN_HOOKS = ("calibrate", "calibrate_test", "frozen_features", "host_inputs",
+               "train_state_sharding", "train_update")
 #: The optional class settings (defaults used by the engine and the command line).
 SETTINGS = ("default_epochs", "default_batch_size", "default_image_size", "init_on_all_images",
             "uses_caller_mesh")
+
+
+class HostInputs(Protocol):
+    """Per-batch inputs drawn on the host (see :meth:`TrainedMethod.host_inputs`)."""
+
+    def draw(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+        """``batch_size`` rows drawn with ``rng``: ``{name: [batch_size, ...]}`` numpy arrays,
+        a pure function of ``rng``'s state (the engine seeds it from the run seed and the
+        step, so a resumed run draws what an uninterrupted one does)."""
+        ...
 
 
 class _MethodBase(abc.ABC):
@@ -118,13 +129,15 @@ class TrainedMethod(_MethodBase):
         schedule defined on it is recorded with the run's checkpoints)."""
 
     def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
-             **frozen: Any) -> tuple[jax.Array, dict[str, Any]]:
+             **inputs: Any) -> tuple[jax.Array, dict[str, Any]]:
         """Pure and jittable: the scalar loss and an aux dict of scalar metrics (an aux
         ``"batch_stats"`` replaces the running statistics and is not logged).
 
         ``params`` is the current trainable pytree (``state["params"]`` is stale), ``images``
         the global batch ``[B, H, W, 3]``, ``key`` this step's key. A method with
-        :meth:`frozen_features` receives them as ``frozen=`` when the engine cached them.
+        :meth:`frozen_features` receives them as ``frozen=`` when the engine cached them; a
+        method with :meth:`host_inputs` receives the step's draw as ``host=`` (a dict of
+        ``[B, ...]`` arrays sharded like ``images``).
         """
         raise NotImplementedError(
             f"{self.name} defines no loss(); a method whose optimizer() returns a "
@@ -146,13 +159,14 @@ class TrainedMethod(_MethodBase):
         return state
 
     def train_update(self, optimizer: Any, opt_state: Any, state: State, images: jax.Array,
-                     key: jax.Array, **frozen: Any) -> tuple[Any, Any, jax.Array, dict[str, Any]]:
+                     key: jax.Array, **inputs: Any) -> tuple[Any, Any, jax.Array, dict[str, Any]]:
         """Optional: the method's own training step, for a method that makes several
         optimiser updates per image batch (CFLOW-AD's fibre mini-batches); pure and jittable.
 
         Given ``optimizer`` (what :meth:`optimizer` returned), its state, the method state
         (``state["params"]`` current), the batch ``images [B, H, W, 3]``, the step's ``key``
-        and, as ``frozen=``, the cached frozen features, returns ``(params, opt_state, loss,
+        and, as ``frozen=`` and ``host=``, the cached frozen features and the step's host
+        inputs (as :meth:`loss` gets them), returns ``(params, opt_state, loss,
         aux)`` with an aux ``"grad_norm"`` (the other aux scalars are logged). The engine
         then makes no update of its own. Not overridden, or in a population
         (:attr:`member_count`): the engine's one update per batch of :meth:`loss`.
@@ -170,6 +184,18 @@ class TrainedMethod(_MethodBase):
         on the host and passes each batch's as ``loss(..., frozen=...)`` (see
         :mod:`anomjax.train.frozen_cache`). Default: none (``None``)."""
         del state, images
+        return None
+
+    def host_inputs(self, image_size: tuple[int, int]) -> HostInputs | None:
+        """Per-batch inputs the host draws for every training step, for data too large for
+        the train state (DRAEM's anomaly-source textures): built once per run (not jitted,
+        never checkpointed nor exported) for training images of ``image_size`` ``(H, W)``.
+        At step ``s`` the engine calls ``draw(np.random.default_rng([seed, 1, s]),
+        B)`` (``seed``: the run's data seed, :func:`anomjax.train.host_draws.step_rng`),
+        shards the arrays on their batch axis like the images and passes them as
+        ``loss(..., host=...)`` (and to :meth:`train_update`). Not with a
+        :class:`~anomjax.methods.optimization.GroupedOptimizer`. Default: none (``None``)."""
+        del image_size
         return None
 
     def train_state_sharding(self, mesh: Mesh) -> dict[str, Sharding] | None:
@@ -219,12 +245,12 @@ class MethodWrapper(TrainedMethod, FittedMethod):
         return self.method.optimizer(total_steps)
 
     def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
-             **frozen: Any) -> tuple[jax.Array, dict[str, Any]]:
-        return self.method.loss(params, state, images, key, **frozen)
+             **inputs: Any) -> tuple[jax.Array, dict[str, Any]]:
+        return self.method.loss(params, state, images, key, **inputs)
 
     def train_update(self, optimizer: Any, opt_state: Any, state: State, images: jax.Array,
-                     key: jax.Array, **frozen: Any) -> tuple[Any, Any, jax.Array, dict[str, Any]]:
-        return self.method.train_update(optimizer, opt_state, state, images, key, **frozen)
+                     key: jax.Array, **inputs: Any) -> tuple[Any, Any, jax.Array, dict[str, Any]]:
+        return self.method.train_update(optimizer, opt_state, state, images, key, **inputs)
 
     def fit(self, key: jax.Array, batches: Iterable[Batch]) -> State:
         return self.method.fit(key, batches)
@@ -250,6 +276,10 @@ class MethodWrapper(TrainedMethod, FittedMethod):
 
     def frozen_features(self, state: State, images: jax.Array) -> Any:
         return self.method.frozen_features(state, images)
+
+    def host_inputs(self, image_size: tuple[int, int]) -> HostInputs | None:
+        hook = getattr(self.method, "host_inputs", None)
+        return None if hook is None else hook(image_size)
 
     def train_state_sharding(self, mesh: Mesh) -> dict[str, Sharding] | None:
         hook = getattr(self.method, "train_state_sharding", None)

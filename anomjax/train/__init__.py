@@ -2,8 +2,8 @@
 
 What a method must provide is code, not prose: :class:`anomjax.methods.protocol.TrainedMethod`
 (``init``, ``optimizer``, ``loss``, ``score``, and the optional hooks ``calibrate``,
-``frozen_features``, ``train_state_sharding`` with their defaults and shapes) and
-:mod:`anomjax.methods.optimization` (several parameter groups in phases:
+``frozen_features``, ``host_inputs``, ``train_state_sharding`` with their defaults and
+shapes) and :mod:`anomjax.methods.optimization` (several parameter groups in phases:
 ``GroupedOptimizer``, ``Phase``, ``Update``). This package executes them.
 
 Entry points::
@@ -12,7 +12,7 @@ Entry points::
                          resume=False, ...)           # -> the trained method State
 
 ``train_method`` owns everything else: the jitted, buffer-donating
-``train_step(train_state, images, key, frozen=None) -> (train_state, metrics)``
+``train_step(train_state, images, key, frozen=None, host=None) -> (train_state, metrics)``
 (``make_train_step``), the
 ``TrainState`` pytree (params, opt_state, batch_stats, step, key), data parallelism over a
 ``jax.sharding.Mesh`` of all devices (batch sharded, params replicated; each process reads

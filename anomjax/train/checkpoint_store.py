@@ -70,8 +70,9 @@ class CheckpointStore:
                 state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"checkpoint {self.directory / str(step)} does not match this "
-                             f"method's state (another method or hyper-parameters?): {err}"
-                             ) from None
+                             "method's state (another method or hyper-parameters, or a state "
+                             "layout of an older anomjax: train again into another run "
+                             f"folder): {err}") from None
         return out["state"], out["meta"]
 
     def close(self) -> None:

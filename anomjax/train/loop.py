@@ -25,6 +25,7 @@ from anomjax.methods.protocol import TrainedMethod, overrides
 from anomjax.train.checkpoint_store import CheckpointStore
 from anomjax.train.divergence import TrainingDiverged
 from anomjax.train.frozen_cache import FrozenCache, build_frozen_cache, cached_feature_shapes
+from anomjax.train.host_draws import draw_step
 from anomjax.train.metrics_log import MetricsLog
 from anomjax.train.prefetch import prefetch
 from anomjax.train.sharding import DataMesh
@@ -100,16 +101,17 @@ def _global_batch_size(requested: int, n_train: int, mesh: DataMesh) -> int:
 
 
 def _epoch_batches(split: Any, local_bs: int, seed: int, epoch: int, skip: int, steps: int,
-                   num_workers: int) -> Iterator[tuple[np.ndarray, tuple[str, ...]]]:
-    """This process's batches of ``epoch`` (images and their paths), from batch ``skip`` to
-    ``steps``."""
+                   num_workers: int, first_step: int
+                   ) -> Iterator[tuple[int, np.ndarray, tuple[str, ...]]]:
+    """This process's batches of ``epoch`` from batch ``skip`` to ``steps``: each one's run
+    step (``first_step``: the epoch's first), images and paths."""
     batches = split.batches(batch_size=local_bs, shuffle=True, seed=epoch_seed(seed, epoch),
                             num_workers=num_workers, drop_remainder=True,
                             shard_index=jax.process_index(), num_shards=jax.process_count())
     got = skip
     for batch in itertools.islice(batches, skip, steps):
+        yield first_step + got, np.asarray(batch.images, np.float32), tuple(batch.paths)
         got += 1
-        yield np.asarray(batch.images, np.float32), tuple(batch.paths)
     if got < steps:
         raise RuntimeError(f"the training split gave {got} batches of {local_bs} images in "
                            f"epoch {epoch}, expected {steps} (len(split) = {len(split)}); its "
@@ -152,6 +154,12 @@ def _init_images(method: Any, split: Any, local_bs: int, n_train: int,
         return ImageBatches(split, local_bs, num_workers)
     sample = next(iter(split.batches(batch_size=min(local_bs, n_train), num_workers=0)))
     return np.asarray(sample.images, np.float32)
+
+
+def _image_size(images: np.ndarray | ImageBatches) -> tuple[int, int]:
+    """``(H, W)`` of the training images, from what ``method.init`` gets."""
+    first = images if isinstance(images, np.ndarray) else next(iter(images))
+    return int(first.shape[1]), int(first.shape[2])
 
 
 def _initial_state(method: Any, init_key: jax.Array, images: Any) -> State:
@@ -260,7 +268,9 @@ def train_method(method: Any, key: jax.Array, train_split: Any, *, epochs: int |
     Args:
       method: a method with ``init``/``loss``/``optimizer``/``score`` (see ``anomjax.train``).
       key: PRNG key; it fixes the initialisation, the shuffling of every epoch (a pure
-        function of ``(seed, epoch)``) and every step's key (``fold_in(seed key, step)``).
+        function of ``(seed, epoch)``), every step's key (``fold_in(seed key, step)``) and,
+        for a method with ``host_inputs``, every step's host draw (a pure function of
+        ``(seed, step)``, :mod:`anomjax.train.host_draws`), so a resumed run repeats them.
       train_split: a data split (``len``, ``batches(...)``) of defect-free images.
       epochs: total epochs of the run (a resumed run continues up to this number); ``None``
         with ``steps`` also ``None`` takes the method's ``default_epochs`` (its paper's).
@@ -434,12 +444,15 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
                           f"run's {total_steps} steps; returning it as it is", stacklevel=2)
     cache: FrozenCache | None = None
     cacheable = not isinstance(optimizer, GroupedOptimizer)
+    host = method.host_inputs(_image_size(images)) if start < total_steps else None
     compiling = None
     if start < total_steps and jax.process_count() == 1 and isinstance(images, np.ndarray):
         frozen_shapes = (cached_feature_shapes(method, initial, (local_bs, *images.shape[1:]),
                                                n_train, frozen_cache_mb) if cacheable else None)
+        host_shapes = None if host is None else draw_step(host, data_seed, start, global_bs)
         compiling = _compile_ahead(step_fn, ts, jax.random.fold_in(ts.key, start),
-                                   (global_bs, *images.shape[1:]), frozen_shapes, mesh)
+                                   (global_bs, *images.shape[1:]), (frozen_shapes, host_shapes),
+                                   mesh)
     if start < total_steps and cacheable:
         cache = build_frozen_cache(method, initial, train_split, local_bs,
                                    limit_mb=frozen_cache_mb, num_workers=num_workers,
@@ -448,11 +461,14 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
         compiling.result()  # a compilation error is raised here, as the first step would
     del initial, images
 
-    def place(item: tuple[np.ndarray, tuple[str, ...]]) -> tuple[jax.Array, Any]:
-        """A batch's images, and its cached frozen features, sharded on the mesh."""
-        batch_images, paths = item
+    def place(item: tuple[int, np.ndarray, tuple[str, ...]]) -> tuple[jax.Array, Any, Any]:
+        """A step's images, their cached frozen features and its host inputs, sharded on the
+        mesh."""
+        index, batch_images, paths = item
         frozen = None if cache is None else jax.tree.map(mesh.shard_batch, cache.lookup(paths))
-        return mesh.shard_batch(batch_images), frozen
+        drawn = None if host is None else jax.tree.map(
+            mesh.shard_batch, draw_step(host, data_seed, index, global_bs))
+        return mesh.shard_batch(batch_images), frozen, drawn
 
     log = MetricsLog(run_dir, resume_step=start if resume else None,
                      enabled=jax.process_index() == 0)
@@ -490,10 +506,11 @@ def _train_loop(method: Any, train_split: Any, store: CheckpointStore | None, *,
             skip = step - epoch * steps_per_epoch
             stop = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
             batches = _epoch_batches(train_split, local_bs, data_seed, epoch, skip, stop,
-                                     num_workers)
-            for images, frozen in prefetch(batches, place):
+                                     num_workers, epoch * steps_per_epoch)
+            for images, frozen, drawn in prefetch(batches, place):
                 profiler.before(step)
-                ts, metrics = step_fn(ts, images, jax.random.fold_in(ts.key, step), frozen)
+                ts, metrics = step_fn(ts, images, jax.random.fold_in(ts.key, step), frozen,
+                                      drawn)
                 step += 1
                 profiler.after(step, metrics)
                 window.add(step, epoch, metrics)
@@ -545,17 +562,20 @@ class _Profiler:
 
 
 def _compile_ahead(step_fn: TrainStep, ts: TrainState, key: jax.Array,
-                   batch_shape: tuple[int, ...], frozen_shapes: Any, mesh: DataMesh) -> Future:
-    """Compile ``step_fn`` for batches ``batch_shape`` ``[B, H, W, 3]`` (and cached frozen
-    features of ``frozen_shapes`` per batch, if any) in a background thread, so that XLA's
-    compilation overlaps the frozen-feature pass; the first step then reuses the executable
-    (same shapes and shardings as the real calls)."""
+                   batch_shape: tuple[int, ...], inputs: tuple[Any, Any],
+                   mesh: DataMesh) -> Future:
+    """Compile ``step_fn`` for batches ``batch_shape`` ``[B, H, W, 3]`` (and ``inputs``: the
+    shapes of one batch's cached frozen features and host inputs, each ``None`` where there
+    are none) in a background thread, so that XLA's compilation overlaps the frozen-feature
+    pass; the first step then reuses the executable (same shapes and shardings as the real
+    calls)."""
     images = jax.ShapeDtypeStruct(batch_shape, np.float32, sharding=mesh.batch_sharding)
-    frozen = None if frozen_shapes is None else jax.tree.map(
+    frozen, host = (None if shapes is None else jax.tree.map(
         lambda s: jax.ShapeDtypeStruct((batch_shape[0], *s.shape[1:]), s.dtype,
-                                       sharding=mesh.batch_sharding), frozen_shapes)
+                                       sharding=mesh.batch_sharding), shapes)
+        for shapes in inputs)
     pool = ThreadPoolExecutor(1, "compile")
-    compiled = pool.submit(lambda: step_fn.lower(ts, images, key, frozen).compile())
+    compiled = pool.submit(lambda: step_fn.lower(ts, images, key, frozen, host).compile())
     pool.shutdown(wait=False)  # the thread ends with the compilation
     return compiled
 

@@ -15,7 +15,7 @@ from anomjax.train.grouped_step import make_grouped_step
 from anomjax.train.state import TrainState, method_state
 
 TrainStep = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
-"""``train_step(train_state, images, key, frozen=None) -> (train_state, metrics)``."""
+"""``train_step(train_state, images, key, frozen=None, host=None) -> (train_state, metrics)``."""
 
 
 def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
@@ -23,6 +23,13 @@ def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
     return jax.tree.map(
         lambda x: x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x,
         tree)
+
+
+def loss_inputs(frozen: Any, host: Any) -> dict[str, Any]:
+    """The keywords of a method's ``loss`` besides its arguments: ``frozen=`` (cached frozen
+    features) and ``host=`` (the step's host inputs), each where given."""
+    return {name: value for name, value in (("frozen", frozen), ("host", host))
+            if value is not None}
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -44,7 +51,7 @@ def _members_step(step: Callable, count: int, isolated: bool) -> Callable:
     """The step of a population of ``count`` members (``method.member_count``), checked
     member by member.
 
-    ``step(ts, images, key, frozen) -> (ts, metrics)`` is the plain step; its metrics carry
+    ``step(ts, images, key, frozen, host) -> (ts, metrics)`` is the plain step; its metrics carry
     ``member_losses`` ``[K]`` (and ``member_grad_squares`` ``[K]`` where it has the
     gradients). Members that diverged before enter with zeroed parameters (so no inf or NaN
     is computed from them) and keep their state. A member whose update is not finite is
@@ -62,20 +69,20 @@ def _members_step(step: Callable, count: int, isolated: bool) -> Callable:
         return mask.reshape((-1,) + (1,) * (x.ndim - 1))
 
     def attempt(ts: TrainState, active: jax.Array, images: jax.Array, key: jax.Array,
-                frozen: Any) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
+                frozen: Any, host: Any) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
         zeroed = ts.replace(params=jax.tree.map(
             lambda p: jnp.where(expand(active, p), p, jnp.zeros_like(p)), ts.params))
-        new, metrics = step(zeroed, images, key, frozen)
+        new, metrics = step(zeroed, images, key, frozen, host)
         ok = active & jnp.isfinite(metrics["member_losses"]) & member_finite(
             (new.params, new.opt_state, new.batch_stats), count)
         if "member_grad_squares" in metrics:
             ok = ok & jnp.isfinite(metrics["member_grad_squares"])
         return new, metrics, ok
 
-    def members_step(ts: TrainState, images: jax.Array, key: jax.Array,
-                     frozen: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    def members_step(ts: TrainState, images: jax.Array, key: jax.Array, frozen: Any = None,
+                     host: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
         alive = ts.extra["diverged_at"] < 0
-        first = attempt(ts, alive, images, key, frozen)
+        first = attempt(ts, alive, images, key, frozen, host)
         if isolated:
             new, metrics, keep = first
         else:  # again without the members whose loss is not finite: their NaN may have
@@ -83,7 +90,7 @@ def _members_step(step: Callable, count: int, isolated: bool) -> Callable:
             suspects = alive & ~jnp.isfinite(first[1]["member_losses"])
             new, metrics, keep = jax.lax.cond(
                 jnp.all(first[2] == alive), lambda: first,
-                lambda: attempt(ts, alive & ~suspects, images, key, frozen))
+                lambda: attempt(ts, alive & ~suspects, images, key, frozen, host))
 
         def pick(n: jax.Array, o: jax.Array) -> jax.Array:
             return jnp.where(expand(keep, n), n, o)
@@ -112,31 +119,33 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
                     compute_dtype: str | None = None,
                     replicated: jax.sharding.Sharding | None = None,
                     state_sharding: Any = None) -> TrainStep:
-    """``train_step(train_state, images [B, H, W, 3], key, frozen=None) -> (train_state,
-    metrics)``.
+    """``train_step(train_state, images [B, H, W, 3], key, frozen=None, host=None) ->
+    (train_state, metrics)``.
 
     Jitted with the train state's buffers donated. ``frozen`` (the batch's cached frozen
-    features, see :mod:`anomjax.train.frozen_cache`) is passed on as ``method.loss(...,
-    frozen=frozen)`` when given. The gradient of ``method.loss`` updates the
-    params through ``optimizer``; a ``"batch_stats"`` entry of the loss's aux replaces the
-    running statistics; every other aux entry is returned as a scalar metric, with ``loss``
-    and ``grad_norm``, and ``finite``: 1.0 when the loss, the gradient norm and every leaf of
-    the *updated* train state (params, optimiser state, batch statistics) are finite, so a
-    state is known good before it is checkpointed. With ``compute_dtype="bfloat16"`` the loss
-    runs on bfloat16 copies of the params, carried state and images while the master params,
-    the optimiser and the running ``batch_stats`` stay float32 (the statistics are not
-    re-quantised to bfloat16 at every update). A method with ``member_count`` K (a
-    population) is checked per member instead: a member whose update is not finite keeps
-    its last finite state and the others train on (:func:`_members_step`); the step is
-    non-finite only when no member is left. Under a mesh, sharding follows the inputs
-    (batch sharded, state replicated); ``replicated`` (the mesh's replicated sharding) pins
-    the outputs to it, so a propagation change can never silently undo the buffer donation;
-    ``state_sharding`` (a prefix of the train state, default ``replicated``) pins the
-    updated state instead where it is not replicated (a population's member axis).
-    A :class:`~anomjax.methods.optimization.GroupedOptimizer` gets the step of several parameter
-    groups (its ``loss`` metric is the sum of the groups' losses, checked the same way). A
-    method that overrides ``train_update`` (several updates per batch, e.g. CFLOW-AD's fibre
-    mini-batches) makes its own updates in the step (float32; not in a population).
+    features, see :mod:`anomjax.train.frozen_cache`) and ``host`` (the step's host inputs,
+    ``[B, ...]`` arrays, see :mod:`anomjax.train.host_draws`) are passed on as
+    ``method.loss(..., frozen=frozen, host=host)`` when given. The gradient of
+    ``method.loss`` updates the params through ``optimizer``; a ``"batch_stats"`` entry of
+    the loss's aux replaces the running statistics; every other aux entry is returned as a
+    scalar metric, with ``loss`` and ``grad_norm``, and ``finite``: 1.0 when the loss, the
+    gradient norm and every leaf of the *updated* train state (params, optimiser state,
+    batch statistics) are finite, so a state is known good before it is checkpointed. With
+    ``compute_dtype="bfloat16"`` the loss runs on bfloat16 copies of the params, carried
+    state and images while the master params, the optimiser and the running ``batch_stats``
+    stay float32 (the statistics are not re-quantised to bfloat16 at every update). A method
+    with ``member_count`` K (a population) is checked per member instead: a member whose
+    update is not finite keeps its last finite state and the others train on
+    (:func:`_members_step`); the step is non-finite only when no member is left. Under a
+    mesh, sharding follows the inputs (batch sharded, state replicated); ``replicated`` (the
+    mesh's replicated sharding) pins the outputs to it, so a propagation change can never
+    silently undo the buffer donation; ``state_sharding`` (a prefix of the train state,
+    default ``replicated``) pins the updated state instead where it is not replicated (a
+    population's member axis). A :class:`~anomjax.methods.optimization.GroupedOptimizer`
+    gets the step of several parameter groups (its ``loss`` metric is the sum of the groups'
+    losses, checked the same way). A method that overrides ``train_update`` (several updates
+    per batch, e.g. CFLOW-AD's fibre mini-batches) makes its own updates in the step
+    (float32; not in a population).
     """
     dtype = None if compute_dtype in (None, "float32") else jnp.dtype(compute_dtype)
     if isinstance(optimizer, GroupedOptimizer):  # several groups (anomjax.train.grouped_step)
@@ -145,11 +154,11 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
 
         grouped_step = make_grouped_step(optimizer, cast)
 
-        def train_step(ts: TrainState, images: jax.Array, key: jax.Array,
-                       frozen: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
-            if frozen is not None:
-                raise ValueError("cached frozen features are not supported with parameter "
-                                 "groups (GroupedOptimizer)")
+        def train_step(ts: TrainState, images: jax.Array, key: jax.Array, frozen: Any = None,
+                       host: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+            if frozen is not None or host is not None:
+                raise ValueError("cached frozen features and host inputs are not supported "
+                                 "with parameter groups (GroupedOptimizer)")
             new, metrics = grouped_step(ts, images, key)
             if method.member_count:
                 return new, metrics  # checked per member by _members_step
@@ -171,19 +180,19 @@ def _single_step(method: Any, optimizer: optax.GradientTransformation,
                  dtype: jnp.dtype | None) -> Callable:
     """The step of one optimiser over ``method.loss`` (see :func:`make_train_step`)."""
 
-    def train_step(ts: TrainState, images: jax.Array, key: jax.Array,
-                   frozen: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    def train_step(ts: TrainState, images: jax.Array, key: jax.Array, frozen: Any = None,
+                   host: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
         def loss_fn(params: Any) -> tuple[jax.Array, dict[str, Any]]:
             state = method_state(ts)
-            x, cached = images, frozen
+            x, cached, drawn = images, frozen, host
             if dtype is not None:
                 stats = state.pop("batch_stats", None)
-                params, state, x, cached = _cast_floats((params, state, x, cached), dtype)
+                params, state, x, cached, drawn = _cast_floats((params, state, x, cached,
+                                                                drawn), dtype)
                 if stats is not None:
                     state["batch_stats"] = stats
             state["params"] = params
-            extra = {} if cached is None else {"frozen": cached}
-            loss, aux = method.loss(params, state, x, key, **extra)
+            loss, aux = method.loss(params, state, x, key, **loss_inputs(cached, drawn))
             return loss.astype(jnp.float32), dict(aux)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts.params)
@@ -220,12 +229,11 @@ def _own_update_step(method: Any, optimizer: Any, dtype: jnp.dtype | None) -> Ca
         raise ValueError(f"{method.name} makes its own updates (train_update), which run in "
                          f"float32: train it without compute_dtype={dtype}")
 
-    def train_step(ts: TrainState, images: jax.Array, key: jax.Array,
-                   frozen: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
-        extra = {} if frozen is None else {"frozen": frozen}
+    def train_step(ts: TrainState, images: jax.Array, key: jax.Array, frozen: Any = None,
+                   host: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
         params, opt_state, loss, aux = method.train_update(optimizer, ts.opt_state,
                                                            method_state(ts), images, key,
-                                                           **extra)
+                                                           **loss_inputs(frozen, host))
         aux = dict(aux)
         grad_norm = aux.pop("grad_norm")
         metrics = {"loss": loss.astype(jnp.float32), "grad_norm": grad_norm}

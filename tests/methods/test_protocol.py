@@ -23,6 +23,7 @@ from anomjax.methods.protocol import (
 from anomjax.scoring import to_scores
 
 SENTINEL_SHARDING = {"params": "member-axis"}
+SENTINEL_HOST_INPUTS = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,9 @@ class EveryHook(TrainedMethod):
     def train_state_sharding(self, mesh):
         return SENTINEL_SHARDING
 
+    def host_inputs(self, image_size):
+        return SENTINEL_HOST_INPUTS if image_size == (4, 4) else None
+
 
 @dataclasses.dataclass(frozen=True)
 class Forwarder(MethodWrapper):
@@ -85,6 +89,7 @@ def test_wrappers_inherit_every_hook_of_the_wrapped_method(wrap):
                                calibrated["shared"]["calibrated"])[0]) == 3
     features = jax.tree.leaves(wrapped.frozen_features(state, images))
     assert float(features[0].sum()) == 2.0 * images.size
+    assert wrapped.host_inputs((4, 4)) is SENTINEL_HOST_INPUTS
 
 
 def test_a_wrapper_of_a_method_without_hooks_keeps_the_defaults():
@@ -95,6 +100,7 @@ def test_a_wrapper_of_a_method_without_hooks_keeps_the_defaults():
     assert wrapped.frozen_features({}, jnp.ones((1, 2, 2, 3))) is None
     assert wrapped.calibrate({"a": 1}, iter(())) == {"a": 1}
     assert wrapped.train_state_sharding(None) is None
+    assert wrapped.host_inputs((4, 4)) is None
     assert wrapped.default_epochs is None and not wrapped.init_on_all_images
 
 
@@ -134,5 +140,6 @@ def test_every_registered_method_follows_its_protocol():
     assert sum(k == "fit" for k in kinds.values()) == 4
     assert sum(k == "train" for k in kinds.values()) == 22
     assert set(overridden_hooks(method_class("stpm"))) == {"calibrate", "frozen_features"}
+    assert overridden_hooks(method_class("draem")) == ["host_inputs"]
     assert overridden_hooks(method_class("patchcore")) == []
     assert method_class("patchcore").uses_caller_mesh

@@ -123,21 +123,29 @@ def assert_generation_in_step(method) -> None:
 
 
 def test_draem_loss_is_the_batch_loss_of_the_anomalies_its_key_draws():
-    """Inside the jitted loss each key draws its own anomaly batch: masks that differ between
-    keys, augmented images equal to the targets outside the masks and different inside, and
-    the loss is exactly :meth:`DRAEM.batch_loss` of that batch. (The networks, the loss and
-    the step are pinned to the authors' code in ``tests/parity/test_parity_draem.py``.)"""
+    """Inside the jitted loss each key draws its own anomaly batch from the step's sources:
+    masks that differ between keys, augmented images equal to the targets outside the masks
+    and different inside, and the loss is exactly :meth:`DRAEM.batch_loss` of that batch;
+    uint8 sources are the float ones times 255. (The networks, the loss and the step are
+    pinned to the authors' code in ``tests/parity/test_parity_draem.py``.)"""
     images = jax.random.uniform(jax.random.key(0), (4, 64, 64, 3))
     state = TINY_DRAEM.init(jax.random.key(1), images)
+    assert "frozen" not in state  # the textures stay on the host
+    sources = TINY_DRAEM.host_inputs((64, 64)).draw(np.random.default_rng(0), 4)["sources"]
+    assert sources.shape == (4, 64, 64, 3) and sources.dtype == np.uint8
     draw = jax.jit(TINY_DRAEM.anomaly_batch)
-    batches = [draw(state, images, jax.random.key(k)) for k in range(3)]
+    batches = [draw(images, jax.random.key(k), sources) for k in range(3)]
+    as_floats = draw(images, jax.random.key(2), sources.astype(np.float32) / 255)
+    for got, want in zip(as_floats, batches[2], strict=True):  # another compiled program
+        np.testing.assert_allclose(got, want, atol=1e-5)
     masks = np.stack([np.asarray(b[2]) for b in batches])
     assert masks.sum() > 0 and not np.array_equal(masks[0], masks[1])
     for targets, augmented, mask in batches:
         outside = np.broadcast_to(np.asarray(mask)[..., None] == 0, augmented.shape)
         np.testing.assert_array_equal(np.asarray(augmented)[outside], np.asarray(targets)[outside])
         assert mask.sum() == 0 or np.abs(augmented - targets).max() > 0.01
-    loss, _ = jax.jit(TINY_DRAEM.loss)(state["params"], state, images, jax.random.key(2))
+    loss, _ = jax.jit(TINY_DRAEM.loss)(state["params"], state, images, jax.random.key(2),
+                                       host={"sources": sources})
     want, _ = jax.jit(TINY_DRAEM.batch_loss)(state["params"], state, *batches[2])
     np.testing.assert_allclose(loss, want, rtol=1e-6)
 
@@ -149,7 +157,6 @@ def test_draem_sspcab_configuration_and_registry():
     sspcab = make_method("draem", {"sspcab": "true", "rec_width": "4", "seg_width": "4"})
     assert sspcab.sspcab and sspcab.sspcab_lambda == 0.1
     assert method_from_config(method_config(sspcab)) == sspcab
-    images = jnp.zeros((1, 64, 64, 3))
     with pytest.raises(ValueError, match="multiples of 32"):
         TINY_DRAEM.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
     with pytest.raises(ValueError, match="divide uint8"):
@@ -158,8 +165,7 @@ def test_draem_sspcab_configuration_and_registry():
         DRAEM(p_anomaly=1.5)
     from anomjax.data.errors import DataError
     with pytest.raises(DataError, match="texture folder"):
-        DRAEM(rec_width=4, seg_width=4, texture_dir="/nonexistent").init(
-            jax.random.key(0), images)
+        DRAEM(rec_width=4, seg_width=4, texture_dir="/nonexistent").host_inputs((64, 64))
 
 
 def test_draem_adam_rate_drops_by_five_at_80_and_90_percent():

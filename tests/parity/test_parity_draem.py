@@ -88,8 +88,7 @@ def reference_state(method: DRAEM, group: str = "weights", fx: Fixture = FX) -> 
                               rec_key(method.sspcab) if net == "rec" else seg_key, group,
                               prefix=f"{net}.")
             for net in ("rec", "seg")}
-    out = {c: {n: v[c] for n, v in nets.items()} for c in collections}
-    return {**out, "frozen": {"textures": jnp.zeros((1, *TARGET.shape[1:]), jnp.uint8)}}
+    return {c: {n: v[c] for n, v in nets.items()} for c in collections}
 
 
 def recording_gradients() -> optax.GradientTransformation:
@@ -108,9 +107,13 @@ def flat(tree: Any) -> dict[str, np.ndarray]:
 class FedDraws(DRAEM):
     """DRAEM whose training batch is the fixture's (every random draw of the reference)."""
 
-    def anomaly_batch(self, state: Any, images: jax.Array, key: jax.Array
+    def anomaly_batch(self, images: jax.Array, key: jax.Array, sources: jax.Array
                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
         return TARGET, AUGMENTED, MASK
+
+
+#: The step's host inputs (unused: :class:`FedDraws` feeds the reference's anomaly batch).
+UNUSED_SOURCES = {"sources": jnp.zeros(TARGET.shape, jnp.uint8)}
 
 
 def test_draem_forward_train_and_eval_mode():
@@ -144,7 +147,8 @@ def test_draem_loss_gradients_and_one_adam_step():
     optimizer = optax.chain(recording_gradients(), fed.optimizer(total_steps=1000))
     step = make_train_step(fed, optimizer)
     new, metrics = step(init_train_state(reference_state(METHOD), optimizer,
-                                         jax.random.key(0)), TARGET, jax.random.key(1))
+                                         jax.random.key(0)), TARGET, jax.random.key(1),
+                        host=UNUSED_SOURCES)
     for term in ("l2", "ssim", "focal", "loss"):
         FX.close(f"loss {term}", metrics[term], FX.output(term))
     grads, ref_grads = (flat(g) for g in (new.opt_state[0],

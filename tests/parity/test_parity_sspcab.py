@@ -56,7 +56,7 @@ def test_sspcab_block_output_loss_and_gradients(name, k, d):
 class FedDraws(DRAEM):
     """DRAEM whose training batch is the fixture's (every random draw of the reference)."""
 
-    def anomaly_batch(self, state: Any, images: jax.Array, key: jax.Array
+    def anomaly_batch(self, images: jax.Array, key: jax.Array, sources: jax.Array
                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
         return DRAWS
 
@@ -66,7 +66,8 @@ def test_draem_sspcab_loss_gradients_and_one_adam_step():
     optimizer = optax.chain(recording_gradients(), fed.optimizer(total_steps=1000))
     start = reference_state(METHOD, fx=FX)
     new, metrics = make_train_step(fed, optimizer)(
-        init_train_state(start, optimizer, jax.random.key(0)), DRAWS[0], jax.random.key(1))
+        init_train_state(start, optimizer, jax.random.key(0)), DRAWS[0], jax.random.key(1),
+        host={"sources": jnp.zeros(DRAWS[0].shape, jnp.uint8)})
     for term in ("l2", "ssim", "focal", "sspcab", "loss"):
         FX.close(f"DRAEM + SSPCAB loss {term}", metrics[term], FX.output(term))
     ref_grads = reference_state(METHOD, "grads", FX)["params"]

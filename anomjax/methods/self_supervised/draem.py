@@ -16,10 +16,18 @@ window (zero padding counted, PyTorch ``avg_pool2d(21, stride=1, padding=10)``) 
 ``scale_filter=False`` keeps the authors' fixed 21 at every size.
 
 Anomaly source: ``texture_dir`` is a folder of texture images (the paper's DTD, not available
-offline), read and resized once in ``init``. Without it the source is, for each sample, with
-probability ``p_batch_source`` (0.5) another training image of the batch and otherwise one of
-12 procedural textures of :mod:`anomjax.data.synthetic` (fabric, metal, wood), which is not in
-the paper.
+offline). Without it the source is, for each sample, with probability ``p_batch_source``
+(0.5) the previous training image of the batch and otherwise one of 12 procedural textures of
+:mod:`anomjax.data.synthetic` (fabric, metal, wood), which is not in the paper. The textures
+are held on the host, never in the train state (so never checkpointed, replicated to the
+devices or exported): the hook :meth:`DRAEM.host_inputs` reads and resizes them once per run
+(:class:`~anomjax.data.anomalies.TextureSource`), and every training step receives only its
+``B`` sources ``[B, H, W, 3]`` uint8, picked uniformly on the host with the generator
+:func:`anomjax.train.host_draws.step_rng` of the run's seed and the step, so a resumed run
+picks exactly the sources of an uninterrupted one. (In a population the members share each
+step's sources, as they share its images.) A run folder written when the textures were in the
+state (``frozen["textures"]``) still tests and predicts (scoring never reads that entry);
+resuming such a run's training checkpoints is refused: train it again.
 
 As in the authors' code (``train_DRAEM.py``, ``test_DRAEM.py``, ``model_unet.py``,
 ``loss.py``): widths 128 (reconstructive) and 64 (discriminative), Adam at 1e-4 on both
@@ -48,7 +56,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from anomjax.data.anomalies import draem_sample, load_textures, synthetic_textures
+from anomjax.data.anomalies import (
+    TextureSource,
+    draem_sample,
+    load_textures,
+    synthetic_textures,
+)
 from anomjax.methods.base import State, register
 from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images
@@ -123,20 +136,24 @@ class DRAEM(TrainedMethod):
                 UNet(self.seg_width, 2, 5, precision))
 
     def init(self, key: jax.Array, images: jax.Array) -> State:
-        """Both subnetworks (``params``/``batch_stats`` under ``rec`` and ``seg``) and the
-        anomaly-source textures ``frozen["textures"] [T, H, W, 3]`` uint8."""
+        """Both subnetworks (``params``/``batch_stats`` under ``rec`` and ``seg``); the
+        textures are not in the state (:meth:`host_inputs`)."""
         check_images(self.name, images, multiple=32)
         size = tuple(images.shape[1:3])
-        textures = (load_textures(self.texture_dir, size) if self.texture_dir is not None
-                    else synthetic_textures(size))
         rec, seg = self._nets()
         k_rec, k_seg = jax.random.split(key)
         x = jnp.zeros((1, *size, 3), jnp.float32)
         v_rec = rec.init(k_rec, x)
         v_seg = seg.init(k_seg, jnp.zeros((1, *size, 6), jnp.float32))
         return {"params": {"rec": v_rec["params"], "seg": v_seg["params"]},
-                "batch_stats": {"rec": v_rec["batch_stats"], "seg": v_seg["batch_stats"]},
-                "frozen": {"textures": jnp.asarray(textures)}}
+                "batch_stats": {"rec": v_rec["batch_stats"], "seg": v_seg["batch_stats"]}}
+
+    def host_inputs(self, image_size: tuple[int, int]) -> TextureSource:
+        """The anomaly-source textures ``[T, H, W, 3]`` uint8 at ``image_size``, held on the
+        host; each step draws its ``sources`` ``[B, H, W, 3]`` (module docstring)."""
+        return TextureSource(load_textures(self.texture_dir, image_size)
+                             if self.texture_dir is not None else
+                             synthetic_textures(image_size))
 
     def optimizer(self, total_steps: int) -> optax.GradientTransformation:
         """Adam; the rate times 0.2 at 80 % and again at 90 % of ``total_steps``."""
@@ -146,14 +163,16 @@ class DRAEM(TrainedMethod):
             boundaries[step] = boundaries.get(step, 1.0) * 0.2
         return optax.adam(optax.piecewise_constant_schedule(self.learning_rate, boundaries))
 
-    def anomaly_batch(self, state: State, images: jax.Array, key: jax.Array
+    def anomaly_batch(self, images: jax.Array, key: jax.Array, sources: jax.Array
                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``(targets, augmented [B, H, W, 3], masks [B, H, W])`` for a batch (jittable)."""
+        """``(targets, augmented [B, H, W, 3], masks [B, H, W])`` for a batch (jittable), each
+        sample's anomaly cut from ``sources [B, H, W, 3]`` (uint8, or float in ``[0, 1]``;
+        without ``texture_dir`` replaced by the previous image of the batch with probability
+        ``p_batch_source``)."""
         b = images.shape[0]
-        k_pick, k_self, k_samples = jax.random.split(key, 3)
-        textures = state["frozen"]["textures"]
-        picks = jax.random.randint(k_pick, (b,), 0, textures.shape[0])
-        sources = textures[picks].astype(jnp.float32) / 255.0
+        k_self, k_samples = jax.random.split(key)
+        if jnp.issubdtype(sources.dtype, jnp.integer):
+            sources = sources.astype(jnp.float32) / 255.0
         if self.texture_dir is None and b > 1:
             use_batch = jax.random.bernoulli(k_self, self.p_batch_source, (b,))
             sources = jnp.where(use_batch[:, None, None, None], jnp.roll(images, 1, axis=0),
@@ -164,10 +183,12 @@ class DRAEM(TrainedMethod):
                                               sources.astype(images.dtype))
         return targets, augmented, masks
 
-    def loss(self, params: Any, state: State, images: jax.Array,
-             key: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-        """``L2 + SSIM + focal (+ sspcab_lambda * SSPCAB)`` on a batch of made anomalies."""
-        return self.batch_loss(params, state, *self.anomaly_batch(state, images, key))
+    def loss(self, params: Any, state: State, images: jax.Array, key: jax.Array,
+             host: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, Any]]:
+        """``L2 + SSIM + focal (+ sspcab_lambda * SSPCAB)`` on a batch of made anomalies;
+        ``host["sources"] [B, H, W, 3]`` is the step's draw of :meth:`host_inputs`."""
+        return self.batch_loss(params, state,
+                               *self.anomaly_batch(images, key, host["sources"]))
 
     def batch_loss(self, params: Any, state: State, targets: jax.Array, augmented: jax.Array,
                    masks: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
