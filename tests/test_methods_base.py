@@ -74,6 +74,15 @@ def test_config_round_trip():
     assert method_from_config(config) == m
 
 
+def test_a_record_from_before_sigma_side_keeps_its_blur_in_pixels():
+    """Run folders written before ``sigma_side`` existed blurred with ``sigma`` pixels at
+    every size; reading them back must keep that, while a new record keeps its value."""
+    old = method_config(make_method("stpm"))
+    del old["params"]["sigma_side"]
+    assert method_from_config(old).sigma_side == 0
+    assert method_from_config(method_config(make_method("stpm"))).sigma_side == 256
+
+
 def test_register_refuses_non_dataclass_and_duplicates():
     with pytest.raises(TypeError):
         register(type("Plain", (), {"name": "plain"}))

@@ -22,6 +22,15 @@ def test_gaussian_blur_matches_scipy(jit, sigma):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize(("size", "sigma_side", "want_sigma"),
+                         [((64, 80), 256, 1.0), ((112, 224), 224, 2.0), ((40, 40), 0, 4.0)])
+def test_sigma_set_at_an_image_side_scales_with_the_shorter_side(size, sigma_side, want_sigma):
+    maps = np.random.default_rng(3).random((1, *size)).astype(np.float32)
+    got = np.asarray(gaussian_blur(maps, 4.0, sigma_side))
+    want = ndimage.gaussian_filter(maps[0], want_sigma, mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(got[0], want, atol=1e-5)
+
+
 def test_zero_sigma_is_identity():
     maps = np.random.default_rng(1).random((1, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(gaussian_blur(maps, 0.0)), maps)
