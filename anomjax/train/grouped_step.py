@@ -47,36 +47,77 @@ def _run_update(u: Update, optimizer: optax.GradientTransformation, carry: tuple
     return (params, opt_state, new_stats, handed), loss, optax.tree.norm(grads), aux
 
 
+def _repeats(u: Update, v: Update) -> bool:
+    """``v`` is the same every-step update as ``u`` under another name (a method that makes
+    several updates of one loss per step, e.g. Patch SVDD's pair batches)."""
+    return (u.group, u.loss, u.after, u.every) == (v.group, v.loss, v.after, 1)
+
+
+def _runs(updates: tuple[Update, ...]) -> list[tuple[int, int]]:
+    """``(first index, length)`` of each maximal run of repeated updates, in order."""
+    runs: list[tuple[int, int]] = []
+    for i, u in enumerate(updates):
+        if runs and _repeats(updates[runs[-1][0]], u):
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
+
+
 def _phase_step(grouped: GroupedOptimizer, phase: Phase, ts: TrainState, images: jax.Array,
                 key: jax.Array, cast: Cast) -> tuple:
-    """Run ``phase``'s updates in order; ``(params, opt_state, batch_stats), metrics``."""
+    """Run ``phase``'s updates in order; ``(params, opt_state, batch_stats), metrics``.
+
+    Update ``i`` gets the key ``fold_in(key, i)``. A run of repeated updates (``_repeats``)
+    is compiled once: its first update runs as it is (it fixes the structure of what it
+    hands on) and the others in a ``lax.scan``, the same arithmetic as unrolled.
+    """
     carry = (ts.params, ts.opt_state, ts.batch_stats, {})
     metrics: dict[str, jax.Array] = {}
-    total, squares = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
-    for i, u in enumerate(phase.updates):
-        def run(c: tuple, u: Update = u, i: int = i) -> tuple:
+    losses: list[jax.Array] = []
+    norms: list[jax.Array] = []
+
+    def record(u: Update, loss: jax.Array, norm: jax.Array, aux: dict[str, jax.Array]) -> None:
+        metrics[f"loss_{u.name}"], metrics[f"grad_norm_{u.name}"] = loss, norm
+        if "member_losses" in aux:  # a population: each member's losses, summed like `loss`
+            member = aux.pop("member_losses")
+            metrics["member_losses"] = metrics.get("member_losses", 0.0) + member
+        metrics.update(aux)
+        losses.append(loss)
+        norms.append(norm)
+
+    for first, length in _runs(phase.updates):
+        u = phase.updates[first]
+
+        def run(c: tuple, i: jax.Array | int, u: Update = u) -> tuple:
             return _run_update(u, grouped.optimizers[u.group], c, ts, images,
                                jax.random.fold_in(key, i), cast)
 
         if u.every == 1:
-            carry, loss, norm, aux = run(carry)
+            carry, loss, norm, aux = run(carry, first)
         else:
-            shapes = jax.eval_shape(run, carry)
+            shapes = jax.eval_shape(run, carry, first)
 
             def skip(c: tuple, shapes: Any = shapes) -> tuple:
                 zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
                 handed = {**zeros[0][3], **c[3]}  # what a skipped update would hand on: 0
                 return ((*c[:3], handed), *zeros[1:])
 
-            carry, loss, norm, aux = jax.lax.cond(ts.step % u.every == u.every - 1, run, skip,
-                                                  carry)
-        metrics[f"loss_{u.name}"], metrics[f"grad_norm_{u.name}"] = loss, norm
-        if "member_losses" in aux:  # a population: each member's losses, summed like `loss`
-            member = aux.pop("member_losses")
-            metrics["member_losses"] = metrics.get("member_losses", 0.0) + member
-        metrics.update(aux)
-        total, squares = total + loss, squares + norm * norm
-    metrics["loss"], metrics["grad_norm"] = total, jnp.sqrt(squares)
+            carry, loss, norm, aux = jax.lax.cond(ts.step % u.every == u.every - 1,
+                                                  lambda c, i=first: run(c, i), skip, carry)
+        record(u, loss, norm, aux)
+        if length > 1:
+            def body(c: tuple, i: jax.Array) -> tuple:
+                c, loss, norm, aux = run(c, i)
+                return c, (loss, norm, aux)
+
+            carry, (loss, norm, aux) = jax.lax.scan(
+                body, carry, jnp.arange(first + 1, first + length))
+            for j in range(length - 1):
+                record(phase.updates[first + 1 + j], loss[j], norm[j],
+                       jax.tree.map(lambda a, j=j: a[j], aux))
+    metrics["loss"] = jnp.sum(jnp.stack(losses))
+    metrics["grad_norm"] = jnp.sqrt(jnp.sum(jnp.square(jnp.stack(norms))))
     return carry[:3], metrics
 
 
