@@ -29,10 +29,6 @@ from anomjax.nn.subpixel import SubpixelConvTranspose
 
 Layer = tuple[int, int, int]  # (features, kernel, stride)
 
-#: Every convolution runs at full float32 precision (no TF32 / bfloat16 passes): the
-#: reconstructions decide the scores.
-HIGHEST = jax.lax.Precision.HIGHEST
-
 #: Bergmann et al.'s encoder before the bottleneck (features, kernel, stride).
 BERGMANN_LAYERS: tuple[Layer, ...] = (
     (32, 4, 2), (32, 4, 2), (32, 3, 1), (64, 4, 2), (64, 3, 1), (128, 4, 2), (64, 3, 1),
@@ -63,11 +59,11 @@ class ConvEncoder(nn.Module):
     def __call__(self, x: jax.Array, spatial: bool = False) -> jax.Array:
         for i, (features, kernel, stride) in enumerate(self.layers):
             x = nn.leaky_relu(nn.Conv(features, (kernel, kernel), (stride, stride), "SAME",
-                                      precision=HIGHEST, name=f"conv{i}")(x), 0.2)
+                                      name=f"conv{i}")(x), 0.2)
         if spatial:
             return x
         size = x.shape[1:3]
-        z = nn.Conv(self.latent, size, padding="VALID", precision=HIGHEST, name="bottleneck")(x)
+        z = nn.Conv(self.latent, size, padding="VALID", name="bottleneck")(x)
         return z.reshape(z.shape[0], self.latent)
 
 
@@ -86,14 +82,14 @@ class ConvDecoder(nn.Module):
             x = z
         else:
             x = nn.ConvTranspose(self.layers[-1][0], (size, size), padding="VALID",
-                                 precision=HIGHEST, name="bottleneck")(
+                                 name="bottleneck")(
                 z.reshape(z.shape[0], 1, 1, -1))
             x = nn.leaky_relu(x, 0.2)
         mirrored = list(reversed(self.layers))
         for i, (_, kernel, stride) in enumerate(mirrored):
             last = i == len(mirrored) - 1
             features = self.channels if last else mirrored[i + 1][0]
-            x = SubpixelConvTranspose(features, kernel, stride, "SAME", precision=HIGHEST,
+            x = SubpixelConvTranspose(features, kernel, stride, "SAME",
                                       name=f"deconv{i}")(x)
             x = nn.sigmoid(x) if last else nn.leaky_relu(x, 0.2)
         return x
@@ -146,12 +142,12 @@ class DCGANEncoder(nn.Module):
         depth = dcgan_depth(self.image_size)
         for i in range(depth):
             x = nn.Conv(self.width * 2 ** i, (4, 4), (2, 2), ((1, 1), (1, 1)), use_bias=False,
-                        precision=HIGHEST, name=f"conv{i}")(x)
+                        name=f"conv{i}")(x)
             norm = _norm(self.norm, train, f"norm{i}") if i else None
             if norm is not None:
                 x = norm(x)
             x = nn.leaky_relu(x, 0.2)
-        z = nn.Conv(self.latent, (4, 4), padding="VALID", use_bias=False, precision=HIGHEST,
+        z = nn.Conv(self.latent, (4, 4), padding="VALID", use_bias=False,
                     name="final")(x)
         return z.reshape(z.shape[0], self.latent), x
 
@@ -169,7 +165,7 @@ class DCGANDecoder(nn.Module):
         depth = dcgan_depth(self.image_size)
         x = z.reshape(z.shape[0], 1, 1, -1)
         x = nn.ConvTranspose(self.width * 2 ** (depth - 1), (4, 4), padding="VALID",
-                             use_bias=False, precision=HIGHEST, name="initial")(x)
+                             use_bias=False, name="initial")(x)
         for i in range(depth):
             norm = _norm(self.norm, train, f"norm{i}")
             if norm is not None:
@@ -178,7 +174,7 @@ class DCGANDecoder(nn.Module):
             last = i == depth - 1
             features = self.channels if last else self.width * 2 ** (depth - 2 - i)
             x = SubpixelConvTranspose(features, 4, 2, "SAME", use_bias=False,
-                                      precision=HIGHEST, name=f"deconv{i}")(x)
+                                      name=f"deconv{i}")(x)
         return jnp.tanh(x)
 
 

@@ -1,8 +1,8 @@
 """Image losses and similarity maps shared by the reconstruction and generative methods.
 
 All functions are pure and jittable and take images ``[B, H, W, C]`` (float, any range given
-by ``data_range``); maps are ``[B, H, W]`` (averaged over channels). Every convolution runs at
-``Precision.HIGHEST`` so that a score does not depend on TF32 / bfloat16 matmul defaults.
+by ``data_range``); maps are ``[B, H, W]`` (averaged over channels). Convolutions run at the
+default precision (a score traces them at ``HIGHEST``, see :mod:`anomjax.precision`).
 
 * :func:`l1_loss`, :func:`l2_loss`, :func:`squared_error_map`: residuals.
 * :func:`ssim_map`, :func:`ssim_loss`: SSIM (Wang et al. 2004) with an 11-tap Gaussian window
@@ -30,8 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-HIGHEST = jax.lax.Precision.HIGHEST
-
 
 def l1_loss(x: jax.Array, y: jax.Array) -> jax.Array:
     """Mean absolute difference over all elements: ``[B, ...] x 2 -> []``."""
@@ -55,10 +53,9 @@ def _per_channel(x: jax.Array) -> jax.Array:
 
 
 def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``[N, 1, H, W]`` correlated with a ``[kh, kw]`` kernel, VALID, at HIGHEST precision."""
+    """``[N, 1, H, W]`` correlated with a ``[kh, kw]`` kernel, VALID."""
     return jax.lax.conv_general_dilated(x, kernel[None, None], (1, 1), "VALID",
-                                        dimension_numbers=("NCHW", "OIHW", "NCHW"),
-                                        precision=HIGHEST)
+                                        dimension_numbers=("NCHW", "OIHW", "NCHW"))
 
 
 def _gaussian_taps(size: int, sigma: float) -> jax.Array:

@@ -17,8 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-HIGHEST = jax.lax.Precision.HIGHEST
-
 
 def hard_shrink(w: jax.Array, threshold: float, eps: float = 1e-12) -> jax.Array:
     """``relu(w - t) * w / (|w - t| + eps)``: weights below ``t`` become 0, others stay ~``w``."""
@@ -55,15 +53,15 @@ class Memory(nn.Module):
             (self.slots, channels))
         z = z.astype(jnp.float32)
         if self.addressing == "dot":
-            logits = jnp.einsum("...c,nc->...n", z, memory, precision=HIGHEST)
+            logits = jnp.einsum("...c,nc->...n", z, memory)
         elif self.addressing == "cosine":
             zn = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
             mn = memory / jnp.maximum(jnp.linalg.norm(memory, axis=-1, keepdims=True), 1e-12)
-            logits = jnp.einsum("...c,nc->...n", zn, mn, precision=HIGHEST)
+            logits = jnp.einsum("...c,nc->...n", zn, mn)
         else:
             raise ValueError(f"addressing must be 'dot' or 'cosine', got {self.addressing!r}")
         w = jax.nn.softmax(logits, axis=-1)
         if self.shrink > 0:
             w = hard_shrink(w, self.shrink)
             w = w / jnp.maximum(jnp.sum(jnp.abs(w), axis=-1, keepdims=True), 1e-12)
-        return jnp.einsum("...n,nc->...c", w, memory, precision=HIGHEST), w
+        return jnp.einsum("...n,nc->...c", w, memory), w

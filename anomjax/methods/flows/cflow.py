@@ -82,6 +82,7 @@ from anomjax.nn.flows import (
     positional_encoding_2d,
     random_rotation,
 )
+from anomjax.precision import full_precision
 from anomjax.scoring import to_scores, upsample
 from anomjax.types import Batch, Scores
 
@@ -247,10 +248,12 @@ class CFlow(TrainedMethod):
 
     def _log_prob_maps(self, params: dict[str, Any], state: State,
                        images: jax.Array) -> list[jax.Array]:
-        """``log p / C`` per position ``[B, h_l, w_l]`` per level (one encoder pass)."""
+        """``log p / C`` per position ``[B, h_l, w_l]`` per level (one encoder pass; the
+        decoders at full precision: they decide the scores)."""
         out = []
         for level, f in enumerate(self.frozen_features(state, images)):
-            out.append(self._log_prob(params, level, *self._fibres(f)).reshape(f.shape[:3]))
+            with full_precision():
+                out.append(self._log_prob(params, level, *self._fibres(f)).reshape(f.shape[:3]))
         return out
 
     @property

@@ -55,6 +55,7 @@ from anomjax.nn.flows import (
     unpack,
 )
 from anomjax.nn.teacher import teacher
+from anomjax.precision import full_precision
 from anomjax.scoring import to_scores, upsample
 from anomjax.types import Scores
 
@@ -205,7 +206,9 @@ class CSFlow(TrainedMethod):
         the encoder's features of ``images`` if already computed."""
         self._check(images)
         size = images.shape[1:3]
-        z, _, shapes = self._latents(state["params"], state, images, frozen)
+        maps = self.frozen_features(state, images) if frozen is None else frozen
+        with full_precision():  # the flow decides the scores
+            z, _, shapes = self._latents(state["params"], state, images, maps)
         squared = jnp.square(z)
         maps = [upsample(jnp.mean(m, axis=-1), size) for m in unpack(squared, shapes)]
         if self.map_mode == "finest":

@@ -67,6 +67,7 @@ from anomjax.nn.flows import (
     random_permutation,
     sequential,
 )
+from anomjax.precision import full_precision
 from anomjax.scoring import gaussian_blur, to_scores
 from anomjax.types import Scores
 
@@ -164,11 +165,13 @@ class DifferNet(TrainedMethod):
         return pytorch_adam(self.learning_rate, b1=0.8, b2=0.8, eps=1e-4,
                             weight_decay=self.weight_decay)
 
-    def _nll(self, params: dict[str, Any], state: State, images: jax.Array
-             ) -> tuple[jax.Array, jax.Array]:
-        """Per-copy ``(0.5 ||z||^2 - log_det) / D`` and ``mean z^2`` of ``images [N, ...]``."""
+    def _nll(self, params: dict[str, Any], state: State, images: jax.Array,
+             scoring: bool = False) -> tuple[jax.Array, jax.Array]:
+        """Per-copy ``(0.5 ||z||^2 - log_det) / D`` and ``mean z^2`` of ``images [N, ...]``;
+        ``scoring``: the flow at full precision (it decides the scores)."""
         y = self._embed(state, images)
-        z, log_det = self._flow(params, y.shape[-1]).forward_and_log_det(y)
+        with full_precision(scoring):
+            z, log_det = self._flow(params, y.shape[-1]).forward_and_log_det(y)
         return nll_per_dim(z, log_det), jnp.mean(jnp.square(z), axis=-1)
 
     def loss(self, params: Any, state: State, images: jax.Array,
@@ -201,7 +204,7 @@ class DifferNet(TrainedMethod):
         copies = rotate(jnp.repeat(images, t, axis=0), angles)
 
         def total_nll(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-            nll, z2 = self._nll(state["params"], state, x)
+            nll, z2 = self._nll(state["params"], state, x, scoring=True)
             return jnp.sum(nll), z2
 
         grads, z2 = jax.grad(total_nll, has_aux=True)(copies)

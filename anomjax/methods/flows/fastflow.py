@@ -56,6 +56,7 @@ from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_rgb
 from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.flows import ConvSubnet, all_in_one_split, random_permutation
+from anomjax.precision import full_precision
 from anomjax.scoring import to_scores, upsample
 from anomjax.types import Scores
 
@@ -185,7 +186,10 @@ class FastFlow(TrainedMethod):
         check_rgb(self.name, images)
         size = images.shape[1:3]
         maps = []
-        for z, _ in self._latents(state["params"], state, images):
+        feats = self.frozen_features(state, images)
+        with full_precision():  # the flows decide the scores
+            latents = self._latents(state["params"], state, images, feats)
+        for z, _ in latents:
             prob = jnp.exp(-0.5 * jnp.mean(jnp.square(z), axis=-1))  # [B, h, w]
             maps.append(upsample(-prob, size))
         return to_scores(jnp.mean(jnp.stack(maps), axis=0), size, self.sigma,

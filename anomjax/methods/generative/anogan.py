@@ -42,6 +42,7 @@ from anomjax.methods.optimization import GroupedOptimizer, Phase, Update
 from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder, dcgan_trained_size
 from anomjax.nn.fast_init import init_variables
+from anomjax.precision import scored_at_full_precision
 from anomjax.scoring import to_scores
 from anomjax.types import Scores
 
@@ -182,6 +183,7 @@ class AnoGAN(TrainedMethod):
         _, (score, fake) = objective(z)
         return fake, score
 
+    @scored_at_full_precision
     def score(self, state: State, images: jax.Array) -> Scores:
         """Image score = ``A(z*)``; map = smoothed residual ``mean_c |x - G(z*)|``."""
         fake, score = self.search(state, images)

@@ -56,6 +56,7 @@ from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder, DCGANEncoder, dcgan_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import gradient_penalty
+from anomjax.precision import scored_at_full_precision
 from anomjax.scoring import to_scores
 from anomjax.types import Scores
 
@@ -247,6 +248,7 @@ class FAnoGAN(TrainedMethod):
                                                   "residual": jnp.mean(a_r),
                                                   "feature_residual": jnp.mean(a_d)}
 
+    @scored_at_full_precision
     def score(self, state: State, images: jax.Array) -> Scores:
         """Image score ``A_R + kappa * A_D``; map = smoothed squared residual."""
         check_trained_size(self.name, images,

@@ -57,6 +57,7 @@ from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.conv_ae import DCGANCritic, DCGANDecoder, DCGANEncoder, dcgan_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import l1_loss, l2_loss
+from anomjax.precision import scored_at_full_precision
 from anomjax.scoring import to_scores
 from anomjax.types import Scores
 
@@ -213,6 +214,7 @@ class GANomaly(TrainedMethod):
                                           to_signed(images), state["carry"]["fake"])
         return 0.5 * loss, {"batch_stats": {**stats, "discriminator": d_stats}}
 
+    @scored_at_full_precision
     def score(self, state: State, images: jax.Array) -> Scores:
         """Image score = latent distance; map = smoothed residual (see the module doc)."""
         gen, _ = self._nets(images)

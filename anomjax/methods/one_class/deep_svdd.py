@@ -55,6 +55,7 @@ from anomjax.methods.hyper import hyper
 from anomjax.methods.images import check_images
 from anomjax.methods.protocol import TrainedMethod
 from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
+from anomjax.precision import full_precision
 from anomjax.scoring import gaussian_blur
 from anomjax.types import Scores
 
@@ -243,7 +244,7 @@ class DeepSVDD(TrainedMethod):
     def score(self, state: State, images: jax.Array) -> Scores:
         """Image score: distance to ``c``; map: smoothed ``sum_c |d score / d x|``."""
         self._check(images)
-        with jax.default_matmul_precision("highest"):
+        with full_precision():
             image, grad = jax.vmap(jax.value_and_grad(
                 lambda x: self.distance(state, x[None])[0]))(images)
         maps = gaussian_blur(jnp.sum(jnp.abs(grad), axis=-1), self.sigma, self.sigma_side)

@@ -44,6 +44,7 @@ from anomjax.nn.conv_ae import (
 )
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import l2_loss, msgms_loss, msgms_map, squared_error_map, ssim_loss, ssim_map
+from anomjax.precision import scored_at_full_precision
 from anomjax.scoring import to_scores
 from anomjax.types import Scores
 
@@ -132,6 +133,7 @@ class AE(TrainedMethod):
         recon = self._net(images).apply({"params": params}, images)
         return residual_loss(self.loss_type, images, recon), {}
 
+    @scored_at_full_precision
     def score(self, state: State, images: jax.Array) -> Scores:
         """Map = the loss's per-pixel dissimilarity, smoothed; image score = its maximum."""
         net = self._net(images)

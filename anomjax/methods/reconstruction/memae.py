@@ -44,6 +44,7 @@ from anomjax.nn.conv_ae import ConvDecoder, ConvEncoder, Layer
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import l2_loss, squared_error_map
 from anomjax.nn.memory import Memory, addressing_entropy, memory_init
+from anomjax.precision import scored_at_full_precision
 from anomjax.scoring import to_scores
 from anomjax.types import Scores
 
@@ -119,6 +120,7 @@ class MemAE(ConstantAdamMethod):
         recon, entropy = l2_loss(images, x_hat), addressing_entropy(w)
         return recon + self.entropy_weight * entropy, {"mse": recon, "entropy": entropy}
 
+    @scored_at_full_precision
     def score(self, state: State, images: jax.Array) -> Scores:
         """Map = squared residual, smoothed; image score = its maximum."""
         x_hat, _ = self._net(images).apply({"params": state["params"]}, images)

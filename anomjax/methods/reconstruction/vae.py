@@ -40,6 +40,7 @@ from anomjax.methods.reconstruction.constant_adam import ConstantAdamMethod
 from anomjax.nn.conv_ae import ConvDecoder, ConvEncoder, Layer, conv_trained_size
 from anomjax.nn.fast_init import init_variables
 from anomjax.nn.losses import squared_error_map
+from anomjax.precision import scored_at_full_precision
 from anomjax.scoring import to_scores
 from anomjax.types import Scores
 
@@ -153,6 +154,7 @@ class VAE(ConstantAdamMethod):
         del state
         return negative_elbo(self._net(images), params, images, key)
 
+    @scored_at_full_precision
     def score(self, state: State, images: jax.Array) -> Scores:
         """The chosen map (see the module docstring), smoothed; image score = its maximum."""
         net = self._net(images, state["params"])

@@ -38,6 +38,7 @@ from anomjax.methods.protocol import TrainedMethod
 from anomjax.methods.self_supervised.unet import UNet
 from anomjax.nn.interceptors import apply_with, batch_norm_in_train_mode
 from anomjax.nn.losses import SSIM_PADDINGS, l2_loss, msgms_loss, msgms_map, ssim_loss
+from anomjax.precision import scored_at_full_precision
 from anomjax.scoring import gaussian_blur
 from anomjax.types import Scores
 
@@ -76,8 +77,8 @@ class RIAD(TrainedMethod):
     sigma: float = hyper(4.0, low=0.0, high=64.0)
     sigma_side: int = hyper(256, low=0)
 
-    def _net(self, precision: Any = None) -> UNet:
-        return UNet(self.width, 3, self.depth, precision)
+    def _net(self) -> UNet:
+        return UNet(self.width, 3, self.depth)
 
     def _check(self, images: Any) -> None:
         check_images(self.name, images, multiple=2 ** self.depth, min_size=8)
@@ -153,10 +154,11 @@ class RIAD(TrainedMethod):
         return [riad_masks(jax.random.fold_in(key, c), shape, c, self.n_masks)
                 for c in self.cell_sizes]
 
+    @scored_at_full_precision
     def score(self, state: State, images: jax.Array) -> Scores:
         """Mean over scales of ``1 - MSGMS(I, I_r(k))``, smoothed; image score = max."""
         self._check(images)
-        net = self._net(jax.lax.Precision.HIGHEST)
+        net = self._net()
         variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
         b = images.shape[0]
         total = jnp.zeros(images.shape[:3], jnp.float32)

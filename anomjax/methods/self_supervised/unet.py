@@ -51,13 +51,13 @@ def _align_corners_matrix(n: int) -> np.ndarray:
     return out
 
 
-def upsample2x(x: jax.Array) -> jax.Array:
+def upsample2x(x: jax.Array, precision: Precision = None) -> jax.Array:
     """Bilinear 2x upsampling of ``[B, H, W, C]`` with ``align_corners=True`` (PyTorch's
     ``nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)``)."""
     rows = jnp.asarray(_align_corners_matrix(x.shape[1]), x.dtype)
     cols = jnp.asarray(_align_corners_matrix(x.shape[2]), x.dtype)
-    x = jnp.einsum("oh,bhwc->bowc", rows, x, precision=jax.lax.Precision.HIGHEST)
-    return jnp.einsum("pw,bowc->bopc", cols, x, precision=jax.lax.Precision.HIGHEST)
+    x = jnp.einsum("oh,bhwc->bowc", rows, x, precision=precision)
+    return jnp.einsum("pw,bowc->bopc", cols, x, precision=precision)
 
 
 def max_pool2(x: jax.Array) -> jax.Array:
@@ -104,7 +104,7 @@ class Up(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return ConvBNReLU(self.features, self.precision)(upsample2x(x))
+        return ConvBNReLU(self.features, self.precision)(upsample2x(x, self.precision))
 
 
 class ReconstructiveNet(nn.Module):

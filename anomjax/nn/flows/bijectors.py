@@ -239,7 +239,8 @@ class ChannelMix(distrax.Bijector):
     """A fixed invertible matrix over channels at every position: ``y = x @ matrix``.
 
     Log-det ``= positions * log|det matrix|`` (0 for the random rotations of FrEIA's soft
-    permutation); the product runs at HIGHEST precision.
+    permutation); the product runs at the default precision (see
+    :mod:`anomjax.precision`).
     """
 
     def __init__(self, matrix: np.ndarray, event_ndims: int = 1):
@@ -252,7 +253,7 @@ class ChannelMix(distrax.Bijector):
         self._logdet = float(logdet)
 
     def _apply(self, x: Array, m: np.ndarray) -> tuple[Array, Array]:
-        y = jnp.matmul(x.astype(jnp.float32), m, precision=jax.lax.Precision.HIGHEST)
+        y = jnp.matmul(x.astype(jnp.float32), m)
         batch = x.shape[:x.ndim - self.event_ndims_in]
         return y, jnp.full(batch, _positions(x, self.event_ndims_in) * self._logdet,
                            jnp.float32)

@@ -5,7 +5,8 @@
   ``k = 3`` or ``1`` (FastFlow).
 * :class:`CrossScaleConv`: CS-Flow's cross-convolutions over three maps of halving size.
 
-All matrix products and convolutions run at HIGHEST precision (they decide the scores).
+Products run at the default precision; a flow's score traces them at ``HIGHEST``
+(:func:`anomjax.precision.full_precision`).
 :func:`bind` turns a module and its params into the callable a coupling takes.
 """
 
@@ -19,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-HIGHEST = jax.lax.Precision.HIGHEST
 # PyTorch's default initialisation of Linear and Conv2d (which the authors' code used):
 # weights and biases uniform in +-1 / sqrt(fan_in).
 TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -50,7 +50,7 @@ class FullyConnected(nn.Module):
 
 
 def _dense(features: int, fan_in: int, name: str) -> nn.Dense:
-    return nn.Dense(features, precision=HIGHEST, kernel_init=TORCH_KERNEL_INIT,
+    return nn.Dense(features, kernel_init=TORCH_KERNEL_INIT,
                     bias_init=torch_bias_init(fan_in), name=name)
 
 
@@ -59,7 +59,7 @@ def _conv(features: int, kernel: int, in_channels: int, name: str, stride: int =
     PyTorch's default initialisation."""
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                   padding=((pad, pad), (pad, pad)), precision=HIGHEST,
+                   padding=((pad, pad), (pad, pad)),
                    kernel_init=TORCH_KERNEL_INIT,
                    bias_init=torch_bias_init(in_channels * kernel * kernel), name=name)
 
