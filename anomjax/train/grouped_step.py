@@ -14,7 +14,8 @@ import optax
 from anomjax.methods.optimization import GroupedOptimizer, Phase, Update
 from anomjax.train.state import TrainState, method_state
 
-Cast = Callable[[Any], Any]
+Cast = Callable[..., tuple]
+"""``cast(params, state, images) -> (params, state, images)`` as the loss sees them."""
 
 
 def _run_update(u: Update, optimizer: optax.GradientTransformation, carry: tuple,
@@ -26,7 +27,7 @@ def _run_update(u: Update, optimizer: optax.GradientTransformation, carry: tuple
     def loss_fn(group_params: Any) -> tuple[jax.Array, dict[str, Any]]:
         full = {**params, u.group: group_params}
         state = method_state(ts.replace(params=full, batch_stats=batch_stats))
-        full, state, x = cast((full, state, images))
+        full, state, x = cast(full, state, images)
         state["carry"] = jax.lax.stop_gradient(handed)
         state["params"] = full
         loss, aux = u.loss(full, state, x, key)
@@ -124,7 +125,8 @@ def _phase_step(grouped: GroupedOptimizer, phase: Phase, ts: TrainState, images:
 def make_grouped_step(grouped: GroupedOptimizer, cast: Cast) -> Callable:
     """``train_step(ts, images, key) -> (ts, metrics)`` (not yet jitted; see module doc).
 
-    ``cast(tree)`` converts the params, state and images a loss sees (e.g. to bfloat16).
+    ``cast(params, state, images)`` converts what a loss sees (e.g. to bfloat16; the
+    step's ``compute_copies`` keeps the BatchNorm statistics float32).
     """
 
     def train_step(ts: TrainState, images: jax.Array,

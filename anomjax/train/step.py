@@ -1,7 +1,11 @@
-"""The pure, jitted training step shared by every ``kind = "train"`` method."""
+"""The pure, jitted training step shared by every ``kind = "train"`` method.
+
+Its products run at the default precision and ``compute_dtype="bfloat16"`` keeps the
+params, BatchNorm statistics and losses float32 (the policy: :mod:`anomjax.precision`)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +27,21 @@ def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
     return jax.tree.map(
         lambda x: x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x,
         tree)
+
+
+def compute_copies(dtype: jnp.dtype | None, params: Any, state: dict[str, Any],
+                   *inputs: Any) -> tuple:
+    """``(params, state, *inputs)`` as a loss sees them under ``compute_dtype``: their floats
+    cast to ``dtype`` (all unchanged when ``None``), except the running BatchNorm statistics
+    ``state["batch_stats"]``, which stay float32 (a bfloat16 copy would re-quantise them at
+    every update)."""
+    if dtype is None:
+        return (params, state, *inputs)
+    rest = {k: v for k, v in state.items() if k != "batch_stats"}
+    params, rest, *inputs = _cast_floats((params, rest, *inputs), dtype)
+    if "batch_stats" in state:
+        rest["batch_stats"] = state["batch_stats"]
+    return (params, rest, *inputs)
 
 
 def loss_inputs(frozen: Any, host: Any) -> dict[str, Any]:
@@ -149,10 +168,7 @@ def make_train_step(method: Any, optimizer: optax.GradientTransformation, *,
     """
     dtype = None if compute_dtype in (None, "float32") else jnp.dtype(compute_dtype)
     if isinstance(optimizer, GroupedOptimizer):  # several groups (anomjax.train.grouped_step)
-        def cast(tree: Any) -> Any:
-            return tree if dtype is None else _cast_floats(tree, dtype)
-
-        grouped_step = make_grouped_step(optimizer, cast)
+        grouped_step = make_grouped_step(optimizer, functools.partial(compute_copies, dtype))
 
         def train_step(ts: TrainState, images: jax.Array, key: jax.Array, frozen: Any = None,
                        host: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -183,14 +199,8 @@ def _single_step(method: Any, optimizer: optax.GradientTransformation,
     def train_step(ts: TrainState, images: jax.Array, key: jax.Array, frozen: Any = None,
                    host: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
         def loss_fn(params: Any) -> tuple[jax.Array, dict[str, Any]]:
-            state = method_state(ts)
-            x, cached, drawn = images, frozen, host
-            if dtype is not None:
-                stats = state.pop("batch_stats", None)
-                params, state, x, cached, drawn = _cast_floats((params, state, x, cached,
-                                                                drawn), dtype)
-                if stats is not None:
-                    state["batch_stats"] = stats
+            params, state, x, cached, drawn = compute_copies(dtype, params, method_state(ts),
+                                                             images, frozen, host)
             state["params"] = params
             loss, aux = method.loss(params, state, x, key, **loss_inputs(cached, drawn))
             return loss.astype(jnp.float32), dict(aux)
