@@ -86,7 +86,7 @@ def test_riad_training_step_and_map_equal_the_reference():
     stats = aux["batch_stats"]
     fx.close("running statistics (three passes)", stats, want["batch_stats"])
 
-    net = METHOD._net(jax.lax.Precision.HIGHEST)
+    net = METHOD._net()
     eval_masks = jnp.broadcast_to(jnp.asarray(fx.input("masks_4")), (2, 3, 32, 32))
     rec, _ = RIAD.combine(images, eval_masks, lambda x: (net.apply(
         {"params": stepped, "batch_stats": stats}, x), None))
