@@ -3,7 +3,7 @@
 ``cli`` -> ``experiment`` -> the run API (``runs``, ``run_folder``, ``export``) -> ``evaluate``,
 ``train`` -> ``methods`` -> ``backbones``, ``data``, ``nn`` (and ``scoring``,
 ``visualize``) -> ``metrics`` (and the exported scorers' loader ``deploy`` and ``tiling``,
-which import only jax and numpy) -> ``types``. Every import statement of every module counts,
+which import only jax and numpy) -> ``types`` (and the precision policy ``precision``). Every import statement of every module counts,
 function-local ones too, read from the source (not from what happens to be imported).
 """
 
@@ -25,7 +25,7 @@ LAYERS = {
     "methods": 3,
     "backbones": 2, "data": 2, "nn": 2, "scoring": 2, "visualize": 2, "_distrax": 2,
     "metrics": 1, "deploy": 1, "tiling": 1,
-    "types": 0, "__init__": 0,
+    "types": 0, "precision": 0, "__init__": 0,
 }
 
 
