@@ -3,8 +3,9 @@
 ``cli`` -> ``experiment`` -> the run API (``runs``, ``run_folder``, ``export``) -> ``evaluate``,
 ``train`` -> ``methods`` -> ``backbones``, ``data``, ``nn`` (and ``scoring``,
 ``visualize``) -> ``metrics`` (and the exported scorers' loader ``deploy`` and ``tiling``,
-which import only jax and numpy) -> ``types`` (and the precision policy ``precision``). Every import statement of every module counts,
-function-local ones too, read from the source (not from what happens to be imported).
+which import only jax and numpy) -> ``types`` (and the precision policy ``precision``).
+Every import statement of every module counts, function-local ones too, read from the source
+(not from what happens to be imported).
 """
 
 import ast
