@@ -51,9 +51,11 @@ def prepare(method: str, data: Path, size: int, work: Path) -> dict:
     from anomalib.engine import Engine
 
     name, backbone = PEERS[method]
-    # Same memory bank and feature size as anomjax's defaults (coreset 0.1, all 176 channels).
+    # PaDiM keeps all 176 Lite0 channels, as anomjax's default does. PatchCore's coreset is
+    # ref_anomalib's 0.01, not anomjax's 0.1: at 0.1 anomalib's fit grew past 12 GiB of RSS
+    # here and was stopped; the smaller memory bank only makes anomalib's kNN cheaper.
     argv = ["--data", str(data), "--model", name, "--image-size", str(size), "--out", os.devnull,
-            "--coreset-ratio", "0.1", "--n-features", "176",
+            "--coreset-ratio", "0.01", "--n-features", "176",
             "--weights", sorted(glob.glob(WHEEL_GLOB))[-1]]
     args = ref.parse_args(argv)
     args.train_batch_size, args.eval_batch_size = ref.DEFAULT_BATCH.get(name, (32, 32))
